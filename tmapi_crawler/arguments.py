@@ -1,0 +1,207 @@
+"""Spider arguments as pydantic models, one per spider, checked before any call.
+
+Command-line values arrive as strings: "before" validators turn
+``a,b,c`` into lists and ``true``/``false`` into booleans; "after" validators
+check rules across fields.  A bad argument becomes a :class:`ConfigError`
+whose one-line message names the argument, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tmapi_crawler.api import LANGUAGES, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
+from tmapi_crawler.config import ConfigError, describe_validation_error
+
+FOLLOW_MODES = ("listing", "detail", "detail+desc")
+
+
+def _split(value: Any) -> Any:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; a single number -> ``[number]``."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, int):
+        return [value]
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+    return value
+
+
+def _number_text(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Bool = Annotated[bool | None, BeforeValidator(_boolean)]
+Language = Literal[LANGUAGES]  # type: ignore[valid-type]
+Sort = Literal[SORTS]  # type: ignore[valid-type]
+MemberId = Annotated[str, Field(pattern=r"^[^\s,]{1,100}$")]
+ItemId = Annotated[int, Field(gt=0, lt=10**20)]
+PriceText = Annotated[str, BeforeValidator(_number_text), Field(pattern=r"^\d{1,9}(\.\d{1,2})?$")]
+
+
+class CommonArgs(BaseModel):
+    """Arguments of every spider."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    language: Language | None = Field(default=None, description="language of the detail calls (TMAPI_LANGUAGE)")
+    scene: Literal["drop_shipping"] | None = Field(default=None, description="price scene of the detail calls")
+    optimize_title: Bool = Field(default=None, description="ask TMAPI to strip non-core words from titles")
+    follow: Literal["listing", "detail", "detail+desc"] = Field(
+        default="detail+desc", description="how far to follow each listed product"
+    )
+
+    def seeds(self) -> list[dict[str, Any]]:  # pragma: no cover - each spider's own
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _need_a_seed(self, info: ValidationInfo) -> CommonArgs:
+        if (info.context or {}).get("require_seed", True) and not self.seeds():
+            raise ValueError(f"no seed: give {self.seed_hint()}")
+        return self
+
+    @classmethod
+    def seed_hint(cls) -> str:  # pragma: no cover - each spider's own
+        raise NotImplementedError
+
+
+class ListingArgs(CommonArgs):
+    max_pages: int | None = Field(default=None, ge=1, description="most listing pages per seed")
+
+
+class ShopArgs(ListingArgs):
+    member_id: Annotated[list[MemberId], BeforeValidator(_split)] = Field(
+        default_factory=list, description="seller member id(s), comma-separated"
+    )
+    sort: Sort | None = None
+    shop_cat_id: str | None = Field(default=None, pattern=r"^\w{1,40}$")
+    price_start: PriceText | None = None
+    price_end: PriceText | None = None
+    page_size: int = Field(default=20, ge=1, le=MAX_SHOP_PAGE_SIZE)
+
+    @model_validator(mode="after")
+    def _price_range(self) -> ShopArgs:
+        if self.price_start and self.price_end and float(self.price_start) > float(self.price_end):
+            raise ValueError(f"price_start={self.price_start} is above price_end={self.price_end}")
+        return self
+
+    def seeds(self) -> list[dict[str, Any]]:
+        return [{"member_id": m} for m in self.member_id]
+
+    @classmethod
+    def seed_hint(cls) -> str:
+        return "-a member_id=<seller member id>[,<another>]"
+
+
+class CategoryArgs(ListingArgs):
+    cat_id: Annotated[list[ItemId], BeforeValidator(_split)] = Field(
+        default_factory=list, description="category id(s), comma-separated"
+    )
+    super_factory: Bool = None
+    support_dropshipping: Bool = None
+    free_shipping: Bool = None
+
+    def seeds(self) -> list[dict[str, Any]]:
+        return [{"cat_id": c} for c in self.cat_id]
+
+    @classmethod
+    def seed_hint(cls) -> str:
+        return "-a cat_id=<numeric category id>[,<another>]"
+
+
+class ItemArgs(CommonArgs):
+    item_ids: Annotated[list[ItemId], BeforeValidator(_split)] = Field(
+        default_factory=list, description="product ids, comma-separated"
+    )
+    urls: Annotated[list[str], BeforeValidator(_split)] = Field(
+        default_factory=list, description="product URLs, comma-separated"
+    )
+    file: Path | None = Field(default=None, description="a file with one product id or URL a line")
+    follow: Literal["detail", "detail+desc"] = "detail+desc"  # type: ignore[assignment]
+
+    @field_validator("follow", mode="before")
+    @classmethod
+    def _no_listing(cls, value: Any) -> Any:
+        if value == "listing":
+            raise ValueError("follow=listing needs a listing: use the shop or category spider")
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if offer_id_from_url(url) is None:
+                raise ValueError(f"{url!r} is not a 1688 product URL (https://detail.1688.com/offer/<id>.html)")
+        return urls
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        if not path.is_file():
+            raise ValueError("no such file")
+        bad = [f"line {n}: {problem}" for n, _, problem in read_inputs(path) if problem]
+        if bad:
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise ValueError("bad lines: " + "; ".join(bad[:5]) + more)
+        return path
+
+    def seeds(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{"item_id": i} for i in self.item_ids]
+        out += [{"url": u} for u in self.urls]
+        if self.file is not None:
+            out.append({"file": str(self.file)})
+        return out
+
+    @classmethod
+    def seed_hint(cls) -> str:
+        return "-a item_ids=<id>[,<id>], -a urls=<product URL>[,<URL>] or -a file=<ids.txt>"
+
+
+def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """``(line number, input, problem)`` for each product line of an ids file:
+    blank lines and ``#`` comments are skipped; *problem* is ``None`` for a
+    valid id or product URL."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, raw in enumerate(lines, start=1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            if text.isascii() and text.isdigit() and 0 < int(text) < 10**20:
+                yield number, text, None
+            elif offer_id_from_url(text) is not None:
+                yield number, text, None
+            else:
+                yield number, text, f"{text[:60]!r} is neither a product id nor a 1688 product URL"
+
+
+def parse_arguments(model: type[CommonArgs], kwargs: dict[str, Any], *, require_seed: bool = True) -> CommonArgs:
+    """Validate spider arguments; raises :class:`ConfigError` with one line."""
+    try:
+        return model.model_validate(kwargs, context={"require_seed": require_seed})
+    except ValidationError as exc:
+        raise ConfigError("invalid argument: " + describe_validation_error(exc)) from None

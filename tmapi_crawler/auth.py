@@ -1,0 +1,96 @@
+"""The token is added here, at the very last moment, and nowhere else.
+
+Scrapy logs, caches, queues, fingerprints and signals requests at many points
+between the spider and the socket, and every downloader middleware (even the
+last one) hands its request to code that may log it.  So the request that
+Scrapy knows never carries the token: :class:`TokenDownloadHandler` wraps the
+HTTP download handler, sends a copy of the request with ``apiToken`` added,
+and gives Scrapy back a response whose URL and request are the token-free
+originals.  An exception whose message carries the URL (a timeout, say) is
+re-raised with the token masked.
+
+It also counts the calls really sent (``tmapi/calls``), which is what the
+bill and ``TMAPI_MAX_CALLS`` are about.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from scrapy.core.downloader.handlers.base import BaseDownloadHandler
+from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import build_from_crawler, load_object
+from w3lib.url import add_or_replace_parameter
+
+from tmapi_crawler.api import TOKEN_PARAM, endpoint_of
+from tmapi_crawler.config import REDACTED, config_from_settings
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+#: The handler that really downloads (Scrapy's default for http and https).
+INNER_HANDLER = "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"
+
+
+def token_of(crawler: Crawler) -> str | None:
+    """The token, as the add-on took it out of the settings."""
+    from tmapi_crawler.addon import TmapiAddon  # noqa: PLC0415 - import cycle
+
+    addon = crawler.get_addon(TmapiAddon)
+    if addon is not None:
+        return addon.token
+    return config_from_settings(crawler.settings).token
+
+
+def redact(text: str, token: str | None) -> str:
+    if not token:
+        return text
+    return text.replace(token, REDACTED)
+
+
+def redact_exception(exc: BaseException, token: str | None) -> BaseException | None:
+    """A copy of *exc* with the token masked in its arguments, or ``None``
+    when it does not carry the token."""
+    if not token or token not in repr(exc.args) and token not in str(exc):
+        return None
+    clean = copy.copy(exc)
+    clean.args = tuple(redact(a, token) if isinstance(a, str) else a for a in exc.args)
+    if token in str(clean):  # an exception that formats its message elsewhere
+        return RuntimeError(redact(str(exc), token))
+    return clean
+
+
+class TokenDownloadHandler(BaseDownloadHandler):
+    lazy = False
+
+    def __init__(self, crawler: Crawler):
+        super().__init__(crawler)
+        config = config_from_settings(crawler.settings, token=token_of(crawler))
+        self.token = config.token
+        self.api_host = config.api_host
+        self.stats = crawler.stats
+        inner_cls = load_object(crawler.settings.get("TMAPI_INNER_DOWNLOAD_HANDLER", INNER_HANDLER))
+        self.inner: Any = build_from_crawler(inner_cls, crawler)
+
+    async def download_request(self, request: Request) -> Response:
+        endpoint = endpoint_of(request)
+        if endpoint is None or urlparse_cached(request).netloc != self.api_host or not self.token:
+            # Not an API call (or no token to add): nothing of ours to add.
+            return await self.inner.download_request(request)
+        sent = request.replace(url=add_or_replace_parameter(request.url, TOKEN_PARAM, self.token))
+        self.stats.inc_value("tmapi/calls")
+        self.stats.inc_value(f"tmapi/calls/{endpoint.value}")
+        try:
+            response: Response = await self.inner.download_request(sent)
+        except Exception as exc:
+            clean = redact_exception(exc, self.token)
+            if clean is None:
+                raise
+            raise clean from None
+        return response.replace(url=request.url, request=request)
+
+    async def close(self) -> None:
+        await self.inner.close()

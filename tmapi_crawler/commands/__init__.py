@@ -1,0 +1,1 @@
+"""Project commands: ``crawl`` with one-line errors and meaningful exit codes."""

@@ -1,0 +1,127 @@
+"""Stats, the progress line and the end-of-crawl summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.utils.asyncio import create_looping_call
+
+from tmapi_crawler.api import Endpoint, endpoint_of
+from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.records import FailureItem, ListingItem, ProductItem
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+#: Failures that end a product (a failed description does not: the product
+#: is still written, with its description fields null).
+PRODUCT_ENDING = {Endpoint.ITEM_DETAIL.value, Endpoint.ITEM_DETAIL_BY_URL.value, "record"}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class TmapiStats:
+    """Counts records under ``tmapi/``, logs a progress line every
+    ``TMAPI_PROGRESS_INTERVAL`` seconds and a summary when the crawl ends."""
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.stats = crawler.stats
+        config = config_from_settings(crawler.settings)
+        self.interval = config.progress_interval
+        self.failures_file = config.failures_file
+        self.started = time.monotonic()
+        self.task: Any = None
+        crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(self.item_scraped, signal=signals.item_scraped)
+        crawler.signals.connect(self.request_dropped, signal=signals.request_dropped)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    def spider_opened(self) -> None:
+        self.started = time.monotonic()
+        if self.interval:
+            self.task = create_looping_call(self.log_progress)
+            self.task.start(self.interval, now=False)
+
+    def item_scraped(self, item: Any) -> None:
+        inc = self.stats.inc_value
+        if isinstance(item, ProductItem):
+            inc("tmapi/products")
+        elif isinstance(item, ListingItem):
+            inc("tmapi/listings")
+        elif isinstance(item, FailureItem):
+            inc("tmapi/failures")
+            inc(f"tmapi/failures/{item['endpoint']}")
+            if item["endpoint"] in PRODUCT_ENDING:
+                inc("tmapi/products_failed")
+
+    def request_dropped(self, request: Request) -> None:
+        endpoint = endpoint_of(request)
+        if endpoint in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL):
+            # The dupefilter saw this product already: it is fetched once.
+            self.stats.inc_value("tmapi/duplicates")
+
+    def _get(self, key: str) -> int:
+        return int(self.stats.get_value(key, 0))
+
+    def progress(self) -> str:
+        get = self._get
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        calls = get("tmapi/calls")
+        done = get("tmapi/products") + get("tmapi/products_failed") + get("tmapi/listings")
+        expected = get("tmapi/products_expected")
+        parts = []
+        if get("tmapi/pages_known"):
+            parts.append(f"pages {get('tmapi/pages')}/{get('tmapi/pages_known')}")
+        parts.append(f"products {get('tmapi/products') + get('tmapi/listings')}")
+        parts.append(f"failures {get('tmapi/failures')}")
+        parts.append(f"{calls / elapsed:.1f} calls/s")
+        if expected and done and self.crawler.spider is not None and self.crawler.spider.name == "shop":
+            remaining = max(expected - done - get("tmapi/duplicates"), 0)
+            parts.append(f"ETA {_duration(remaining / (done / elapsed))}")
+        return ", ".join(parts)
+
+    def log_progress(self) -> None:
+        logger.info("Progress: %s", self.progress())
+
+    def spider_closed(self, reason: str) -> None:
+        if self.task is not None and self.task.running:
+            self.task.stop()
+        get = self._get
+        elapsed = time.monotonic() - self.started
+        per_endpoint = ", ".join(
+            f"{e.value} {get(f'tmapi/calls/{e.value}')}" for e in Endpoint if get(f"tmapi/calls/{e.value}")
+        )
+        failures = get("tmapi/failures")
+        rows = [
+            ("finish reason", reason),
+            ("calls sent", f"{get('tmapi/calls')}" + (f" ({per_endpoint})" if per_endpoint else "")),
+            ("billed (200)", get("tmapi/billed")),
+            ("retries", get("tmapi/retries/count")),
+            ("503 / 439 answers", f"{get('tmapi/codes/503')} / {get('tmapi/codes/439')}"),
+            ("products", get("tmapi/products")),
+        ]
+        if get("tmapi/listings"):
+            rows.append(("listing records", get("tmapi/listings")))
+        if get("tmapi/duplicates"):
+            rows.append(("duplicates skipped", get("tmapi/duplicates")))
+        rows.append(("failures", f"{failures} in {self.failures_file}" if failures else "0"))
+        rows.append(("elapsed", f"{elapsed:.1f} s ({get('tmapi/calls') / max(elapsed, 1e-6):.1f} calls/s)"))
+        width = max(len(name) for name, _ in rows)
+        table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+        logger.info("TMAPI summary:\n%s", table)

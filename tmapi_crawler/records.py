@@ -1,0 +1,249 @@
+"""The three records the crawler writes, and their models.
+
+Records travel through Scrapy as plain ``dict`` subclasses (so that feeds can
+route them by class, and nothing is copied on the way); their pydantic models
+check them in :class:`tmapi_crawler.pipelines.ValidationPipeline` and publish
+their JSON Schema (``python -m tmapi_crawler.records`` writes ``schemas/``).
+
+* :class:`ProductItem`: every field of ``item_detail``'s ``data`` as the API
+  returned it (``item_id`` made an integer), ``detail_imgs`` and
+  ``detail_html`` from ``item_desc``, ``listing``, ``source``, ``language``,
+  ``crawled_at``.
+* :class:`ListingItem` (``follow=listing``): the listing entry as returned
+  (``item_id`` an integer), ``source``, ``crawled_at``.
+* :class:`FailureItem`: ``endpoint``, ``params`` (never the token),
+  ``item_id``, ``code``, ``msg``, ``attempts``, ``source``, ``listing``,
+  ``failed_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from tmapi_crawler.api import LANGUAGES, Endpoint
+
+
+class ProductItem(dict[str, Any]):
+    """A product record."""
+
+
+class ListingItem(dict[str, Any]):
+    """A listing record (``follow=listing``)."""
+
+
+class FailureItem(dict[str, Any]):
+    """A failure record; it goes to ``TMAPI_FAILURES_FILE``, not the feed."""
+
+
+RECORD_CLASSES = (ProductItem, ListingItem)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class BadAnswer(ValueError):
+    """An answer of the right envelope whose ``data`` is not what the
+    endpoint documents."""
+
+
+def as_item_id(value: Any) -> int:
+    """``item_id`` as an integer: shop listings send a string, the other
+    endpoints an integer; anything else is a bad answer."""
+    if isinstance(value, bool):
+        raise BadAnswer(f"item_id is not a number: {value!r}")
+    if isinstance(value, int):
+        item_id = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        item_id = int(value)
+    else:
+        raise BadAnswer(f"item_id is not a number: {value!r}")
+    if item_id <= 0:
+        raise BadAnswer(f"item_id is not a positive number: {value!r}")
+    return item_id
+
+
+def product_record(
+    detail: Any,
+    *,
+    listing: dict[str, Any] | None,
+    source: dict[str, Any],
+    language: str,
+) -> ProductItem:
+    """The product record from ``item_detail``'s data; the description fields
+    stay ``None`` until :func:`add_description` fills them."""
+    if not isinstance(detail, dict):
+        raise BadAnswer(f"item_detail data is not an object but {type(detail).__name__}")
+    record = ProductItem(item_id=as_item_id(detail.get("item_id")))
+    for key, value in detail.items():
+        if key != "item_id":
+            record[key] = value
+    record["detail_imgs"] = None
+    record["detail_html"] = None
+    record["listing"] = listing
+    record["source"] = source
+    record["language"] = language
+    record["crawled_at"] = now_iso()
+    return record
+
+
+def add_description(record: ProductItem, desc: Any) -> ProductItem:
+    if not isinstance(desc, dict):
+        raise BadAnswer(f"item_desc data is not an object but {type(desc).__name__}")
+    imgs, html = desc.get("detail_imgs"), desc.get("detail_html")
+    if not isinstance(imgs, list) or not all(isinstance(i, str) for i in imgs):
+        raise BadAnswer("item_desc detail_imgs is not a list of strings")
+    if not isinstance(html, str):
+        raise BadAnswer("item_desc detail_html is not a string")
+    record["detail_imgs"] = imgs
+    record["detail_html"] = html
+    record["crawled_at"] = now_iso()
+    return record
+
+
+def listing_record(entry: dict[str, Any], *, source: dict[str, Any]) -> ListingItem:
+    record = ListingItem(entry)
+    record["item_id"] = as_item_id(entry.get("item_id"))
+    record["source"] = source
+    record["crawled_at"] = now_iso()
+    return record
+
+
+def failure_record(
+    *,
+    endpoint: str,
+    params: dict[str, Any],
+    item_id: int | None,
+    code: int | None,
+    msg: str,
+    attempts: int,
+    source: dict[str, Any] | None,
+    listing: dict[str, Any] | None,
+) -> FailureItem:
+    return FailureItem(
+        endpoint=endpoint,
+        params=params,
+        item_id=item_id,
+        code=code,
+        msg=msg,
+        attempts=attempts,
+        source=source,
+        listing=listing,
+        failed_at=now_iso(),
+    )
+
+
+# -- models ---------------------------------------------------------------------
+
+SpiderName = Literal["shop", "category", "item"]
+
+
+class Source(BaseModel):
+    """Where a record came from: the seed, the page and the position on it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    spider: SpiderName
+    member_id: StrictStr | None = None
+    cat_id: StrictInt | None = None
+    page: StrictInt | None = Field(default=None, ge=1)
+    position: StrictInt | None = Field(default=None, ge=0)
+    input: StrictStr | None = None
+
+
+class ProductRecord(BaseModel):
+    """A product: every ``item_detail`` field as returned, plus ours."""
+
+    model_config = ConfigDict(extra="allow", title="tmapi_crawler product record")
+
+    item_id: StrictInt = Field(gt=0)
+    title: StrictStr = Field(min_length=1)
+    product_url: StrictStr | None = None
+    main_imgs: list[StrictStr] | None = None
+    price_info: dict[str, Any] | None = None
+    sku_props: list[dict[str, Any]] | None = None
+    skus: list[dict[str, Any]] | None = None
+    shop_info: dict[str, Any] | None = None
+    detail_imgs: list[StrictStr] | None
+    detail_html: StrictStr | None
+    listing: dict[str, Any] | None
+    source: Source
+    language: Literal[LANGUAGES]  # type: ignore[valid-type]
+    crawled_at: datetime
+
+
+class ListingRecord(BaseModel):
+    """A listing entry as returned, ``item_id`` made an integer."""
+
+    model_config = ConfigDict(extra="allow", title="tmapi_crawler listing record")
+
+    item_id: StrictInt = Field(gt=0)
+    title: StrictStr | None = None
+    source: Source
+    crawled_at: datetime
+
+
+class FailureRecord(BaseModel):
+    """A call that failed for good, or a record that failed validation."""
+
+    model_config = ConfigDict(extra="forbid", title="tmapi_crawler failure record")
+
+    endpoint: Literal[tuple(e.value for e in Endpoint) + ("record",)]  # type: ignore[valid-type]
+    params: dict[str, Any]
+    item_id: StrictInt | None
+    code: StrictInt | None
+    msg: StrictStr
+    attempts: StrictInt = Field(ge=0)
+    source: Source | None
+    listing: dict[str, Any] | None
+    failed_at: datetime
+
+
+MODELS: dict[type[dict[str, Any]], type[BaseModel]] = {
+    ProductItem: ProductRecord,
+    ListingItem: ListingRecord,
+    FailureItem: FailureRecord,
+}
+
+
+def validate(item: dict[str, Any]) -> ValidationError | None:
+    """``None`` when *item* matches its model, else the error."""
+    model = MODELS.get(type(item))
+    if model is None:
+        return None
+    try:
+        model.model_validate(item)
+    except ValidationError as exc:
+        return exc
+    return None
+
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def schemas() -> dict[str, str]:
+    """File name -> JSON Schema text, for every record."""
+    out = {}
+    for name, model in (("product", ProductRecord), ("listing", ListingRecord), ("failure", FailureRecord)):
+        schema = model.model_json_schema()
+        out[f"{name}.schema.json"] = json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tmapi_crawler.records [DIR]``: write the JSON Schemas."""
+    target = Path((argv or sys.argv[1:] or [str(SCHEMA_DIR)])[0])
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in schemas().items():
+        (target / name).write_text(text, encoding="utf-8")
+        print(target / name)
+
+
+if __name__ == "__main__":
+    main()

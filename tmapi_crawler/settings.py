@@ -1,0 +1,45 @@
+"""Scrapy settings of the tmapi_crawler project.
+
+The crawler's own components are registered by the add-on
+(:mod:`tmapi_crawler.addon`); the ``TMAPI_*`` settings and their defaults are
+in :mod:`tmapi_crawler.config`.  What is here is the Scrapy configuration that
+suits a paid JSON API rather than web pages.
+"""
+
+BOT_NAME = "tmapi_crawler"
+SPIDER_MODULES = ["tmapi_crawler.spiders"]
+NEWSPIDER_MODULE = "tmapi_crawler.spiders"
+COMMANDS_MODULE = "tmapi_crawler.commands"
+
+ADDONS = {"tmapi_crawler.addon.TmapiAddon": 0}
+
+# An API, not a website: no robots.txt, cookies, referers or redirects to
+# follow, and the same slot for every call.
+ROBOTSTXT_OBEY = False
+COOKIES_ENABLED = False
+REFERER_ENABLED = False
+REDIRECT_ENABLED = False
+METAREFRESH_ENABLED = False
+DEFAULT_REQUEST_HEADERS = {"Accept": "application/json"}
+USER_AGENT = "tmapi_crawler (+https://github.com/tmapi-crawler)"
+
+# TMAPI asks clients to wait up to 60 s for an answer.
+DOWNLOAD_TIMEOUT = 60
+
+# Every answer is handled by tmapi_crawler.middlewares.ApiMiddleware, errors
+# included; HttpErrorMiddleware must not drop them before the errback.
+HTTPERROR_ALLOW_ALL = True
+
+CONCURRENT_REQUESTS = 16
+CONCURRENT_REQUESTS_PER_DOMAIN = 16
+# Each callback yields a handful of records at most; Scrapy 2.19 starts this
+# many tasks per response, so a small number saves CPU for nothing lost.
+CONCURRENT_ITEMS = 8
+
+# Nothing to talk to at run time.
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
+
+FEED_EXPORT_ENCODING = "utf-8"
+LOG_LEVEL = "INFO"
+LOGSTATS_INTERVAL = 0

@@ -1,0 +1,1 @@
+"""The spiders: ``shop``, ``category`` and ``item``."""

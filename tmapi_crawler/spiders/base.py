@@ -1,0 +1,185 @@
+"""What the three spiders share: arguments, following a listed product to its
+detail and description, and turning every failure into a failure record."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from scrapy import Request, Spider
+
+from tmapi_crawler import api
+from tmapi_crawler.api import ApiError, Endpoint, envelope_of
+from tmapi_crawler.arguments import CommonArgs, parse_arguments
+from tmapi_crawler.auth import token_of
+from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.middlewares import attempts_of
+from tmapi_crawler.records import (
+    BadAnswer,
+    FailureItem,
+    ProductItem,
+    add_description,
+    as_item_id,
+    failure_record,
+    listing_record,
+    product_record,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.settings import BaseSettings
+    from twisted.python.failure import Failure
+    from typing_extensions import Self
+
+    from tmapi_crawler.config import TmapiConfig
+
+logger = logging.getLogger(__name__)
+
+# Finish what was started before opening more: descriptions first, then
+# details, then listing pages.  It bounds what a crawl holds in memory.
+PRIORITY_PAGE = 0
+PRIORITY_DETAIL = 10
+PRIORITY_DESC = 20
+
+
+class TmapiSpider(Spider):
+    """Base of the shop, category and item spiders."""
+
+    args_model: ClassVar[type[CommonArgs]]
+    args: CommonArgs
+    config: TmapiConfig
+    language: str
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # Arguments are checked here, before anything is sent; the crawl
+        # command checks them even earlier to print one line and exit 2.
+        self.args = parse_arguments(self.args_model, kwargs)
+        super().__init__(*args)
+
+    @classmethod
+    def check_arguments(cls, kwargs: dict[str, Any], settings: BaseSettings) -> CommonArgs:
+        """Validate *kwargs* as this spider's arguments (raises ConfigError)."""
+        return parse_arguments(cls.args_model, kwargs)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.config = config_from_settings(crawler.settings, token=token_of(crawler))
+        spider.language = spider.args.language or spider.config.language
+        return spider
+
+    # -- requests -------------------------------------------------------------
+
+    def api_request(self, endpoint: Endpoint, params: dict[str, Any], **kwargs: Any) -> Request:
+        kwargs.setdefault("errback", self.on_error)
+        return api.build_request(self.config.base_url, endpoint, params, **kwargs)
+
+    def detail_params(self) -> dict[str, Any]:
+        return {
+            "language": self.language,
+            "scene": self.args.scene,
+            "optimize_title": self.args.optimize_title,
+        }
+
+    def detail_request(self, item_id: int, *, source: dict[str, Any], listing: dict[str, Any] | None) -> Request:
+        return self.api_request(
+            Endpoint.ITEM_DETAIL,
+            {"item_id": item_id, **self.detail_params()},
+            callback=self.parse_detail,
+            meta={"source": source, "listing": listing, "item_id": item_id},
+            priority=PRIORITY_DETAIL,
+        )
+
+    def follow_entry(self, entry: Any, source: dict[str, Any], request: Request) -> Iterator[Any]:
+        """A listing entry: a listing record, or a request for its detail."""
+        try:
+            if not isinstance(entry, dict):
+                raise BadAnswer(f"a listing entry is not an object but {type(entry).__name__}")
+            if self.args.follow == "listing":
+                yield listing_record(entry, source=source)
+                return
+            item_id = as_item_id(entry.get("item_id"))
+        except BadAnswer as exc:
+            yield self.failure(request, None, f"malformed answer: {exc}", listing=entry if isinstance(entry, dict) else None, source=source)
+            return
+        yield self.detail_request(item_id, source=source, listing=entry)
+
+    # -- callbacks ------------------------------------------------------------
+
+    def parse_detail(self, response: Response) -> Iterator[Any]:
+        meta = response.meta
+        try:
+            record = product_record(
+                envelope_of(response).data, listing=meta["listing"], source=meta["source"], language=self.language
+            )
+        except BadAnswer as exc:
+            yield self.failure(response.request, None, f"malformed answer: {exc}")
+            return
+        if self.args.follow != "detail+desc":
+            yield record
+            return
+        yield self.api_request(
+            Endpoint.ITEM_DESC,
+            {"item_id": record["item_id"]},
+            callback=self.parse_desc,
+            meta={"product": record, "item_id": record["item_id"], "source": meta["source"]},
+            priority=PRIORITY_DESC,
+        )
+
+    def parse_desc(self, response: Response) -> Iterator[Any]:
+        record: ProductItem = response.meta["product"]
+        try:
+            add_description(record, envelope_of(response).data)
+        except BadAnswer as exc:
+            yield self.failure(response.request, None, f"malformed answer: {exc}")
+        yield record
+
+    def on_error(self, failure: Failure) -> Iterator[Any]:
+        """Every call that failed for good ends here: a failure record; a
+        product whose description failed is still a product record."""
+        request: Request = failure.request  # type: ignore[attr-defined]
+        exc = failure.value
+        if isinstance(exc, ApiError):
+            code, msg = exc.code, exc.msg
+            if exc.snippet:
+                msg = f"{msg}; the body began: {exc.snippet}"
+        else:
+            code, msg = None, f"{type(exc).__name__}: {exc}"
+        if request.meta["tmapi"]["endpoint"] == Endpoint.ITEM_DESC.value:
+            yield request.meta["product"]
+        yield self.failure(request, code, msg)
+
+    def failure(
+        self,
+        request: Request | None,
+        code: int | None,
+        msg: str,
+        *,
+        listing: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> FailureItem:
+        meta = request.meta if request is not None else {}
+        info = meta.get("tmapi") or {"endpoint": "record", "params": {}}
+        product = meta.get("product")
+        record = failure_record(
+            endpoint=info["endpoint"],
+            params=info["params"],
+            item_id=meta.get("item_id"),
+            code=code,
+            msg=msg,
+            attempts=attempts_of(request) if request is not None else 0,
+            source=source or meta.get("source"),
+            listing=listing or meta.get("listing") or (product.get("listing") if product else None),
+        )
+        logger.warning(
+            "Failed: %s %s -> %s %s (after %d attempt(s))",
+            record["endpoint"],
+            record["params"],
+            code if code is not None else "error",
+            msg,
+            record["attempts"],
+        )
+        return record

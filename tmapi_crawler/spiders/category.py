@@ -1,0 +1,62 @@
+"""``scrapy crawl category -a cat_id=...``: every product of one or more categories."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tmapi_crawler.api import Endpoint, envelope_of
+from tmapi_crawler.arguments import CategoryArgs
+from tmapi_crawler.records import BadAnswer
+from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from scrapy import Request
+    from scrapy.http import Response
+
+
+class CategorySpider(TmapiSpider):
+    name = "category"
+    args_model = CategoryArgs
+    args: CategoryArgs
+
+    async def start(self) -> AsyncIterator[Any]:
+        for cat_id in self.args.cat_id:
+            yield self.page_request(cat_id, 1)
+
+    def page_request(self, cat_id: int, page: int) -> Request:
+        a = self.args
+        params = {
+            "cat_id": cat_id,
+            "page": page,
+            "super_factory": a.super_factory,
+            "support_dropshipping": a.support_dropshipping,
+            "free_shipping": a.free_shipping,
+        }
+        return self.api_request(Endpoint.CATEGORY_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE)
+
+    def parse_page(self, response: Response) -> Iterator[Any]:
+        params = response.meta["tmapi"]["params"]
+        cat_id, page = params["cat_id"], params["page"]
+        data = envelope_of(response).data
+        try:
+            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+                raise BadAnswer("category_items data has no list of items")
+            if not isinstance(data.get("has_next_page"), bool):
+                raise BadAnswer(f"category_items has_next_page is not a boolean: {data.get('has_next_page')!r}")
+        except BadAnswer as exc:
+            yield self.failure(response.request, None, f"malformed answer: {exc}")
+            return
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value("tmapi/pages")
+        if page == 1:
+            stats.inc_value("tmapi/pages_known")
+        # A category says only whether there is a next page: one at a time.
+        if data["has_next_page"] and (not self.args.max_pages or page < self.args.max_pages):
+            stats.inc_value("tmapi/pages_known")
+            yield self.page_request(cat_id, page + 1)
+        for position, entry in enumerate(data["items"]):
+            source = {"spider": "category", "cat_id": cat_id, "page": page, "position": position}
+            yield from self.follow_entry(entry, source, response.request)
