@@ -22,7 +22,7 @@ from tmapi_crawler.config import DEFAULTS, REDACTED
 from tmapi_crawler.records import RECORD_CLASSES, FailureItem
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
@@ -49,11 +49,11 @@ class TmapiAddon:
         if settings.get("TMAPI_TOKEN") is not None:
             settings.set("TMAPI_TOKEN", REDACTED, settings.getpriority("TMAPI_TOKEN") or 0)
 
-        from scrapy.downloadermiddlewares.retry import RetryMiddleware  # noqa: PLC0415
+        from scrapy.downloadermiddlewares.retry import RetryMiddleware
 
-        from tmapi_crawler.extensions import TmapiStats  # noqa: PLC0415
-        from tmapi_crawler.middlewares import ApiMiddleware  # noqa: PLC0415
-        from tmapi_crawler.pipelines import ValidationPipeline  # noqa: PLC0415
+        from tmapi_crawler.extensions import TmapiStats
+        from tmapi_crawler.middlewares import ApiMiddleware
+        from tmapi_crawler.pipelines import ValidationPipeline
 
         handler = "tmapi_crawler.auth.TokenDownloadHandler"
         handlers = {**settings.getdict("DOWNLOAD_HANDLERS"), "http": handler, "https": handler}
@@ -67,8 +67,8 @@ class TmapiAddon:
     @staticmethod
     def _feeds(settings: BaseSettings) -> None:
         feeds: dict[str, dict[str, Any]] = {}
-        for uri, options in settings.getdict("FEEDS").items():
-            options = dict(options or {})
+        for uri, given in settings.getdict("FEEDS").items():
+            options = dict(given or {})
             options.setdefault("item_classes", [_path(c) for c in RECORD_CLASSES])
             options.setdefault("encoding", "utf-8")
             feeds[str(uri)] = options

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from scrapy.http import Response
 
 PRODUCTION_URL = "https://api.tmapi.io"
-TOKEN_PARAM = "apiToken"
+TOKEN_PARAM = "apiToken"  # noqa: S105 - the name of the parameter
 
 SORTS = ("default", "sales", "price_up", "price_down", "time_up", "time_down")
 LANGUAGES = ("en", "zh", "ru", "th", "pt", "es", "tr", "vi", "ja", "ko")
@@ -194,9 +194,7 @@ def parse_envelope(status: int, body: bytes) -> Envelope:
     return Envelope(code, msg if isinstance(msg, str) else "", doc.get("data"))
 
 
-_parsed: weakref.WeakKeyDictionary[Response, Envelope | MalformedAnswer] = (
-    weakref.WeakKeyDictionary()
-)
+_parsed: weakref.WeakKeyDictionary[Response, Envelope | MalformedAnswer] = weakref.WeakKeyDictionary()
 
 
 def envelope_of(response: Response) -> Envelope:

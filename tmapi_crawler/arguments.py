@@ -8,9 +8,8 @@ whose one-line message names the argument, the value and what is allowed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,6 +24,9 @@ from pydantic import (
 
 from tmapi_crawler.api import LANGUAGES, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
 from tmapi_crawler.config import ConfigError, describe_validation_error
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 FOLLOW_MODES = ("listing", "detail", "detail+desc")
 
@@ -140,7 +142,7 @@ class ItemArgs(CommonArgs):
         default_factory=list, description="product URLs, comma-separated"
     )
     file: Path | None = Field(default=None, description="a file with one product id or URL a line")
-    follow: Literal["detail", "detail+desc"] = "detail+desc"  # type: ignore[assignment]
+    follow: Literal["detail", "detail+desc"] = "detail+desc"
 
     @field_validator("follow", mode="before")
     @classmethod
@@ -191,9 +193,7 @@ def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
             text = raw.strip()
             if not text or text.startswith("#"):
                 continue
-            if text.isascii() and text.isdigit() and 0 < int(text) < 10**20:
-                yield number, text, None
-            elif offer_id_from_url(text) is not None:
+            if (text.isascii() and text.isdigit() and 0 < int(text) < 10**20) or offer_id_from_url(text) is not None:
                 yield number, text, None
             else:
                 yield number, text, f"{text[:60]!r} is neither a product id nor a 1688 product URL"

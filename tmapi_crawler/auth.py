@@ -37,7 +37,7 @@ INNER_HANDLER = "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"
 
 def token_of(crawler: Crawler) -> str | None:
     """The token, as the add-on took it out of the settings."""
-    from tmapi_crawler.addon import TmapiAddon  # noqa: PLC0415 - import cycle
+    from tmapi_crawler.addon import TmapiAddon
 
     addon = crawler.get_addon(TmapiAddon)
     if addon is not None:
@@ -54,7 +54,7 @@ def redact(text: str, token: str | None) -> str:
 def redact_exception(exc: BaseException, token: str | None) -> BaseException | None:
     """A copy of *exc* with the token masked in its arguments, or ``None``
     when it does not carry the token."""
-    if not token or token not in repr(exc.args) and token not in str(exc):
+    if not token or (token not in repr(exc.args) and token not in str(exc)):
         return None
     clean = copy.copy(exc)
     clean.args = tuple(redact(a, token) if isinstance(a, str) else a for a in exc.args)

@@ -89,9 +89,7 @@ class TmapiConfig(BaseModel):
     def _url(self) -> TmapiConfig:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"TMAPI_BASE_URL={self.base_url!r} is not an http(s) URL; use {PRODUCTION_URL}"
-            )
+            raise ValueError(f"TMAPI_BASE_URL={self.base_url!r} is not an http(s) URL; use {PRODUCTION_URL}")
         if parts.query or parts.fragment:
             raise ValueError(f"TMAPI_BASE_URL={self.base_url!r} must not have a query or fragment")
         if parts.scheme == "http" and not self.allow_http and not _is_loopback(parts.hostname):

@@ -14,7 +14,7 @@ from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import FailureItem, ListingItem, ProductItem
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler

@@ -37,7 +37,7 @@ from tmapi_crawler.auth import token_of
 from tmapi_crawler.config import config_from_settings
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler
@@ -60,8 +60,7 @@ class ApiMiddleware:
         self.stats = crawler.stats
         self.config = config_from_settings(crawler.settings, token=token_of(crawler))
         self.retry_exceptions = tuple(
-            load_object(x) if isinstance(x, str) else x
-            for x in crawler.settings.getlist("RETRY_EXCEPTIONS")
+            load_object(x) if isinstance(x, str) else x for x in crawler.settings.getlist("RETRY_EXCEPTIONS")
         )
         self.rng = random.Random()
         self.stop_reason: str | None = None
@@ -107,7 +106,8 @@ class ApiMiddleware:
         elif outcome is Outcome.AUTH:
             self._stop(
                 "tmapi_auth_failed",
-                "TMAPI refused the token (%s: %s): check TMAPI_TOKEN in the TMAPI console, then run the same command again",
+                "TMAPI refused the token (%s: %s): check TMAPI_TOKEN in the TMAPI console, "
+                "then run the same command again",
                 code,
                 envelope.msg,
             )
@@ -115,7 +115,8 @@ class ApiMiddleware:
         elif outcome is Outcome.QUOTA:
             self._stop(
                 "tmapi_quota_exhausted",
-                "TMAPI says the subscription expired or the balance is spent (%s: %s): top up, then run the same command again (with -s JOBDIR=... it resumes where it stopped)",
+                "TMAPI says the subscription expired or the balance is spent (%s: %s): top up, "
+                "then run the same command again (with -s JOBDIR=... it resumes where it stopped)",
                 code,
                 envelope.msg,
             )

@@ -9,7 +9,7 @@ from tmapi_crawler.config import describe_validation_error
 from tmapi_crawler.records import FailureItem, ProductItem, failure_record, validate
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy.crawler import Crawler
 

@@ -63,7 +63,7 @@ class Command(ScrapyCrawlCommand):
         self.crawler_process.start()
         if self.crawler_process.bootstrap_failed:
             self.exitcode = 1
-            return
+            return None
         reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
         self.exitcode = exit_code_for(reason)
 

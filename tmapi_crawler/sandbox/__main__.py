@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from tmapi_crawler.sandbox.server import ERROR_STYLES, Faults
 
@@ -26,7 +27,7 @@ def _rate(text: str) -> float:
     return value
 
 
-def _non_negative(kind: type[int] | type[float]) -> argparse._ActionType:  # noqa: SLF001
+def _non_negative(kind: type[int] | type[float]) -> argparse._ActionType:
     def parse(text: str) -> int | float:
         value = kind(text)
         if value < 0:
@@ -74,11 +75,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
 
     from tmapi_crawler.sandbox.catalog import Catalog
     from tmapi_crawler.sandbox.server import make_site
 
+    reactor: Any = _reactor
     catalog = Catalog(
         seed=args.seed,
         shops=args.shops,
@@ -101,13 +103,13 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     try:
-        port = reactor.listenTCP(args.port, make_site(catalog, faults), interface=args.host)  # type: ignore[attr-defined]
+        port: Any = reactor.listenTCP(args.port, make_site(catalog, faults), interface=args.host)
     except Exception as exc:  # CannotListenError and friends
         print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     host = args.host if ":" not in args.host else f"[{args.host}]"
     print(f"http://{host}:{port.getHost().port}", flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

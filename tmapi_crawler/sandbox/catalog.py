@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cached_property, lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DOC_SELLER = "b2b-22146365959302bc20"
 DOC_SHOP = "jane727"
@@ -51,7 +54,10 @@ _WORDS = {
         "shop": "义乌市{}贸易有限公司",
     },
     "en": {
-        "adj": ["New", "Korean-style", "Western", "Minimalist", "Vintage", "Fashion", "Thick", "Loose", "Classic", "Premium"],
+        "adj": [
+            "New", "Korean-style", "Western", "Minimalist", "Vintage",
+            "Fashion", "Thick", "Loose", "Classic", "Premium",
+        ],
         "noun": ["dress", "pajamas", "necklace", "handbag", "T-shirt", "jeans", "coat", "hat", "sneakers", "scarf"],
         "color": ["black", "white", "red", "blue", "grey", "pink"],
         "size": ["S", "M", "L", "XL"],
@@ -175,9 +181,7 @@ class Catalog:
         self.shops += [Shop(f"b2b-sandbox{k:04d}", 2 + k, shop_size) for k in range(shops)]
         self.shops_by_member = {shop.member_id: shop for shop in self.shops}
         self.n_categories = categories
-        self._doc_listing: dict[int, dict[str, Any]] = {
-            int(e["item_id"]): e for e in docs["shop_items"]["items"]
-        }
+        self._doc_listing: dict[int, dict[str, Any]] = {int(e["item_id"]): e for e in docs["shop_items"]["items"]}
         self._doc_listing.update({int(e["item_id"]): e for e in docs["category_items"]["items"]})
 
     # -- products -----------------------------------------------------------
@@ -216,9 +220,7 @@ class Catalog:
             price_cents = round(float(doc["price_info"]["sale_price"]) * 100)
         else:
             price_cents = rng.randint(150, 30000)
-        shop_cat_ids = (
-            self.shops[shop_index].shop_cat_ids if shop_index >= 0 else ["1000"]
-        )
+        shop_cat_ids = self.shops[shop_index].shop_cat_ids if shop_index >= 0 else ["1000"]
         return Summary(
             item_id=item_id,
             shop=shop_index,
@@ -252,9 +254,7 @@ class Catalog:
         """Every generated shop's products, interleaved: categories are slices."""
         gen = self.shops[2:] or self.shops[:1]
         longest = max(shop.size for shop in gen)
-        return [
-            self.shop_item_id(shop, i) for i in range(longest) for shop in gen if i < shop.size
-        ]
+        return [self.shop_item_id(shop, i) for i in range(longest) for shop in gen if i < shop.size]
 
     def category_ids(self) -> list[int]:
         return [DOC_CATEGORY] + [FIRST_CATEGORY + k for k in range(self.n_categories)]
@@ -310,11 +310,11 @@ class Catalog:
                     continue
                 kept.append(item_id)
             ids = kept
-        keys = {
+        keys: dict[str, Callable[[int], float]] = {
             "sales": lambda i: -self.summary(i).sales,
             "price_up": lambda i: self.summary(i).price_cents,
             "price_down": lambda i: -self.summary(i).price_cents,
-            "time_up": lambda i: self.summary(i).created,
+            "time_up": lambda i: self.summary(i).created.timestamp(),
             "time_down": lambda i: -self.summary(i).created.timestamp(),
         }
         if sort in keys:
@@ -427,7 +427,7 @@ class Catalog:
         base = s.price_cents
         tiers = [(1, base + base // 10), (50, base + base // 20), (200, base)]
         top_price = _cents(tiers[0][1])
-        skus = []
+        skus: list[dict[str, Any]] = []
         for ci, colour in enumerate(colours):
             for si, size in enumerate(sizes):
                 skus.append(

@@ -36,11 +36,13 @@ from tmapi_crawler.api import (
     Endpoint,
     offer_id_from_url,
 )
-from tmapi_crawler.sandbox.catalog import Catalog
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
     from twisted.web.server import Request
+
+    from tmapi_crawler.sandbox.catalog import Catalog
+
+_reactor: Any = reactor
 
 MESSAGES = {
     200: "success",
@@ -59,7 +61,7 @@ ERROR_STYLES = ("http", "body", "mixed")
 class Faults:
     """How the sandbox misbehaves; every field is a command-line flag."""
 
-    token: str = "demo"
+    token: str = "demo"  # noqa: S105 - the sandbox's well-known token
     removed: frozenset[int] = frozenset()
     fault_rate: float = 0.0
     concurrency: int = 0  # 0: no limit
@@ -182,10 +184,11 @@ class Sandbox:
     def _quota_allows(self) -> bool:
         if not self.faults.quota:
             return True
-        if self.balance <= 0 and self.faults.quota_refill_s and self.exhausted_at is not None:
-            if time.monotonic() - self.exhausted_at >= self.faults.quota_refill_s:
-                self.balance = self.faults.quota
-                self.exhausted_at = None
+        refill = self.faults.quota_refill_s
+        spent_for = time.monotonic() - self.exhausted_at if self.exhausted_at is not None else 0.0
+        if self.balance <= 0 and refill and spent_for >= refill:
+            self.balance = self.faults.quota
+            self.exhausted_at = None
         if self.balance <= 0:
             return False
         self.balance -= 1  # reserved; given back if the call is not billed
@@ -290,12 +293,12 @@ class Sandbox:
         }
         ids = self.catalog.category_items(cat_id) or []
         if filters:
-            attrs = {"super_factory": "super_factory", "support_dropshipping": "dropshipping", "free_shipping": "free_shipping"}
-            ids = [
-                i
-                for i in ids
-                if all(getattr(self.catalog.summary(i), attrs[k]) == v for k, v in filters.items())
-            ]
+            attrs = {
+                "super_factory": "super_factory",
+                "support_dropshipping": "dropshipping",
+                "free_shipping": "free_shipping",
+            }
+            ids = [i for i in ids if all(getattr(self.catalog.summary(i), attrs[k]) == v for k, v in filters.items())]
         page_size = self.catalog.category_page_size_of(cat_id)
         chunk = ids[(page - 1) * page_size : page * page_size]
         data = {
@@ -350,7 +353,7 @@ class ApiResource(resource.Resource):
         params: dict[str, Any] = query
         if endpoint.method == "POST":
             try:
-                body = json.loads(request.content.read() or b"{}")
+                body = json.loads(request.content.read() or b"{}")  # type: ignore[union-attr]
             except ValueError:
                 body = None
             if not isinstance(body, dict):
@@ -370,13 +373,11 @@ class ApiResource(resource.Resource):
             delay += sb.rng.uniform(-sb.faults.jitter_ms, sb.faults.jitter_ms)
         if delay <= 0:
             return self._finish(request, endpoint, params, counters) or server.NOT_DONE_YET
-        call: IDelayedCall = reactor.callLater(  # type: ignore[attr-defined]
-            delay / 1000, self._finish, request, endpoint, params, counters
-        )
+        call: Any = _reactor.callLater(delay / 1000, self._finish, request, endpoint, params, counters)
         request.notifyFinish().addErrback(lambda _: self._gone(call, counters))
         return server.NOT_DONE_YET
 
-    def _gone(self, call: IDelayedCall, counters: Counters) -> None:
+    def _gone(self, call: Any, counters: Counters) -> None:
         """The client hung up before the answer: the call ends unbilled."""
         if call.active():
             call.cancel()
@@ -450,7 +451,7 @@ class QuietSite(server.Site):
     """A Site that keeps no access log: at thousands of calls a second the
     log would cost more than the answers."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 

@@ -27,12 +27,12 @@ from tmapi_crawler.records import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Self
 
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
-    from typing_extensions import Self
 
     from tmapi_crawler.config import TmapiConfig
 
@@ -93,7 +93,7 @@ class TmapiSpider(Spider):
             priority=PRIORITY_DETAIL,
         )
 
-    def follow_entry(self, entry: Any, source: dict[str, Any], request: Request) -> Iterator[Any]:
+    def follow_entry(self, entry: Any, source: dict[str, Any], request: Request | None) -> Iterator[Any]:
         """A listing entry: a listing record, or a request for its detail."""
         try:
             if not isinstance(entry, dict):
@@ -103,7 +103,13 @@ class TmapiSpider(Spider):
                 return
             item_id = as_item_id(entry.get("item_id"))
         except BadAnswer as exc:
-            yield self.failure(request, None, f"malformed answer: {exc}", listing=entry if isinstance(entry, dict) else None, source=source)
+            yield self.failure(
+                request,
+                None,
+                f"malformed answer: {exc}",
+                listing=entry if isinstance(entry, dict) else None,
+                source=source,
+            )
             return
         yield self.detail_request(item_id, source=source, listing=entry)
 
