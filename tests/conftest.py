@@ -163,12 +163,10 @@ async def crawl(
     """Run *spider* in this process against *sandbox*; records are read back
     from the feed that Scrapy's feed exports wrote."""
     from scrapy.crawler import AsyncCrawlerRunner
-    from scrapy.settings import Settings
     from scrapy.utils.project import get_project_settings
 
-    project = get_project_settings()
     values = base_settings(sandbox, tmp_path, **(settings or {}))
-    merged = Settings(project.copy_to_dict())
+    merged = get_project_settings()
     merged.setdict(values, priority="cmdline")
     runner = AsyncCrawlerRunner(merged)
     crawler = runner.create_crawler(spider)

@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     )
     f = p.add_argument_group("faults")
     f.add_argument("--removed", type=_ids, default=frozenset(), help="item ids that answer 417 forever")
+    f.add_argument("--removed-desc", type=_ids, default=frozenset(), help="item ids whose item_desc answers 417")
+    f.add_argument(
+        "--invalid", type=_ids, default=frozenset(), help="item ids whose item_detail has an empty title (invalid)"
+    )
     f.add_argument("--fault-rate", type=_rate, default=0.0, help="probability of a 417, 499 or 500 per call")
     f.add_argument("--concurrency", type=nn_int, default=0, help="calls in flight before 503 (default: 0, no limit)")
     f.add_argument("--latency-ms", type=nn_float, default=0.0, help="time every call takes")
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     faults = Faults(
         token=args.token,
         removed=args.removed,
+        removed_desc=args.removed_desc,
+        invalid=args.invalid,
         fault_rate=args.fault_rate,
         concurrency=args.concurrency,
         latency_ms=args.latency_ms,

@@ -63,6 +63,8 @@ class Faults:
 
     token: str = "demo"  # noqa: S105 - the sandbox's well-known token
     removed: frozenset[int] = frozenset()
+    removed_desc: frozenset[int] = frozenset()  # description gone, detail still there
+    invalid: frozenset[int] = frozenset()  # detail answered with an empty title
     fault_rate: float = 0.0
     concurrency: int = 0  # 0: no limit
     latency_ms: float = 0.0
@@ -172,6 +174,8 @@ class Sandbox:
 
     def _detail_bytes(self, item_id: int, language: str, optimize_title: bool) -> bytes:
         data = self.catalog.detail(item_id, language)
+        if item_id in self.faults.invalid:
+            data = {**data, "title": ""}
         if optimize_title and language == "zh" and item_id != 859086919394:
             data = {**data, "title": data["title"][2:]}
         return _dumps(data)
@@ -252,7 +256,7 @@ class Sandbox:
 
     def _item_desc(self, params: dict[str, Any]) -> tuple[int, bytes]:
         item_id = self._item_id(params)
-        if item_id in self.faults.removed:
+        if item_id in self.faults.removed or item_id in self.faults.removed_desc:
             return 417, b"null"
         return 200, self.desc_bytes(item_id)
 
