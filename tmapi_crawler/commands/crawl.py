@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
+from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.config import ConfigError, config_from_settings, require_token
 
@@ -40,33 +41,38 @@ class Command(ScrapyCrawlCommand):
     def short_desc(self) -> str:
         return "Run a TMAPI spider (shop, category or item)"
 
-    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        # Checked here, before Scrapy sets up logging and the reactor, so that
+        # a mistake costs one line on stderr and nothing else.
         if len(args) != 1:
             raise UsageError("give exactly one spider: shop, category or item")
-        assert self.crawler_process is not None
-        try:
-            spidercls = self.crawler_process.spider_loader.load(args[0])
-        except KeyError:
-            names = ", ".join(self.crawler_process.spider_loader.list())
-            return self._refuse(f"no spider {args[0]!r}; the spiders are: {names}")
         assert self.settings is not None
+        loader = get_spider_loader(self.settings)
         try:
-            config = config_from_settings(self.settings)
-            require_token(config)
+            spidercls = loader.load(args[0])
+        except KeyError:
+            self._refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
+        try:
+            require_token(config_from_settings(self.settings))
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
                 check(opts.spargs, self.settings)
         except ConfigError as exc:
-            return self._refuse(str(exc))
-        crawler: Crawler = self._create_crawler(spidercls)
+            self._refuse(str(exc))
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.crawler_process is not None
+        crawler: Crawler = self._create_crawler(args[0])
         self.crawler_process.crawl(crawler, **opts.spargs)
         self.crawler_process.start()
         if self.crawler_process.bootstrap_failed:
             self.exitcode = 1
-            return None
+            return
         reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
         self.exitcode = exit_code_for(reason)
 
-    def _refuse(self, message: str) -> None:
+    @staticmethod
+    def _refuse(message: str) -> NoReturn:
         print(f"Error: {message}", file=sys.stderr)
-        self.exitcode = EXIT_BAD_INPUT
+        raise SystemExit(EXIT_BAD_INPUT)

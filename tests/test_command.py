@@ -1,0 +1,127 @@
+"""The real ``scrapy`` command: one-line errors, exit codes, feeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import SandboxProcess, read_jsonl, run_scrapy
+
+
+def crawl_cmd(sandbox: SandboxProcess, *args: str, token: str | None = "sandbox") -> list[str]:
+    cmd = ["crawl", *args, "-s", f"TMAPI_BASE_URL={sandbox.url}"]
+    if token is not None:
+        cmd += ["-s", f"TMAPI_TOKEN={sandbox.token if token == 'sandbox' else token}"]
+    return cmd
+
+
+def test_scrapy_list_shows_the_spiders(tmp_path):
+    result = run_scrapy("list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["category", "item", "shop"]
+
+
+def test_crawl_exports_json_lines_and_exits_0(sandbox, tmp_path):
+    result = run_scrapy(
+        *crawl_cmd(sandbox, "shop", "-a", "member_id=b2b-sandbox0000", "-a", "max_pages=1", "-O", "out.jsonl"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert len(records) == 20
+    assert "TMAPI summary" in result.stderr
+    assert not (tmp_path / "failures.jsonl").exists()
+
+
+def test_token_from_the_environment(sandbox, tmp_path):
+    result = run_scrapy(
+        *crawl_cmd(sandbox, "item", "-a", "item_ids=700000000001", "-O", "o.jsonl", token=None),
+        cwd=tmp_path,
+        env={"TMAPI_TOKEN": sandbox.token},
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["shop", "-a", "member_id=x", "-a", "sort=random"], "invalid argument: sort='random'"),
+        (["category", "-a", "cat_id=shoes"], "invalid argument: cat_id"),
+        (["shop", "-a", "member_id=x", "-a", "language=xx"], "invalid argument: language='xx'"),
+        (
+            ["shop", "-a", "member_id=x", "-a", "page_size=-5"],
+            "page_size='-5': Input should be greater than or equal to 1",
+        ),
+        (["shop", "-a", "member_id=x", "-a", "max_pages=0"], "max_pages='0'"),
+        (["shop"], "no seed: give -a member_id="),
+        (["item", "-a", "urls=https://example.com/x"], "is not a 1688 product URL"),
+        (["item", "-a", "item_ids=1", "-a", "follow=listing"], "follow=listing needs a listing"),
+        (["shop", "-a", "member_id=x", "-a", "colour=red"], "colour='red': Extra inputs are not permitted"),
+        (["nosuchspider"], "no spider 'nosuchspider'"),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(sandbox, tmp_path, args, message):
+    result = run_scrapy(*crawl_cmd(sandbox, *args), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert message in lines[0]
+    assert sandbox.stats()["calls"] == 0
+
+
+def test_ids_file_with_bad_lines_names_them(sandbox, tmp_path):
+    (tmp_path / "ids.txt").write_text("700000000001\nnot-an-id\n\n# fine\nhttps://example.com/offer/1.html\n")
+    result = run_scrapy(*crawl_cmd(sandbox, "item", "-a", "file=ids.txt"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "line 2: 'not-an-id'" in result.stderr
+    assert "line 5:" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_scrapy(*crawl_cmd(sandbox, "item", "-a", "file=nope.txt"), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "file='nope.txt': no such file" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ([], "no API token: set the TMAPI_TOKEN environment variable"),
+        (["-s", "TMAPI_TOKEN=t", "-s", "TMAPI_BASE_URL=http://api.tmapi.top"], "would send the token in clear text"),
+        (["-s", "TMAPI_TOKEN=t", "-s", "TMAPI_RETRY_TIMES=many"], "TMAPI_RETRY_TIMES='many'"),
+        (["-s", "TMAPI_TOKEN=t", "-s", "TMAPI_LANGUAGE=fr"], "TMAPI_LANGUAGE='fr': must be one of"),
+    ],
+)
+def test_bad_settings_print_one_line_and_exit_2(tmp_path, settings, message):
+    result = run_scrapy("crawl", "shop", "-a", "member_id=x", *settings, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert message in result.stderr
+
+
+def test_wrong_token_stops_at_once_with_exit_3(sandbox, tmp_path):
+    result = run_scrapy(
+        *crawl_cmd(sandbox, "shop", "-a", "member_id=b2b-sandbox0000", token="wrong-token"), cwd=tmp_path
+    )
+    assert result.returncode == 3
+    assert "Spider closed (tmapi_auth_failed)" in result.stderr
+    assert "TMAPI refused the token" in result.stderr
+    assert "wrong-token" not in result.stderr
+    assert sandbox.stats()["calls"] == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_token_never_appears_in_the_debug_log(sandbox, tmp_path):
+    result = run_scrapy(
+        *crawl_cmd(sandbox, "shop", "-a", "member_id=b2b-sandbox0000", "-a", "max_pages=1", "-O", "out.jsonl"),
+        "-s",
+        "LOG_LEVEL=DEBUG",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0
+    assert "Crawled (200) <GET http://127.0.0.1" in result.stderr
+    assert sandbox.token not in result.stderr
+    assert sandbox.token not in (tmp_path / "out.jsonl").read_text()
+    stats = json.dumps(sandbox.stats())
+    assert "calls" in stats
