@@ -58,6 +58,9 @@ def redact_exception(exc: BaseException, token: str | None) -> BaseException | N
         return None
     clean = copy.copy(exc)
     clean.args = tuple(redact(a, token) if isinstance(a, str) else a for a in exc.args)
+    for name, value in vars(clean).items():  # Twisted keeps messages in attributes too
+        if isinstance(value, str):
+            setattr(clean, name, redact(value, token))
     if token in str(clean):  # an exception that formats its message elsewhere
         return RuntimeError(redact(str(exc), token))
     return clean

@@ -158,8 +158,11 @@ class ApiMiddleware:
             return
         self.stop_reason = reason
         logger.error(message, *args)
-        engine = self.crawler.engine
-        if engine is not None and engine.spider is not None:
+        try:
+            engine = self.crawler.engine
+        except RuntimeError:  # not crawling: a component on its own
+            return
+        if engine.spider is not None:
             deferred_from_coro(engine.close_spider_async(reason=reason))
 
 

@@ -1,0 +1,119 @@
+"""Components on their own: built from a test crawler, fed fake responses."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy.http import Request, TextResponse
+from scrapy.utils.test import get_crawler
+from twisted.internet.error import TimeoutError as TxTimeoutError
+
+from tmapi_crawler import api
+from tmapi_crawler.api import ApiError, Endpoint
+from tmapi_crawler.auth import redact_exception
+from tmapi_crawler.middlewares import BACKOFF_META, ApiMiddleware
+from tmapi_crawler.spiders.item import ItemSpider
+
+SETTINGS = {"TMAPI_TOKEN": "tok", "TMAPI_BASE_URL": "https://api.tmapi.io", "TMAPI_RETRY_BACKOFF": 2.0}
+
+
+@pytest.fixture
+def mw():
+    crawler = get_crawler(ItemSpider, SETTINGS)
+    crawler.spider = crawler._create_spider(item_ids="1")
+    return ApiMiddleware.from_crawler(crawler)
+
+
+def call(item_id: int = 1) -> Request:
+    return api.build_request("https://api.tmapi.io", Endpoint.ITEM_DETAIL, {"item_id": item_id})
+
+
+def answer(request: Request, code: int, status: int | None = None, data: str = "null") -> TextResponse:
+    body = f'{{"code": {code}, "msg": "m{code}", "data": {data}}}'.encode()
+    return TextResponse(request.url, status=status or code, body=body, request=request)
+
+
+def test_success_is_passed_on_and_counted(mw):
+    req = call()
+    resp = answer(req, 200, data="{}")
+    assert mw.process_response(req, resp) is resp
+    assert mw.stats.get_value("tmapi/billed") == 1
+    assert mw.stats.get_value("tmapi/codes/200") == 1
+
+
+@pytest.mark.parametrize("status", [417, 200])
+def test_transient_errors_are_retried_with_growing_backoff_then_fail(mw, status):
+    req = call()
+    delays = []
+    for attempt in range(1, 4):
+        retry = mw.process_response(req, answer(req, 417, status=status))
+        assert isinstance(retry, Request)
+        assert retry.meta["retry_times"] == attempt
+        assert retry.dont_filter
+        delays.append(retry.meta[BACKOFF_META])
+        req = retry
+    assert 1.0 <= delays[0] <= 3.0
+    assert 2.0 <= delays[1] <= 6.0
+    assert 4.0 <= delays[2] <= 12.0
+    with pytest.raises(ApiError) as info:
+        mw.process_response(req, answer(req, 417, status=status))
+    assert info.value.code == 417
+    assert mw.stats.get_value("tmapi/retries/count") == 3
+
+
+def test_parameter_errors_fail_at_once(mw):
+    req = call()
+    with pytest.raises(ApiError) as info:
+        mw.process_response(req, answer(req, 422))
+    assert (info.value.code, info.value.msg) == (422, "m422")
+
+
+def test_concurrency_errors_never_count_as_attempts(mw):
+    req = call()
+    for _ in range(10):
+        later = mw.process_response(req, answer(req, 503))
+        assert isinstance(later, Request)
+        assert later.meta.get("retry_times", 0) == 0
+        assert later.meta[BACKOFF_META] > 0
+        req = later
+    assert mw.stats.get_value("tmapi/throttle/503") == 10
+
+
+def test_malformed_answers_fail_with_the_start_of_the_body(mw):
+    req = call()
+    resp = TextResponse(req.url, status=200, body=b"<html>Bad gateway</html>", request=req)
+    with pytest.raises(ApiError) as info:
+        mw.process_response(req, resp)
+    assert info.value.code is None
+    assert info.value.snippet == "<html>Bad gateway</html>"
+
+
+def test_auth_error_stops_and_keeps_the_request(mw):
+    req = call()
+    kept = mw.process_response(req, answer(req, 401))
+    assert isinstance(kept, Request)
+    assert kept.dont_filter
+    assert mw.stop_reason == "tmapi_auth_failed"
+
+
+def test_timeouts_are_retried(mw):
+    req = call()
+    retry = mw.process_exception(req, TxTimeoutError())
+    assert isinstance(retry, Request)
+    assert retry.meta["retry_times"] == 1
+
+
+def test_non_api_requests_are_left_alone(mw):
+    req = Request("https://example.com")
+    resp = TextResponse(req.url, status=500, body=b"x", request=req)
+    assert mw.process_response(req, resp) is resp
+    assert mw.process_exception(req, TxTimeoutError()) is None
+
+
+def test_exceptions_are_redacted():
+    exc = TxTimeoutError("Getting https://api.tmapi.io/1688/item_desc?item_id=1&apiToken=s3cret took longer")
+    clean = redact_exception(exc, "s3cret")
+    assert clean is not None
+    assert "s3cret" not in str(clean)
+    assert "apiToken=***" in str(clean)
+    assert isinstance(clean, TxTimeoutError)
+    assert redact_exception(ValueError("nothing here"), "s3cret") is None
