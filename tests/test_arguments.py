@@ -51,7 +51,7 @@ def test_category_arguments():
     ],
 )
 def test_bad_arguments_are_one_clear_line(model, kwargs, message):
-    with pytest.raises(ConfigError, match="^invalid argument: ") as info:
+    with pytest.raises(ConfigError, match=r"^invalid argument: ") as info:
         parse_arguments(model, kwargs)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
