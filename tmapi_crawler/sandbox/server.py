@@ -423,6 +423,7 @@ class ApiResource(resource.Resource):
             style = sb.rng.choice(("http", "body"))
         request.setResponseCode(code if style == "http" else 200)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"content-length", b"%d" % len(body))
         if not request._disconnected:
             request.write(body)
             request.finish()
