@@ -13,7 +13,12 @@ from tmapi_crawler.auth import redact_exception
 from tmapi_crawler.middlewares import BACKOFF_META, ApiMiddleware
 from tmapi_crawler.spiders.item import ItemSpider
 
-SETTINGS = {"TMAPI_TOKEN": "tok", "TMAPI_BASE_URL": "https://api.tmapi.io", "TMAPI_RETRY_BACKOFF": 2.0}
+SETTINGS = {
+    "TMAPI_TOKEN": "tok",
+    "TMAPI_BASE_URL": "https://api.tmapi.io",
+    "TMAPI_RETRY_BACKOFF": 2.0,
+    "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0},
+}
 
 
 @pytest.fixture
@@ -92,7 +97,7 @@ def test_auth_error_stops_and_keeps_the_request(mw):
     kept = mw.process_response(req, answer(req, 401))
     assert isinstance(kept, Request)
     assert kept.dont_filter
-    assert mw.stop_reason == "tmapi_auth_failed"
+    assert mw.gate.stop_reason == "tmapi_auth_failed"
 
 
 def test_timeouts_are_retried(mw):

@@ -54,6 +54,7 @@ class TmapiAddon:
         from tmapi_crawler.extensions import TmapiStats
         from tmapi_crawler.middlewares import ApiMiddleware
         from tmapi_crawler.pipelines import ValidationPipeline
+        from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
 
         handler = "tmapi_crawler.auth.TokenDownloadHandler"
         handlers = {**settings.getdict("DOWNLOAD_HANDLERS"), "http": handler, "https": handler}
@@ -62,6 +63,13 @@ class TmapiAddon:
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", ApiMiddleware, 550)
         settings.set_in_component_priority_dict("ITEM_PIPELINES", ValidationPipeline, 100)
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiStats, 500)
+        settings.set_in_component_priority_dict("EXTENSIONS", TmapiThrottle, 0)
+        # The gate (tmapi_crawler.throttle) decides how many calls are in
+        # flight; Scrapy's own limits only need to leave it room.
+        cap = settings.getint("TMAPI_CONCURRENCY") or DEFAULT_CAP
+        for name in ("CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN"):
+            if settings.getint(name) < 2 * cap:
+                settings.set(name, 2 * cap, settings.getpriority(name) or 0)
         self._feeds(settings)
 
     @staticmethod

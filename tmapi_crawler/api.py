@@ -212,6 +212,14 @@ def envelope_of(response: Response) -> Envelope:
     return cached
 
 
+def outcome_of(response: Response) -> Outcome:
+    """What to do with *response* (a malformed answer fails)."""
+    try:
+        return envelope_of(response).outcome
+    except MalformedAnswer:
+        return Outcome.FAIL
+
+
 def offer_id_from_url(url: str) -> int | None:
     match = OFFER_URL_RE.match(url.strip())
     return int(match.group(1)) if match else None

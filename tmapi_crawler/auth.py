@@ -9,8 +9,9 @@ and gives Scrapy back a response whose URL and request are the token-free
 originals.  An exception whose message carries the URL (a timeout, say) is
 re-raised with the token masked.
 
-It also counts the calls really sent (``tmapi/calls``), which is what the
-bill and ``TMAPI_MAX_CALLS`` are about.
+It is also where a call is admitted (:mod:`tmapi_crawler.throttle`: the
+account's concurrency limit, the 439 pause, the budget) and counted
+(``tmapi/calls``): the last moment before it is really sent.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import build_from_crawler, load_object
 from w3lib.url import add_or_replace_parameter
 
-from tmapi_crawler.api import TOKEN_PARAM, endpoint_of
+from tmapi_crawler.api import TOKEN_PARAM, Outcome, endpoint_of, outcome_of
 from tmapi_crawler.config import REDACTED, config_from_settings
+from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -75,6 +77,7 @@ class TokenDownloadHandler(BaseDownloadHandler):
         self.token = config.token
         self.api_host = config.api_host
         self.stats = crawler.stats
+        self.gate = gate_of(crawler)
         inner_cls = load_object(crawler.settings.get("TMAPI_INNER_DOWNLOAD_HANDLER", INNER_HANDLER))
         self.inner: Any = build_from_crawler(inner_cls, crawler)
 
@@ -83,17 +86,25 @@ class TokenDownloadHandler(BaseDownloadHandler):
         if endpoint is None or urlparse_cached(request).netloc != self.api_host or not self.token:
             # Not an API call (or no token to add): nothing of ours to add.
             return await self.inner.download_request(request)
+        # Waits for a place among the account's calls in flight; raises
+        # CrawlStopping when the crawl stops (budget, 439, bad token).
+        ticket = await self.gate.acquire()
         sent = request.replace(url=add_or_replace_parameter(request.url, TOKEN_PARAM, self.token))
         self.stats.inc_value("tmapi/calls")
         self.stats.inc_value(f"tmapi/calls/{endpoint.value}")
+        outcome: Outcome | None = None
         try:
             response: Response = await self.inner.download_request(sent)
+            response = response.replace(url=request.url, request=request)
+            outcome = outcome_of(response)
         except Exception as exc:
             clean = redact_exception(exc, self.token)
             if clean is None:
                 raise
             raise clean from None
-        return response.replace(url=request.url, request=request)
+        finally:
+            self.gate.release(ticket, outcome)
+        return response
 
     async def close(self) -> None:
         await self.inner.close()

@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "TMAPI_RETRY_BACKOFF": 1.0,
     "TMAPI_RETRY_BACKOFF_MAX": 30.0,
     "TMAPI_QUOTA_WAIT": 600.0,
+    "TMAPI_QUOTA_PROBE": 5.0,
+    "TMAPI_QUOTA_PROBE_MAX": 60.0,
     "TMAPI_FAILURES_FILE": "failures.jsonl",
     "TMAPI_PROGRESS_INTERVAL": 10.0,
     "TMAPI_IDLE_TIMEOUT": 30.0,
@@ -66,6 +68,8 @@ class TmapiConfig(BaseModel):
     retry_backoff: float = Field(ge=0)
     retry_backoff_max: float = Field(ge=0)
     quota_wait: float = Field(ge=0)
+    quota_probe: float = Field(gt=0)
+    quota_probe_max: float = Field(gt=0)
     failures_file: str = Field(min_length=1)
     progress_interval: float = Field(ge=0)
     idle_timeout: float = Field(ge=0)
@@ -115,6 +119,8 @@ _FIELDS = {
     "TMAPI_RETRY_BACKOFF": "retry_backoff",
     "TMAPI_RETRY_BACKOFF_MAX": "retry_backoff_max",
     "TMAPI_QUOTA_WAIT": "quota_wait",
+    "TMAPI_QUOTA_PROBE": "quota_probe",
+    "TMAPI_QUOTA_PROBE_MAX": "quota_probe_max",
     "TMAPI_FAILURES_FILE": "failures_file",
     "TMAPI_PROGRESS_INTERVAL": "progress_interval",
     "TMAPI_IDLE_TIMEOUT": "idle_timeout",

@@ -15,10 +15,15 @@ HTTP 200 with the code in the body:
   the last try the error reaches the spider's errback, which writes a failure
   record.
 * 422, undocumented codes and malformed answers: :class:`ApiError` at once.
-* 503: retried later, never counted as an attempt, never a failure record.
-* 439 and a bad token: the crawl stops with ``tmapi_quota_exhausted`` or
-  ``tmapi_auth_failed``; the request goes back to the scheduler so that a
-  crawl with ``JOBDIR`` keeps it for the resume.
+* 503: sent again after a short pause, never counted as an attempt, never a
+  failure record; the gate (:mod:`tmapi_crawler.throttle`) lowers the number
+  of calls in flight.
+* 439: sent again, never counted as an attempt; the gate pauses all calls and
+  probes until the balance is back or ``TMAPI_QUOTA_WAIT`` runs out.
+* A bad token: the crawl stops at once with ``tmapi_auth_failed``.
+* A call the gate refused because the crawl is stopping (``CrawlStopping``)
+  goes back to the scheduler, so that a crawl with ``JOBDIR`` keeps it for
+  the resume.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from typing import TYPE_CHECKING
 
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.utils.asyncio import sleep
-from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import ApiError, MalformedAnswer, Outcome, envelope_of
 from tmapi_crawler.auth import token_of
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.throttle import CrawlStopping, gate_of
 
 if TYPE_CHECKING:
     from typing import Self
@@ -63,7 +68,7 @@ class ApiMiddleware:
             load_object(x) if isinstance(x, str) else x for x in crawler.settings.getlist("RETRY_EXCEPTIONS")
         )
         self.rng = random.Random()
-        self.stop_reason: str | None = None
+        self.gate = gate_of(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -72,12 +77,12 @@ class ApiMiddleware:
     async def process_request(self, request: Request) -> Request | None:
         if "tmapi" not in request.meta:
             return None
-        if self.stop_reason is not None:
+        if self.gate.stop_reason is not None:
             return self._keep(request)
         delay = request.meta.pop(BACKOFF_META, None)
         if delay:
             await sleep(delay)
-            if self.stop_reason is not None:
+            if self.gate.stop_reason is not None:
                 return self._keep(request)
         return None
 
@@ -103,28 +108,27 @@ class ApiMiddleware:
             later = request.replace(dont_filter=True)
             later.meta[BACKOFF_META] = CONCURRENCY_RETRY_DELAY * self.rng.uniform(0.5, 1.5)
             return later
-        elif outcome is Outcome.AUTH:
-            self._stop(
-                "tmapi_auth_failed",
-                "TMAPI refused the token (%s: %s): check TMAPI_TOKEN in the TMAPI console, "
-                "then run the same command again",
-                code,
-                envelope.msg,
-            )
-            return self._keep(request)
         elif outcome is Outcome.QUOTA:
-            self._stop(
-                "tmapi_quota_exhausted",
-                "TMAPI says the subscription expired or the balance is spent (%s: %s): top up, "
-                "then run the same command again (with -s JOBDIR=... it resumes where it stopped)",
-                code,
-                envelope.msg,
-            )
+            # The gate pauses every call; this one waits there like the others.
+            return request.replace(dont_filter=True)
+        elif outcome is Outcome.AUTH:
+            if self.gate.stop_reason is None:
+                logger.error(
+                    "TMAPI refused the token (%s: %s): check TMAPI_TOKEN in the TMAPI console, "
+                    "then run the same command again",
+                    code,
+                    envelope.msg,
+                )
+                self.gate.stop("tmapi_auth_failed")
             return self._keep(request)
         raise ApiError(code, envelope.msg)
 
     def process_exception(self, request: Request, exception: Exception) -> Request | None:
-        if "tmapi" not in request.meta or not isinstance(exception, self.retry_exceptions):
+        if "tmapi" not in request.meta:
+            return None
+        if isinstance(exception, CrawlStopping):
+            return self._keep(request)
+        if not isinstance(exception, self.retry_exceptions):
             return None
         return self._retry(request, exception)
 
@@ -152,18 +156,6 @@ class ApiMiddleware:
         kept = request.replace(dont_filter=True)
         kept.meta.pop(BACKOFF_META, None)
         return kept
-
-    def _stop(self, reason: str, message: str, *args: object) -> None:
-        if self.stop_reason is not None:
-            return
-        self.stop_reason = reason
-        logger.error(message, *args)
-        try:
-            engine = self.crawler.engine
-        except RuntimeError:  # not crawling: a component on its own
-            return
-        if engine.spider is not None:
-            deferred_from_coro(engine.close_spider_async(reason=reason))
 
 
 __all__ = ["ApiMiddleware", "attempts_of"]

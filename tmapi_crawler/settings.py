@@ -30,8 +30,8 @@ DOWNLOAD_TIMEOUT = 60
 # included; HttpErrorMiddleware must not drop them before the errback.
 HTTPERROR_ALLOW_ALL = True
 
-CONCURRENT_REQUESTS = 16
-CONCURRENT_REQUESTS_PER_DOMAIN = 16
+# How many calls are in flight is decided by tmapi_crawler.throttle (adaptive,
+# capped by TMAPI_CONCURRENCY); the add-on sets these to leave it room.
 # Each callback yields a handful of records at most; Scrapy 2.19 starts this
 # many tasks per response, so a small number saves CPU for nothing lost.
 CONCURRENT_ITEMS = 8

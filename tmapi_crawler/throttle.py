@@ -1,0 +1,344 @@
+"""Admission of API calls: the account's concurrency limit, the 439 pause,
+the budget, and stopping.
+
+Every API call passes :meth:`CallGate.acquire` in the download handler, at
+the last moment before it is sent, and :meth:`CallGate.release` when its
+answer (or error) is back, so the count of calls in flight is exact.  The
+middleware that reads the answers tells the gate how each call went
+(:meth:`CallGate.answered`); from that the gate
+
+* finds the account's concurrency limit without being told it.  It starts
+  moderate and adds one call in flight per success (so the number of calls
+  in flight doubles every round trip), like TCP's slow start.  A 503 for a
+  call sent while ``k`` of ours were in flight proves the limit is below
+  ``k``: the gate sets its limit to ``k - 1`` and remembers it as the
+  ceiling.  Because a 503 says where the hard limit is, the gate stays at
+  the ceiling instead of oscillating around it (AIMD would halve and climb
+  back, losing a share of the throughput at each cut); only after
+  ``PROBE_AFTER`` round trips without a 503 does it try one call more, in
+  case the account's limit was raised.  ``TMAPI_CONCURRENCY`` caps it, and
+  when set, is also where it starts.
+* pauses all traffic on a 439 (no balance): calls wait at the gate, and one
+  call at a time goes out as a probe after 5 s, 10 s, 20 s ... up to 60 s.  A
+  probe that succeeds resumes everything; after ``TMAPI_QUOTA_WAIT`` seconds
+  of 439 the crawl stops with ``tmapi_quota_exhausted``.
+* keeps the budget: the call that would exceed ``TMAPI_MAX_CALLS`` is not
+  sent, and the crawl stops with ``tmapi_budget_exhausted``.
+
+A call refused because the crawl is stopping raises :class:`CrawlStopping`;
+the middleware hands such a request back to the scheduler, so that a crawl
+with ``JOBDIR`` keeps it for the resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.utils.asyncio import call_later, create_looping_call
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from twisted.internet.defer import Deferred
+
+from tmapi_crawler.api import Outcome
+from tmapi_crawler.config import config_from_settings
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+#: Calls in flight at the start when TMAPI_CONCURRENCY is not set.
+START = 4
+#: The most calls in flight when TMAPI_CONCURRENCY is not set.
+DEFAULT_CAP = 64
+#: Successes, in round trips at the ceiling, before one call more is tried.
+PROBE_AFTER = 50
+#: Seconds between two checks that the engine is still running, while paused.
+SHUTDOWN_POLL = 1.0
+
+
+class CrawlStopping(Exception):
+    """The crawl is stopping (bad token, no balance, budget, shutdown): the
+    call was not sent."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"not sent: the crawl is stopping ({reason})")
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A call let through: how many were in flight with it, whether it is
+    the probe of a 439 pause."""
+
+    in_flight: int
+    probe: bool
+
+
+class CallGate:
+    def __init__(
+        self,
+        crawler: Crawler,
+        *,
+        start: int,
+        cap: int,
+        max_calls: int = 0,
+        quota_wait: float = 600.0,
+        probe_first: float = 5.0,
+        probe_max: float = 60.0,
+    ):
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.cap = cap
+        self.limit = float(min(start, cap))
+        self.ceiling: int | None = None
+        self.successes_at_ceiling = 0
+        self.in_flight = 0
+        self.sent = 0
+        self.max_calls = max_calls
+        self.waiters: deque[Deferred[None]] = deque()
+        self.stop_reason: str | None = None
+        # 439
+        self.quota_wait = quota_wait
+        self.probe_first = probe_first
+        self.probe_max = probe_max
+        self.paused_since: float | None = None
+        self.probe_interval = probe_first
+        self.probe_due = False
+        self.probe_out = False
+        self.probe_timer: Any = None
+        self.shutdown_poll: Any = None
+        self._publish()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        config = config_from_settings(crawler.settings)
+        cap = config.concurrency or DEFAULT_CAP
+        gate = cls(
+            crawler,
+            start=config.concurrency or START,
+            cap=cap,
+            max_calls=config.max_calls,
+            quota_wait=config.quota_wait,
+            probe_first=config.quota_probe,
+            probe_max=config.quota_probe_max,
+        )
+        crawler.signals.connect(gate.spider_closed, signal=signals.spider_closed)
+        return gate
+
+    # -- admission ------------------------------------------------------------
+
+    def _may_go(self) -> bool:
+        if self.paused_since is not None:
+            return self.probe_due and not self.probe_out
+        return self.in_flight < int(self.limit)
+
+    async def acquire(self) -> Ticket:
+        """Wait for a free place.  Raises :class:`CrawlStopping` when the
+        call must not be sent."""
+        while self.stop_reason is None and not self._may_go():
+            waiter: Deferred[None] = Deferred()
+            self.waiters.append(waiter)
+            await maybe_deferred_to_future(waiter)
+        if self.stop_reason is not None:
+            raise CrawlStopping(self.stop_reason)
+        if self.max_calls and self.sent >= self.max_calls:
+            logger.info(
+                "TMAPI_MAX_CALLS=%d calls were sent: stopping; the calls not sent are kept for a resume (JOBDIR)",
+                self.max_calls,
+            )
+            self.stop("tmapi_budget_exhausted")
+            raise CrawlStopping("tmapi_budget_exhausted")
+        probe = self.paused_since is not None
+        if probe:
+            self.probe_out, self.probe_due = True, False
+            paused = time.monotonic() - (self.paused_since or 0.0)
+            logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused)
+        self.in_flight += 1
+        self.sent += 1
+        return Ticket(self.in_flight, probe)
+
+    def release(self, ticket: Ticket, outcome: Outcome | None) -> None:
+        """The call is back: with the API's *outcome*, or ``None`` when it
+        never got an answer (a timeout, a lost connection)."""
+        self.in_flight -= 1
+        if ticket.probe:
+            self.probe_out = False
+        if outcome is Outcome.CONCURRENCY:
+            self._concurrency_exceeded(ticket.in_flight)
+        elif outcome is Outcome.QUOTA:
+            self._quota_exceeded(ticket.probe)
+        elif outcome is not None and outcome is not Outcome.AUTH:
+            # Any other answer means the account took the call.
+            if self.paused_since is not None:
+                self._resume()
+            self._grow()
+        elif ticket.probe:
+            self._arm_probe()  # the probe told nothing: another one, as late
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake as many waiting calls as there are free places (all of them
+        when stopping, so that they can be handed back)."""
+        if self.stop_reason is not None:
+            free = len(self.waiters)
+        elif self.paused_since is not None:
+            free = 1 if self._may_go() else 0
+        else:
+            free = int(self.limit) - self.in_flight
+        while free > 0 and self.waiters:
+            self.waiters.popleft().callback(None)
+            free -= 1
+
+    # -- concurrency ----------------------------------------------------------
+
+    def _grow(self) -> None:
+        if self.ceiling is None:
+            # Slow start: one more per success, doubling every round trip.
+            self.limit = min(float(self.cap), self.limit + 1)
+        else:
+            self.successes_at_ceiling += 1
+            if self.successes_at_ceiling < PROBE_AFTER * max(self.ceiling, 1) or self.ceiling >= self.cap:
+                return
+            # A long time without 503: perhaps the account's limit was raised.
+            self.successes_at_ceiling = 0
+            self.ceiling += 1
+            self.limit = float(self.ceiling)
+        self._publish()
+
+    def _concurrency_exceeded(self, in_flight_when_sent: int) -> None:
+        # The call was refused while in_flight_when_sent - 1 others of ours
+        # were out: the account has at most that many places.
+        new = max(1, min(int(self.limit), in_flight_when_sent - 1))
+        if new != self.ceiling:
+            logger.info("TMAPI answered 503 with %d calls in flight: at most %d from now on", in_flight_when_sent, new)
+        self.limit = float(new)
+        self.ceiling = new
+        self.successes_at_ceiling = 0
+        self._publish()
+
+    def _publish(self) -> None:
+        self.stats.set_value("tmapi/throttle/limit", int(self.limit))
+        if self.ceiling is not None:
+            self.stats.set_value("tmapi/throttle/ceiling", self.ceiling)
+
+    # -- 439 ------------------------------------------------------------------
+
+    def _quota_exceeded(self, probe: bool) -> None:
+        now = time.monotonic()
+        if self.paused_since is None:
+            self.paused_since = now
+            self.probe_interval = self.probe_first
+            self.stats.inc_value("tmapi/throttle/pauses")
+            logger.warning(
+                "TMAPI answered 439 (subscription expired or balance spent): all calls paused; "
+                "probing with one call at growing intervals for up to %.0f s (TMAPI_QUOTA_WAIT). Top up to resume.",
+                self.quota_wait,
+            )
+        elif probe:
+            self.probe_interval = min(self.probe_interval * 2, self.probe_max)
+        else:
+            return  # a call sent before the pause: it waits like the others
+        if now - self.paused_since >= self.quota_wait:
+            logger.error(
+                "TMAPI answered 439 for %.0f s: stopping. Top up the balance (or renew the subscription), "
+                "then run the same command again; with -s JOBDIR=... it resumes where it stopped",
+                now - self.paused_since,
+            )
+            self.stop("tmapi_quota_exhausted")
+            return
+        self._arm_probe()
+        if self.shutdown_poll is None:
+            self.shutdown_poll = create_looping_call(self._check_engine)
+            self.shutdown_poll.start(SHUTDOWN_POLL, now=False)
+
+    def _arm_probe(self) -> None:
+        self.probe_due = False
+        self._cancel_probe_timer()
+        self.probe_timer = call_later(self.probe_interval, self._probe_due)
+
+    def _probe_due(self) -> None:
+        self.probe_timer = None
+        self.probe_due = True
+        self._wake()
+
+    def _resume(self) -> None:
+        assert self.paused_since is not None
+        paused = time.monotonic() - self.paused_since
+        self._add_paused(paused)
+        logger.info("TMAPI answers again after %.0f s of 439: resuming", paused)
+        self.paused_since = None
+        self.probe_out = self.probe_due = False
+        self._cancel_probe_timer()
+        self._stop_poll()
+
+    def _add_paused(self, seconds: float) -> None:
+        total = self.stats.get_value("tmapi/throttle/paused_seconds", 0.0)
+        self.stats.set_value("tmapi/throttle/paused_seconds", round(total + seconds, 3))
+
+    def _cancel_probe_timer(self) -> None:
+        if self.probe_timer is not None:
+            self.probe_timer.cancel()
+            self.probe_timer = None
+
+    def _stop_poll(self) -> None:
+        if self.shutdown_poll is not None:
+            if self.shutdown_poll.running:
+                self.shutdown_poll.stop()
+            self.shutdown_poll = None
+
+    def _check_engine(self) -> None:
+        """Ctrl-C stops the engine without a signal that reaches us before
+        it waits for the calls in progress: while paused, look for it."""
+        engine = self.crawler.engine
+        if not engine.running:
+            self.stop("shutdown")
+
+    # -- stopping -------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Send nothing more; close the spider with *reason* (unless the
+        engine is already stopping); hand the waiting calls back."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self._cancel_probe_timer()
+        self._stop_poll()
+        try:
+            engine = self.crawler.engine
+        except RuntimeError:  # not crawling: a component on its own
+            engine = None
+        if engine is not None and engine.running and engine.spider is not None and reason != "shutdown":
+            deferred_from_coro(engine.close_spider_async(reason=reason))
+        self._wake()
+
+    def spider_closed(self) -> None:
+        if self.paused_since is not None:
+            self._add_paused(time.monotonic() - self.paused_since)
+        self._cancel_probe_timer()
+        self._stop_poll()
+
+
+class TmapiThrottle:
+    """The extension that owns the crawl's :class:`CallGate`; the download
+    handler and the middleware find it with ``crawler.get_extension``."""
+
+    def __init__(self, crawler: Crawler):
+        self.gate = CallGate.from_crawler(crawler)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+
+def gate_of(crawler: Crawler) -> CallGate:
+    ext = crawler.get_extension(TmapiThrottle)
+    if ext is None:
+        raise RuntimeError("tmapi_crawler.throttle.TmapiThrottle is not enabled: add the TmapiAddon to ADDONS")
+    return ext.gate
