@@ -59,8 +59,8 @@ START = 4
 DEFAULT_CAP = 64
 #: Successes, in round trips at the ceiling, before one call more is tried.
 PROBE_AFTER = 50
-#: Seconds between two checks that the engine is still running, while paused.
-SHUTDOWN_POLL = 1.0
+#: Seconds between two checks that the engine is not closing.
+SHUTDOWN_POLL = 0.5
 
 
 class CrawlStopping(Exception):
@@ -129,6 +129,7 @@ class CallGate:
             probe_first=config.quota_probe,
             probe_max=config.quota_probe_max,
         )
+        crawler.signals.connect(gate.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(gate.spider_closed, signal=signals.spider_closed)
         return gate
 
@@ -175,10 +176,12 @@ class CallGate:
         elif outcome is Outcome.QUOTA:
             self._quota_exceeded(ticket.probe)
         elif outcome is not None and outcome is not Outcome.AUTH:
-            # Any other answer means the account took the call.
-            if self.paused_since is not None:
+            # Any other answer means the account took the call; while paused,
+            # only the probe's answer counts (the others left before the 439).
+            if ticket.probe:
                 self._resume()
-            self._grow()
+            if self.paused_since is None:
+                self._grow()
         elif ticket.probe:
             self._arm_probe()  # the probe told nothing: another one, as late
         self._wake()
@@ -254,9 +257,6 @@ class CallGate:
             self.stop("tmapi_quota_exhausted")
             return
         self._arm_probe()
-        if self.shutdown_poll is None:
-            self.shutdown_poll = create_looping_call(self._check_engine)
-            self.shutdown_poll.start(SHUTDOWN_POLL, now=False)
 
     def _arm_probe(self) -> None:
         self.probe_due = False
@@ -276,7 +276,6 @@ class CallGate:
         self.paused_since = None
         self.probe_out = self.probe_due = False
         self._cancel_probe_timer()
-        self._stop_poll()
 
     def _add_paused(self, seconds: float) -> None:
         total = self.stats.get_value("tmapi/throttle/paused_seconds", 0.0)
@@ -293,11 +292,17 @@ class CallGate:
                 self.shutdown_poll.stop()
             self.shutdown_poll = None
 
+    def spider_opened(self) -> None:
+        self.shutdown_poll = create_looping_call(self._check_engine)
+        self.shutdown_poll.start(SHUTDOWN_POLL, now=False)
+
     def _check_engine(self) -> None:
-        """Ctrl-C stops the engine without a signal that reaches us before
-        it waits for the calls in progress: while paused, look for it."""
+        """Ctrl-C (or any other close) makes the engine wait for the calls in
+        progress, without a signal that reaches us first: look for it, so
+        that the calls waiting here are handed back instead of being sent."""
         engine = self.crawler.engine
-        if not engine.running:
+        slot = getattr(engine, "_slot", None)  # Scrapy has no public "closing" flag
+        if not engine.running or slot is None or slot.closing is not None:
             self.stop("shutdown")
 
     # -- stopping -------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Crawls against the sandbox's faults: limits, 439, budgets, stop and resume.
+
+Each asserts from the sandbox's counters: every product exactly once, no call
+billed twice, failure records only for what really failed.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from tests.conftest import ROOT, SandboxProcess, crawl, minimum_calls, read_jsonl
+
+SHOP = "b2b-sandbox0000"  # 60 products: 3 pages, 120 detail and desc calls
+FULL = minimum_calls(pages=3, products=60)
+
+
+def assert_once(sandbox: SandboxProcess, ids: list[int]) -> dict:
+    assert len(ids) == len(set(ids)) == 60
+    stats = sandbox.stats()
+    assert stats["billed"] == FULL, stats
+    assert stats["billed_twice"] == 0, stats["billed_twice_keys"]
+    return stats
+
+
+@deferred_f_from_coro_f
+async def test_the_account_limit_is_found_without_being_told(make_sandbox, tmp_path):
+    sb = make_sandbox("--concurrency", "3", "--latency-ms", "20")
+    result = await crawl("shop", sb, tmp_path, member_id=SHOP)
+    stats = assert_once(sb, result.ids())
+    assert result.failures == []
+    assert result.stats["tmapi/throttle/ceiling"] == 3
+    assert stats["max_in_flight"] == 3
+    assert stats["codes"].get("503", 0) <= 0.05 * stats["calls"]
+    assert result.stats.get("tmapi/retries/count", 0) == 0  # a 503 is not an attempt
+
+
+@deferred_f_from_coro_f
+async def test_a_limit_we_are_told_is_never_exceeded(make_sandbox, tmp_path):
+    sb = make_sandbox("--concurrency", "3", "--latency-ms", "20")
+    result = await crawl("shop", sb, tmp_path, member_id=SHOP, settings={"TMAPI_CONCURRENCY": 3})
+    stats = assert_once(sb, result.ids())
+    assert "503" not in stats["codes"]
+
+
+@deferred_f_from_coro_f
+async def test_439_pauses_until_the_balance_is_topped_up(make_sandbox, tmp_path):
+    sb = make_sandbox("--quota", "40", "--latency-ms", "5")
+
+    def top_up_later() -> None:
+        while sb.stats()["codes"].get("439", 0) == 0:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        sb.topup(1000)
+
+    helper = threading.Thread(target=top_up_later)
+    helper.start()
+    result = await crawl("shop", sb, tmp_path, member_id=SHOP, settings={"TMAPI_QUOTA_PROBE": 0.2})
+    helper.join()
+    assert result.reason == "finished"
+    assert_once(sb, result.ids())
+    assert result.failures == []
+    assert result.stats["tmapi/throttle/pauses"] == 1
+    assert result.stats["tmapi/throttle/paused_seconds"] >= 0.4
+
+
+@deferred_f_from_coro_f
+async def test_439_that_lasts_stops_and_the_resume_pays_nothing_twice(make_sandbox, tmp_path):
+    sb = make_sandbox("--quota", "50", "--latency-ms", "5")
+    settings = {"JOBDIR": str(tmp_path / "job"), "TMAPI_QUOTA_WAIT": 0.5, "TMAPI_QUOTA_PROBE": 0.1}
+    first = await crawl("shop", sb, tmp_path / "1", settings=settings, member_id=SHOP)
+    assert first.reason == "tmapi_quota_exhausted"
+    assert 0 < len(first.records) < 60
+    assert first.failures == []
+    assert sb.stats()["billed"] == 50
+    sb.topup(1000)
+    second = await crawl("shop", sb, tmp_path / "2", settings=settings, member_id=SHOP)
+    assert second.reason == "finished"
+    assert_once(sb, first.ids() + second.ids())
+
+
+@deferred_f_from_coro_f
+async def test_budget_stops_at_exactly_the_budget_and_resumes(sandbox, tmp_path):
+    job = {"JOBDIR": str(tmp_path / "job")}
+    first = await crawl("shop", sandbox, tmp_path / "1", settings={**job, "TMAPI_MAX_CALLS": 50}, member_id=SHOP)
+    assert first.reason == "tmapi_budget_exhausted"
+    assert first.stats["tmapi/calls"] == 50
+    assert sandbox.stats()["calls"] == 50
+    second = await crawl("shop", sandbox, tmp_path / "2", settings=job, member_id=SHOP)
+    assert second.reason == "finished"
+    assert_once(sandbox, first.ids() + second.ids())
+    assert sandbox.stats()["calls"] == FULL
+
+
+@deferred_f_from_coro_f
+async def test_faults_with_few_retries_fail_only_what_failed(make_sandbox, tmp_path):
+    sb = make_sandbox("--fault-rate", "0.3", "--error-style", "mixed", "--seed", "4", "--latency-ms", "2")
+    result = await crawl("shop", sb, tmp_path, member_id=SHOP, settings={"TMAPI_RETRY_TIMES": 1})
+    stats = sb.stats()
+    assert stats["billed_twice"] == 0
+    assert result.failures  # with 30% faults and one retry, some calls fail twice
+    for failure in result.failures:
+        assert failure["code"] in (417, 499, 500)
+        assert failure["attempts"] == 2
+    detail_failures = {f["item_id"] for f in result.failures if f["endpoint"] == "item_detail"}
+    # The accounting rule holds: a product is a record or a detail failure.
+    assert set(result.ids()) | detail_failures == set(result.ids()) ^ detail_failures
+    assert len(result.ids()) + len(detail_failures) == 60
+    assert stats["billed"] == result.stats["tmapi/billed"]
+
+
+def test_ctrl_c_then_the_same_command_resumes(make_sandbox, tmp_path):
+    sb = make_sandbox("--latency-ms", "150", "--concurrency", "4")
+    cmd = [
+        str(Path(sys.executable).parent / "scrapy"),
+        "crawl", "shop", "-a", f"member_id={SHOP}", "-o", "out.jsonl",
+        "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_TOKEN={sb.token}", "-s", "JOBDIR=job",
+    ]  # fmt: skip
+    env = {"SCRAPY_SETTINGS_MODULE": "tmapi_crawler.settings", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while sb.stats()["billed"] < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Spider closed (shutdown)" in err
+    stopped_at = sb.stats()["billed"]
+    assert stopped_at < FULL
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    ids = [r["item_id"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert_once(sb, ids)

@@ -1,0 +1,134 @@
+"""The call gate on its own: concurrency from 503s, the 439 pause, the budget."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f, deferred_from_coro, maybe_deferred_to_future
+from scrapy.utils.test import get_crawler
+
+from tmapi_crawler.api import Outcome
+from tmapi_crawler.spiders.item import ItemSpider
+from tmapi_crawler.throttle import PROBE_AFTER, CallGate, CrawlStopping
+
+
+def make_gate(**kwargs) -> CallGate:
+    crawler = get_crawler(ItemSpider, {"TMAPI_TOKEN": "t"})
+    kwargs.setdefault("start", 4)
+    kwargs.setdefault("cap", 64)
+    return CallGate(crawler, **kwargs)
+
+
+@deferred_f_from_coro_f
+async def test_slow_start_then_a_503_sets_the_ceiling():
+    gate = make_gate()
+    tickets = [await gate.acquire() for _ in range(4)]
+    assert [t.in_flight for t in tickets] == [1, 2, 3, 4]
+    blocked = deferred_from_coro(gate.acquire())
+    assert not blocked.called  # the fifth waits: the limit starts at 4
+    gate.release(tickets[0], Outcome.OK)  # one success: one more in flight
+    assert gate.limit == 5
+    fifth = await maybe_deferred_to_future(blocked)
+    assert fifth.in_flight == 4
+    for _ in range(20):
+        gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.limit == 25
+    assert gate.in_flight == 4
+    gate.release(await gate.acquire(), Outcome.CONCURRENCY)
+    assert gate.limit == 4  # in flight when sent: 5 -> the account has at most 4
+    assert gate.ceiling == 4
+    for ticket in [*tickets[1:], fifth]:
+        gate.release(ticket, Outcome.OK)
+    gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.limit == 4  # it stays at the ceiling
+    assert gate.stats.get_value("tmapi/throttle/limit") == 4
+
+
+@deferred_f_from_coro_f
+async def test_the_ceiling_is_tried_again_after_a_long_time_without_503():
+    gate = make_gate(start=3, cap=10)
+    ticket = await gate.acquire()
+    gate.release(ticket, Outcome.CONCURRENCY)
+    assert gate.ceiling == 1
+    for _ in range(PROBE_AFTER * 1):
+        gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.ceiling == 2
+
+
+@deferred_f_from_coro_f
+async def test_a_set_concurrency_caps_and_starts():
+    gate = make_gate(start=3, cap=3)
+    for _ in range(10):
+        gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.limit == 3
+
+
+@deferred_f_from_coro_f
+async def test_439_pauses_everything_and_a_successful_probe_resumes():
+    gate = make_gate(probe_first=0.05, probe_max=0.2, quota_wait=60)
+    first, second = await gate.acquire(), await gate.acquire()
+    gate.release(first, Outcome.QUOTA)
+    assert gate.paused_since is not None
+    gate.release(second, Outcome.QUOTA)  # sent before the pause: no effect
+    waiters = [deferred_from_coro(gate.acquire()) for _ in range(3)]
+    assert not any(w.called for w in waiters)
+    started = time.monotonic()
+    probe = await maybe_deferred_to_future(waiters[0])
+    assert probe.probe
+    assert time.monotonic() - started >= 0.04
+    assert not waiters[1].called  # one probe at a time
+    gate.release(probe, Outcome.QUOTA)
+    assert gate.probe_interval == pytest.approx(0.1)
+    probe = await maybe_deferred_to_future(waiters[1])
+    gate.release(probe, Outcome.OK)
+    assert gate.paused_since is None
+    assert not (await maybe_deferred_to_future(waiters[2])).probe
+    assert gate.stats.get_value("tmapi/throttle/paused_seconds") > 0
+
+
+@deferred_f_from_coro_f
+async def test_439_for_longer_than_the_quota_wait_stops():
+    gate = make_gate(probe_first=0.02, quota_wait=0.05)
+    gate.release(await gate.acquire(), Outcome.QUOTA)
+    waiter = deferred_from_coro(gate.acquire())
+    while gate.stop_reason is None:
+        probe = await maybe_deferred_to_future(waiter)
+        gate.release(probe, Outcome.QUOTA)
+        waiter = deferred_from_coro(gate.acquire())
+    assert gate.stop_reason == "tmapi_quota_exhausted"
+    with pytest.raises(CrawlStopping):
+        await maybe_deferred_to_future(waiter)
+
+
+@deferred_f_from_coro_f
+async def test_a_probe_without_an_answer_is_followed_by_another():
+    gate = make_gate(probe_first=0.02)
+    gate.release(await gate.acquire(), Outcome.QUOTA)
+    probe = await gate.acquire()
+    gate.release(probe, None)  # a timeout
+    again = await gate.acquire()
+    assert again.probe
+
+
+@deferred_f_from_coro_f
+async def test_budget_is_never_exceeded():
+    gate = make_gate(max_calls=3)
+    for _ in range(3):
+        gate.release(await gate.acquire(), Outcome.RETRY)
+    with pytest.raises(CrawlStopping) as info:
+        await gate.acquire()
+    assert info.value.reason == "tmapi_budget_exhausted"
+    assert gate.sent == 3
+
+
+@deferred_f_from_coro_f
+async def test_stopping_hands_every_waiting_call_back():
+    gate = make_gate(start=1, cap=1)
+    ticket = await gate.acquire()
+    waiters = [deferred_from_coro(gate.acquire()) for _ in range(5)]
+    gate.stop("tmapi_auth_failed")
+    for waiter in waiters:
+        with pytest.raises(CrawlStopping):
+            await maybe_deferred_to_future(waiter)
+    gate.release(ticket, Outcome.AUTH)
