@@ -32,9 +32,9 @@ HTTPERROR_ALLOW_ALL = True
 
 # How many calls are in flight is decided by tmapi_crawler.throttle (adaptive,
 # capped by TMAPI_CONCURRENCY); the add-on sets these to leave it room.
-# Each callback yields a handful of records at most; Scrapy 2.19 starts this
-# many tasks per response, so a small number saves CPU for nothing lost.
-CONCURRENT_ITEMS = 8
+# Each callback yields a handful of records at most and the pipelines are
+# synchronous; Scrapy 2.19 starts this many tasks per response: one is enough.
+CONCURRENT_ITEMS = 1
 
 # Nothing to talk to at run time.
 TELNETCONSOLE_ENABLED = False

@@ -85,6 +85,8 @@ class Counters:
     in_flight: int = 0
     max_in_flight: int = 0
     seen: set[tuple[str, str]] = field(default_factory=set)
+    first_call: float | None = None
+    last_answer: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,10 @@ class Counters:
             "billed_twice_keys": self.billed_twice_keys[:100],
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            # From the first call to the last answer: what benchmarks divide by.
+            "busy_seconds": round(self.last_answer - self.first_call, 4)
+            if self.first_call is not None and self.last_answer is not None
+            else 0.0,
         }
 
 
@@ -352,6 +358,8 @@ class ApiResource(resource.Resource):
             return _dumps({"code": 404, "msg": f"no such endpoint: {request.method.decode()} {path}", "data": None})
         sb = self.sandbox
         sb.counters.calls[endpoint.value] += 1
+        if sb.counters.first_call is None:
+            sb.counters.first_call = time.monotonic()
         query = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in (request.args or {}).items()}
         token = query.pop(TOKEN_PARAM, None)
         params: dict[str, Any] = query
@@ -418,6 +426,7 @@ class ApiResource(resource.Resource):
     def _write(self, request: Request, code: int, body: bytes) -> None:
         sb = self.sandbox
         sb.counters.codes[code] += 1
+        sb.counters.last_answer = time.monotonic()
         style = sb.faults.error_style
         if style == "mixed":
             style = sb.rng.choice(("http", "body"))

@@ -1,0 +1,190 @@
+"""The benchmarks: ``python -m bench`` (see ``--help``).
+
+Each scenario starts its own sandbox (loopback only), runs the real commands
+against it, and reads the sandbox's counters: calls, answers per code, billed
+calls, and ``busy_seconds`` (from the first call to the last answer).  The
+table is printed and written as JSON (``bench/results/latest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TOKEN = "bench-token"
+
+
+class Sandbox:
+    def __init__(self, *flags: str):
+        cmd = [sys.executable, "-m", "tmapi_crawler.sandbox", "--port", "0", "--token", TOKEN, *flags]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            raise RuntimeError("the sandbox did not start")
+
+    def admin(self, action: str, method: str = "GET") -> dict[str, Any]:
+        req = urllib.request.Request(f"{self.url}/__admin/{action}", method=method)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc: dict[str, Any] = json.load(resp)
+            return doc
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+@dataclass
+class Row:
+    scenario: str
+    crawler: str
+    products: int
+    calls: int
+    billed: int
+    minimum: int
+    seconds: float
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def project_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TMAPI_", "SCRAPY_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env["SCRAPY_SETTINGS_MODULE"] = "tmapi_crawler.settings"
+    return env
+
+
+def run_ours(sandbox: Sandbox, workdir: Path, *settings: str, member_id: str = "b2b-sandbox0000") -> dict[str, Any]:
+    cmd = [str(BIN / "scrapy"), "crawl", "shop", "-a", f"member_id={member_id}", "-O", "out.jsonl"]
+    cmd += ["-s", f"TMAPI_BASE_URL={sandbox.url}", "-s", f"TMAPI_TOKEN={TOKEN}", "-s", "LOG_LEVEL=WARNING"]
+    for s in settings:
+        cmd += ["-s", s]
+    return _run(cmd, workdir, project_env())
+
+
+def run_bare(sandbox: Sandbox, workdir: Path, *settings: str, member_id: str = "b2b-sandbox0000") -> dict[str, Any]:
+    """The bare spider with Scrapy's defaults (not this project's settings)."""
+    cmd = [str(BIN / "scrapy"), "runspider", str(ROOT / "bench" / "bare_spider.py"), "-O", "out.jsonl"]
+    cmd += ["-a", f"base={sandbox.url}", "-a", f"token={TOKEN}", "-a", f"member_id={member_id}"]
+    cmd += ["-s", "LOG_LEVEL=WARNING"]
+    for s in settings:
+        cmd += ["-s", s]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TMAPI_", "SCRAPY_"))}
+    return _run(cmd, workdir, env)
+
+
+def _run(cmd: list[str], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(cmd[:4])} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    out = workdir / "out.jsonl"
+    products = sum(1 for _ in out.open()) if out.exists() else 0
+    return {"products": products, "wall": time.monotonic() - started, "stderr": proc.stderr}
+
+
+def measure(sandbox: Sandbox, scenario: str, crawler: str, minimum: int, run: dict[str, Any]) -> Row:
+    stats = sandbox.admin("stats")
+    sandbox.admin("reset", "POST")
+    return Row(
+        scenario=scenario,
+        crawler=crawler,
+        products=run["products"],
+        calls=stats["calls"],
+        billed=stats["billed"],
+        minimum=minimum,
+        seconds=stats["busy_seconds"],
+        figures={
+            "codes": stats["codes"],
+            "billed_twice": stats["billed_twice"],
+            "max_in_flight": stats["max_in_flight"],
+        },
+    )
+
+
+# -- scenarios --------------------------------------------------------------------
+
+
+def ceiling(tmp: Path, quick: bool) -> list[Row]:
+    """--latency-ms 100 --concurrency 16: at most 160 calls a second."""
+    size = 200 if quick else 1000
+    pages = -(-size // 20)
+    minimum = pages + 2 * size
+    ceiling_rate = 16 / 0.1
+    rows: list[Row] = []
+    with Sandbox("--latency-ms", "100", "--concurrency", "16", "--shops", "1", "--shop-size", str(size)) as sb:
+        runs = [
+            ("ours, limit found alone", lambda d: run_ours(sb, d)),
+            ("ours, told TMAPI_CONCURRENCY=16", lambda d: run_ours(sb, d, "TMAPI_CONCURRENCY=16")),
+            (
+                "bare Scrapy told the limit (16 in flight)",
+                lambda d: run_bare(sb, d, "CONCURRENT_REQUESTS=16", "CONCURRENT_REQUESTS_PER_DOMAIN=16"),
+            ),
+            (
+                "bare Scrapy + AutoThrottle (defaults, 60 s at most)",
+                lambda d: run_bare(sb, d, "AUTOTHROTTLE_ENABLED=True", "CLOSESPIDER_TIMEOUT=60"),
+            ),
+        ]
+        for name, fn in runs:
+            row = measure(sb, "ceiling", name, minimum, fn(tmp / f"ceiling-{len(rows)}"))
+            rate = row.billed / row.seconds if row.seconds else 0.0
+            n503 = row.figures["codes"].get("503", 0)
+            row.figures.update(
+                {
+                    "billed_per_second": round(rate, 1),
+                    "share_of_ceiling": round(rate / ceiling_rate, 3),
+                    "share_503": round(n503 / row.calls, 4) if row.calls else 0.0,
+                }
+            )
+            rows.append(row)
+    return rows
+
+
+SCENARIOS = {"ceiling": ceiling}
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        f"{'scenario':<9} {'crawler':<52} {'products':>8} {'calls':>6} {'bill/min':>8} {'seconds':>8}  figures",
+    ]
+    for r in rows:
+        extra = {k: v for k, v in r.figures.items() if k not in ("codes",)}
+        bill = r.billed / r.minimum if r.minimum else 0
+        lines.append(
+            f"{r.scenario:<9} {r.crawler:<52} {r.products:>8} {r.calls:>6} {bill:>8.2f} {r.seconds:>8.1f}  "
+            + ", ".join(f"{k}={v}" for k, v in extra.items())
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="tmapi_crawler benchmarks")
+    parser.add_argument("--only", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller catalogs: a smoke run, not figures")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(SCENARIOS)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="tmapi-bench-") as tmp:
+        for name in names:
+            started = time.monotonic()
+            rows += SCENARIOS[name](Path(tmp), args.quick)
+            print(f"[{name}: {time.monotonic() - started:.0f} s]", file=sys.stderr)
+    print(table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    print(f"\n(written to {args.json})")
