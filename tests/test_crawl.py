@@ -86,7 +86,8 @@ async def test_shop_sort_and_filters_are_sent(sandbox, tmp_path):
         price_end="100",
         follow="listing",
     )
-    prices = [float(r["price"]) for r in result.records]
+    in_listing_order = sorted(result.records, key=lambda r: (r["source"]["page"], r["source"]["position"]))
+    prices = [float(r["price"]) for r in in_listing_order]
     assert prices
     assert prices == sorted(prices)
     assert all(10 <= p <= 100 for p in prices)
