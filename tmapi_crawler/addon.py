@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from tmapi_crawler.auth import redact_logs
 from tmapi_crawler.config import DEFAULTS, REDACTED
 from tmapi_crawler.records import RECORD_CLASSES, FailureItem
 
@@ -46,6 +47,7 @@ class TmapiAddon:
         if token in (None, "", REDACTED):
             token = os.environ.get("TMAPI_TOKEN") or None
         self.token = token
+        redact_logs(token)
         if settings.get("TMAPI_TOKEN") is not None:
             settings.set("TMAPI_TOKEN", REDACTED, settings.getpriority("TMAPI_TOKEN") or 0)
 

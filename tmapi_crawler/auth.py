@@ -17,6 +17,7 @@ account's concurrency limit, the 439 pause, the budget) and counted
 from __future__ import annotations
 
 import copy
+import logging
 from typing import TYPE_CHECKING, Any
 
 from scrapy.core.downloader.handlers.base import BaseDownloadHandler
@@ -66,6 +67,34 @@ def redact_exception(exc: BaseException, token: str | None) -> BaseException | N
     if token in str(clean):  # an exception that formats its message elsewhere
         return RuntimeError(redact(str(exc), token))
     return clean
+
+
+class RedactingFilter(logging.Filter):
+    """A log handler filter that masks the token in messages and tracebacks:
+    a second line of defence, since no request Scrapy logs carries it."""
+
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = redact(message, self.token), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and self.token in record.exc_text:
+            record.exc_text = redact(record.exc_text, self.token)
+        return True
+
+
+def redact_logs(token: str | None) -> None:
+    """Mask *token* in everything the root logger's handlers write."""
+    if not token:
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) and f.token == token for f in handler.filters):
+            handler.addFilter(RedactingFilter(token))
 
 
 class TokenDownloadHandler(BaseDownloadHandler):

@@ -40,6 +40,13 @@ CONCURRENT_ITEMS = 1
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 
+# An answer is a few kB; anything near this is not a TMAPI answer.
+DOWNLOAD_MAXSIZE = 16 * 1024 * 1024
+DOWNLOAD_WARNSIZE = 4 * 1024 * 1024
+
+# With HTTPCACHE_ENABLED, keep only answers that TMAPI billed (never errors).
+HTTPCACHE_POLICY = "tmapi_crawler.cache.ApiCachePolicy"
+
 FEED_EXPORT_ENCODING = "utf-8"
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 0

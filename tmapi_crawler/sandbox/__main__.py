@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from tmapi_crawler.sandbox.server import ERROR_STYLES, Faults
+from tmapi_crawler.sandbox.server import BROKEN_KINDS, ERROR_STYLES, Faults
 
 
 def _ids(text: str) -> frozenset[int]:
@@ -18,6 +18,18 @@ def _ids(text: str) -> frozenset[int]:
         return frozenset(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated item ids, got {text!r}") from None
+
+
+def _broken(text: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, kind = part.rpartition(":")
+        if not key or kind not in BROKEN_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"expected KEY:KIND with KIND one of {', '.join(BROKEN_KINDS)}, got {part!r}"
+            )
+        out[key] = kind
+    return out
 
 
 def _rate(text: str) -> float:
@@ -62,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--invalid", type=_ids, default=frozenset(), help="item ids whose item_detail has an empty title (invalid)"
     )
+    f.add_argument(
+        "--broken",
+        type=_broken,
+        default={},
+        help="answers that are not what the docs say: KEY:KIND,... where KEY is an item id (item_detail), "
+        "desc:<id>, shop:<member_id> or category:<cat_id>, and KIND one of " + ", ".join(BROKEN_KINDS),
+    )
     f.add_argument("--fault-rate", type=_rate, default=0.0, help="probability of a 417, 499 or 500 per call")
     f.add_argument("--concurrency", type=nn_int, default=0, help="calls in flight before 503 (default: 0, no limit)")
     f.add_argument("--latency-ms", type=nn_float, default=0.0, help="time every call takes")
@@ -99,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         removed=args.removed,
         removed_desc=args.removed_desc,
         invalid=args.invalid,
+        broken=args.broken,
         fault_rate=args.fault_rate,
         concurrency=args.concurrency,
         latency_ms=args.latency_ms,

@@ -55,6 +55,57 @@ MESSAGES = {
     503: "API request concurrency limit exceeded, please reduce concurrency.",
 }
 ERROR_STYLES = ("http", "body", "mixed")
+#: What ``--broken KEY:KIND`` sends instead of a successful answer.
+BROKEN_KINDS = {
+    "html": "an HTML error page from a proxy, with HTTP 200",
+    "truncated": "the first half of the JSON body",
+    "no-code": "an envelope without code",
+    "no-data": "an envelope without data",
+    "wrong-data": "data that is a list instead of an object",
+    "bad-item-id": "an item_id that is not a number (in a listing: the first entry's)",
+    "items-not-list": "a listing whose items is an object",
+    "huge": "a 2 MB body (over a small DOWNLOAD_MAXSIZE)",
+}
+
+
+def broken_key(endpoint: Endpoint, params: dict[str, Any]) -> str:
+    """The ``--broken`` key of a call: the item id for item_detail(_by_url),
+    ``desc:<id>`` for item_desc, ``shop:<member_id>``, ``category:<cat_id>``."""
+    if endpoint is Endpoint.ITEM_DETAIL_BY_URL:
+        return str(offer_id_from_url(str(params.get("url", ""))))
+    if endpoint is Endpoint.ITEM_DESC:
+        return f"desc:{params.get('item_id')}"
+    if endpoint is Endpoint.SHOP_ITEMS:
+        return f"shop:{params.get('member_id')}"
+    if endpoint is Endpoint.CATEGORY_ITEMS:
+        return f"category:{params.get('cat_id')}"
+    return str(params.get("item_id"))
+
+
+def broken_body(kind: str, data: bytes) -> bytes:
+    ok = b'{"code":200,"msg":"success","data":%s}'
+    if kind == "html":
+        return b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+    if kind == "truncated":
+        full = ok % data
+        return full[: len(full) // 2]
+    if kind == "no-code":
+        return b'{"msg":"success","data":%s}' % data
+    if kind == "no-data":
+        return b'{"code":200,"msg":"success"}'
+    if kind == "wrong-data":
+        return ok % b'["not","an","object"]'
+    doc = json.loads(data)
+    if kind == "bad-item-id":
+        if isinstance(doc.get("items"), list) and doc["items"]:
+            doc["items"][0]["item_id"] = "not-a-number"
+        else:
+            doc["item_id"] = "not-a-number"
+    elif kind == "items-not-list":
+        doc["items"] = {"0": doc.get("items")}
+    elif kind == "huge":
+        doc["padding"] = "x" * 2_000_000
+    return ok % _dumps(doc)
 
 
 @dataclass
@@ -65,6 +116,7 @@ class Faults:
     removed: frozenset[int] = frozenset()
     removed_desc: frozenset[int] = frozenset()  # description gone, detail still there
     invalid: frozenset[int] = frozenset()  # detail answered with an empty title
+    broken: dict[str, str] = field(default_factory=dict)  # key -> kind, see BROKEN_KINDS
     fault_rate: float = 0.0
     concurrency: int = 0  # 0: no limit
     latency_ms: float = 0.0
@@ -415,6 +467,10 @@ class ApiResource(resource.Resource):
         else:
             sb._quota_refund()
         body = b'{"code":%d,"msg":%s,"data":%s}' % (code, _dumps(msg), data)
+        if code == 200 and sb.faults.broken:
+            kind = sb.faults.broken.get(broken_key(endpoint, params))
+            if kind is not None:
+                body = broken_body(kind, data)
         self._write(request, code, body)
         return b""
 
