@@ -160,9 +160,11 @@ def test_fuzz_every_answer_is_a_record_a_failure_or_a_request(spider, body):
     records, failure records and requests; a malformed envelope is caught
     where the middleware would catch it."""
     source = {"spider": "shop", "member_id": "m", "page": 1, "position": 0}
+    opts = {**spider.options(spider.args), "page_size": 20}
+    detail_meta = {"source": source, "listing": {}, "item_id": 5, "opts": opts}
     cases: list[tuple[Endpoint, dict, dict, Any]] = [
-        (Endpoint.SHOP_ITEMS, {"member_id": "m", "page": 1}, {}, spider.parse_page),
-        (Endpoint.ITEM_DETAIL, {"item_id": 5}, {"source": source, "listing": {}, "item_id": 5}, spider.parse_detail),
+        (Endpoint.SHOP_ITEMS, {"member_id": "m", "page": 1}, {"opts": opts}, spider.parse_page),
+        (Endpoint.ITEM_DETAIL, {"item_id": 5}, detail_meta, spider.parse_detail),
         (
             Endpoint.ITEM_DESC,
             {"item_id": 5},

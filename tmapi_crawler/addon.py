@@ -72,6 +72,13 @@ class TmapiAddon:
         for name in ("CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN"):
             if settings.getint(name) < 2 * cap:
                 settings.set(name, 2 * cap, settings.getpriority(name) or 0)
+        if settings.get("REDIS_URL"):
+            # Distributed: the queue, the dupefilter and the account's limit
+            # in Redis (tmapi_crawler.cluster); nothing of it loads otherwise.
+            from tmapi_crawler.cluster.scheduler import LeasedScheduler, RedisDupeFilter
+
+            settings.set("SCHEDULER", _path(LeasedScheduler), "addon")
+            settings.set("DUPEFILTER_CLASS", _path(RedisDupeFilter), "addon")
         self._feeds(settings)
 
     @staticmethod

@@ -194,7 +194,7 @@ class FailureRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="tmapi_crawler failure record")
 
-    endpoint: Literal[(*(e.value for e in Endpoint), "record")]  # type: ignore[valid-type]
+    endpoint: Literal[(*(e.value for e in Endpoint), "record", "seed")]  # type: ignore[valid-type]
     params: dict[str, Any]
     item_id: StrictInt | None
     code: StrictInt | None

@@ -96,7 +96,8 @@ class CallGate:
         self.crawler = crawler
         self.stats = crawler.stats
         self.cap = cap
-        self.limit = float(min(start, cap))
+        self.start = min(start, cap)
+        self.limit = float(self.start)
         self.ceiling: int | None = None
         self.successes_at_ceiling = 0
         self.in_flight = 0
@@ -147,15 +148,7 @@ class CallGate:
             waiter: Deferred[None] = Deferred()
             self.waiters.append(waiter)
             await maybe_deferred_to_future(waiter)
-        if self.stop_reason is not None:
-            raise CrawlStopping(self.stop_reason)
-        if self.max_calls and self.sent >= self.max_calls:
-            logger.info(
-                "TMAPI_MAX_CALLS=%d calls were sent: stopping; the calls not sent are kept for a resume (JOBDIR)",
-                self.max_calls,
-            )
-            self.stop("tmapi_budget_exhausted")
-            raise CrawlStopping("tmapi_budget_exhausted")
+        self._may_send()
         probe = self.paused_since is not None
         if probe:
             self.probe_out, self.probe_due = True, False
@@ -164,6 +157,19 @@ class CallGate:
         self.in_flight += 1
         self.sent += 1
         return Ticket(self.in_flight, probe)
+
+    def _may_send(self) -> None:
+        """Raise :class:`CrawlStopping` when the crawl is stopping or the
+        budget is spent (and stop it then)."""
+        if self.stop_reason is not None:
+            raise CrawlStopping(self.stop_reason)
+        if self.max_calls and self.sent >= self.max_calls:
+            logger.info(
+                "TMAPI_MAX_CALLS=%d calls were sent: stopping; the calls not sent are kept for a resume",
+                self.max_calls,
+            )
+            self.stop("tmapi_budget_exhausted")
+            raise CrawlStopping("tmapi_budget_exhausted")
 
     def release(self, ticket: Ticket, outcome: Outcome | None) -> None:
         """The call is back: with the API's *outcome*, or ``None`` when it
@@ -335,7 +341,13 @@ class TmapiThrottle:
     handler and the middleware find it with ``crawler.get_extension``."""
 
     def __init__(self, crawler: Crawler):
-        self.gate = CallGate.from_crawler(crawler)
+        gate_cls: type[CallGate] = CallGate
+        if crawler.settings.get("REDIS_URL"):
+            # Distributed: one account, one limit, shared by every worker.
+            from tmapi_crawler.cluster.gate import SharedCallGate
+
+            gate_cls = SharedCallGate
+        self.gate = gate_cls.from_crawler(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:

@@ -55,6 +55,12 @@ class Command(ScrapyCrawlCommand):
             self._refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
         try:
             require_token(config_from_settings(self.settings))
+            if self.settings.get("REDIS_URL"):
+                from tmapi_crawler.cluster.connection import check_redis
+
+                problem = check_redis(self.settings)
+                if problem:
+                    self._refuse(problem)
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
                 check(opts.spargs, self.settings)

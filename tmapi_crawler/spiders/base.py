@@ -3,8 +3,9 @@ detail and description, and turning every failure into a failure record."""
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from scrapy import Request, Spider
 
@@ -12,7 +13,7 @@ from tmapi_crawler import api
 from tmapi_crawler.api import ApiError, Endpoint, envelope_of
 from tmapi_crawler.arguments import CommonArgs, parse_arguments
 from tmapi_crawler.auth import token_of
-from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.config import ConfigError, config_from_settings
 from tmapi_crawler.middlewares import attempts_of
 from tmapi_crawler.records import (
     BadAnswer,
@@ -26,7 +27,7 @@ from tmapi_crawler.records import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator
     from typing import Self
 
     from scrapy.crawler import Crawler
@@ -45,31 +46,95 @@ PRIORITY_DETAIL = 10
 PRIORITY_DESC = 20
 
 
+class Cluster(Protocol):
+    """What a spider sees of distributed mode (the Redis scheduler)."""
+
+    def track(self, request: Request, output: Iterable[Any]) -> Iterator[Any]: ...
+
+    def follow_seeds(self, spider: TmapiSpider) -> AsyncIterator[Any]: ...
+
+
+def tracked(callback: Callable[[Any, Any], Iterable[Any]]) -> Callable[[Any, Any], Iterable[Any]]:
+    """A callback (or errback) whose output the Redis scheduler counts, so
+    that the request is acknowledged only once all it led to is safe."""
+
+    @functools.wraps(callback)
+    def wrapper(self: TmapiSpider, result: Any) -> Iterable[Any]:
+        output = callback(self, result)
+        if self.cluster is None:
+            return output
+        return self.cluster.track(result.request, output)
+
+    return wrapper
+
+
 class TmapiSpider(Spider):
-    """Base of the shop, category and item spiders."""
+    """Base of the shop, category and item spiders.
+
+    Each listing or input request carries ``meta["opts"]``: the options of the
+    seed it came from (``follow``, ``language``, ...), so that seeds with
+    options of their own (pushed to Redis as JSON) share one crawl.
+    """
 
     args_model: ClassVar[type[CommonArgs]]
     args: CommonArgs
     config: TmapiConfig
-    language: str
+    #: Set by the Redis scheduler in distributed mode.
+    cluster: Cluster | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         # Arguments are checked here, before anything is sent; the crawl
         # command checks them even earlier to print one line and exit 2.
-        self.args = parse_arguments(self.args_model, kwargs)
+        # Whether a seed is needed depends on the settings (from_crawler).
+        self.args = parse_arguments(self.args_model, kwargs, require_seed=False)
         super().__init__(*args)
 
     @classmethod
     def check_arguments(cls, kwargs: dict[str, Any], settings: BaseSettings) -> CommonArgs:
-        """Validate *kwargs* as this spider's arguments (raises ConfigError)."""
-        return parse_arguments(cls.args_model, kwargs)
+        """Validate *kwargs* as this spider's arguments (raises ConfigError);
+        a worker of a distributed crawl may start without a seed."""
+        return parse_arguments(cls.args_model, kwargs, require_seed=not settings.get("REDIS_URL"))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = config_from_settings(crawler.settings, token=token_of(crawler))
-        spider.language = spider.args.language or spider.config.language
+        if not crawler.settings.get("REDIS_URL"):
+            parse_arguments(cls.args_model, kwargs)  # a seed is needed
         return spider
+
+    # -- seeds ----------------------------------------------------------------
+
+    async def start(self) -> AsyncIterator[Any]:
+        for out in self.seed_requests(self.args):
+            yield out
+        if self.cluster is not None:
+            # Distributed: seeds pushed to Redis, until the cluster is idle.
+            async for out in self.cluster.follow_seeds(self):
+                yield out
+
+    def seed_requests(self, args: Any) -> Iterator[Any]:  # pragma: no cover - each spider's own
+        raise NotImplementedError
+
+    def seed_args(self, seed: Any) -> CommonArgs:
+        """A seed pushed as JSON, checked like command-line arguments."""
+        if not isinstance(seed, dict):
+            raise ConfigError(f"a seed is a JSON object such as {self.seed_example()}")
+        return parse_arguments(self.args_model, seed)
+
+    @classmethod
+    def seed_example(cls) -> str:  # pragma: no cover - each spider's own
+        raise NotImplementedError
+
+    def options(self, args: CommonArgs) -> dict[str, Any]:
+        """What a seed's requests carry in ``meta["opts"]``."""
+        return {
+            "follow": args.follow,
+            "language": args.language or self.config.language,
+            "scene": args.scene,
+            "optimize_title": args.optimize_title,
+            "max_pages": getattr(args, "max_pages", None),
+        }
 
     # -- requests -------------------------------------------------------------
 
@@ -77,28 +142,29 @@ class TmapiSpider(Spider):
         kwargs.setdefault("errback", self.on_error)
         return api.build_request(self.config.base_url, endpoint, params, **kwargs)
 
-    def detail_params(self) -> dict[str, Any]:
-        return {
-            "language": self.language,
-            "scene": self.args.scene,
-            "optimize_title": self.args.optimize_title,
-        }
+    @staticmethod
+    def detail_params(opts: dict[str, Any]) -> dict[str, Any]:
+        return {"language": opts["language"], "scene": opts["scene"], "optimize_title": opts["optimize_title"]}
 
-    def detail_request(self, item_id: int, *, source: dict[str, Any], listing: dict[str, Any] | None) -> Request:
+    def detail_request(
+        self, item_id: int, *, source: dict[str, Any], listing: dict[str, Any] | None, opts: dict[str, Any]
+    ) -> Request:
         return self.api_request(
             Endpoint.ITEM_DETAIL,
-            {"item_id": item_id, **self.detail_params()},
+            {"item_id": item_id, **self.detail_params(opts)},
             callback=self.parse_detail,
-            meta={"source": source, "listing": listing, "item_id": item_id},
+            meta={"source": source, "listing": listing, "item_id": item_id, "opts": opts},
             priority=PRIORITY_DETAIL,
         )
 
-    def follow_entry(self, entry: Any, source: dict[str, Any], request: Request | None) -> Iterator[Any]:
+    def follow_entry(
+        self, entry: Any, source: dict[str, Any], request: Request | None, opts: dict[str, Any]
+    ) -> Iterator[Any]:
         """A listing entry: a listing record, or a request for its detail."""
         try:
             if not isinstance(entry, dict):
                 raise BadAnswer(f"a listing entry is not an object but {type(entry).__name__}")
-            if self.args.follow == "listing":
+            if opts["follow"] == "listing":
                 yield listing_record(entry, source=source)
                 return
             item_id = as_item_id(entry.get("item_id"))
@@ -111,20 +177,22 @@ class TmapiSpider(Spider):
                 source=source,
             )
             return
-        yield self.detail_request(item_id, source=source, listing=entry)
+        yield self.detail_request(item_id, source=source, listing=entry, opts=opts)
 
     # -- callbacks ------------------------------------------------------------
 
+    @tracked
     def parse_detail(self, response: Response) -> Iterator[Any]:
         meta = response.meta
+        opts = meta["opts"]
         try:
             record = product_record(
-                envelope_of(response).data, listing=meta["listing"], source=meta["source"], language=self.language
+                envelope_of(response).data, listing=meta["listing"], source=meta["source"], language=opts["language"]
             )
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             return
-        if self.args.follow != "detail+desc":
+        if opts["follow"] != "detail+desc":
             yield record
             return
         yield self.api_request(
@@ -135,6 +203,7 @@ class TmapiSpider(Spider):
             priority=PRIORITY_DESC,
         )
 
+    @tracked
     def parse_desc(self, response: Response) -> Iterator[Any]:
         record: ProductItem = response.meta["product"]
         try:
@@ -143,6 +212,7 @@ class TmapiSpider(Spider):
             yield self.failure(response.request, None, f"malformed answer: {exc}")
         yield record
 
+    @tracked
     def on_error(self, failure: Failure) -> Iterator[Any]:
         """Every call that failed for good ends here: a failure record; a
         product whose description failed is still a product record."""
@@ -166,9 +236,11 @@ class TmapiSpider(Spider):
         *,
         listing: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
+        endpoint: str = "record",
+        params: dict[str, Any] | None = None,
     ) -> FailureItem:
         meta = request.meta if request is not None else {}
-        info = meta.get("tmapi") or {"endpoint": "record", "params": {}}
+        info = meta.get("tmapi") or {"endpoint": endpoint, "params": params or {}}
         product = meta.get("product")
         record = failure_record(
             endpoint=info["endpoint"],

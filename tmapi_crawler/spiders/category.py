@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 from tmapi_crawler.api import Endpoint, envelope_of
 from tmapi_crawler.arguments import CategoryArgs
 from tmapi_crawler.records import BadAnswer
-from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider
+from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider, tracked
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
     from scrapy import Request
     from scrapy.http import Response
@@ -21,23 +21,30 @@ class CategorySpider(TmapiSpider):
     args_model = CategoryArgs
     args: CategoryArgs
 
-    async def start(self) -> AsyncIterator[Any]:
-        for cat_id in self.args.cat_id:
-            yield self.page_request(cat_id, 1)
+    def seed_requests(self, args: CategoryArgs) -> Iterator[Any]:
+        opts = self.options(args)
+        for cat_id in args.cat_id:
+            params = {
+                "cat_id": cat_id,
+                "page": 1,
+                "super_factory": args.super_factory,
+                "support_dropshipping": args.support_dropshipping,
+                "free_shipping": args.free_shipping,
+            }
+            yield self.page_request(params, opts)
 
-    def page_request(self, cat_id: int, page: int) -> Request:
-        a = self.args
-        params = {
-            "cat_id": cat_id,
-            "page": page,
-            "super_factory": a.super_factory,
-            "support_dropshipping": a.support_dropshipping,
-            "free_shipping": a.free_shipping,
-        }
-        return self.api_request(Endpoint.CATEGORY_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE)
+    @classmethod
+    def seed_example(cls) -> str:
+        return '{"cat_id": 1031910, "free_shipping": true}'
 
+    def page_request(self, params: dict[str, Any], opts: dict[str, Any]) -> Request:
+        return self.api_request(
+            Endpoint.CATEGORY_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE, meta={"opts": opts}
+        )
+
+    @tracked
     def parse_page(self, response: Response) -> Iterator[Any]:
-        params = response.meta["tmapi"]["params"]
+        params, opts = response.meta["tmapi"]["params"], response.meta["opts"]
         cat_id, page = params["cat_id"], params["page"]
         data = envelope_of(response).data
         try:
@@ -54,9 +61,9 @@ class CategorySpider(TmapiSpider):
         if page == 1:
             stats.inc_value("tmapi/pages_known")
         # A category says only whether there is a next page: one at a time.
-        if data["has_next_page"] and (not self.args.max_pages or page < self.args.max_pages):
+        if data["has_next_page"] and (not opts["max_pages"] or page < opts["max_pages"]):
             stats.inc_value("tmapi/pages_known")
-            yield self.page_request(cat_id, page + 1)
+            yield self.page_request({**params, "page": page + 1}, opts)
         for position, entry in enumerate(data["items"]):
             source = {"spider": "category", "cat_id": cat_id, "page": page, "position": position}
-            yield from self.follow_entry(entry, source, response.request)
+            yield from self.follow_entry(entry, source, response.request, opts)

@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from tmapi_crawler.api import Endpoint, offer_id_from_url
 from tmapi_crawler.arguments import ItemArgs, read_inputs
+from tmapi_crawler.config import ConfigError
 from tmapi_crawler.spiders.base import PRIORITY_DETAIL, TmapiSpider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import Iterator
 
     from scrapy import Request
 
@@ -19,28 +20,49 @@ class ItemSpider(TmapiSpider):
     args_model = ItemArgs
     args: ItemArgs
 
-    async def start(self) -> AsyncIterator[Any]:
-        for item_id in self.args.item_ids:
-            yield self.input_request(str(item_id))
-        for url in self.args.urls:
-            yield self.input_request(url)
-        if self.args.file is not None:
+    def seed_requests(self, args: ItemArgs) -> Iterator[Any]:
+        opts = self.options(args)
+        for item_id in args.item_ids:
+            yield self.input_request(str(item_id), opts)
+        for url in args.urls:
+            yield self.input_request(url, opts)
+        if args.file is not None:
             # Streamed: a file of a million ids is never held in memory.
-            for _, text, problem in read_inputs(self.args.file):
+            for _, text, problem in read_inputs(args.file):
                 if problem is None:
-                    yield self.input_request(text)
+                    yield self.input_request(text, opts)
 
-    def input_request(self, text: str) -> Request:
+    def seed_args(self, seed: Any) -> ItemArgs:
+        """``{"item_id": ...}`` or ``{"url": ...}`` (or the plural names of
+        the command line); a file is read by the worker that has it."""
+        if isinstance(seed, dict):
+            if "file" in seed:
+                raise ConfigError(
+                    "a seed in Redis cannot name a file: push its ids (scrapy cluster push item -a file=...)"
+                )
+            seed = dict(seed)
+            for one, many in (("item_id", "item_ids"), ("url", "urls")):
+                if one in seed:
+                    seed[many] = seed.pop(one)
+        args = super().seed_args(seed)
+        assert isinstance(args, ItemArgs)
+        return args
+
+    @classmethod
+    def seed_example(cls) -> str:
+        return '{"item_id": 859086919394}'
+
+    def input_request(self, text: str, opts: dict[str, Any]) -> Request:
         source = {"spider": "item", "input": text}
         stats = self.crawler.stats
         assert stats is not None
         stats.inc_value("tmapi/products_expected")
         if text.isdigit():
-            return self.detail_request(int(text), source=source, listing=None)
+            return self.detail_request(int(text), source=source, listing=None, opts=opts)
         return self.api_request(
             Endpoint.ITEM_DETAIL_BY_URL,
-            {"url": text, **self.detail_params()},
+            {"url": text, **self.detail_params(opts)},
             callback=self.parse_detail,
-            meta={"source": source, "listing": None, "item_id": offer_id_from_url(text)},
+            meta={"source": source, "listing": None, "item_id": offer_id_from_url(text), "opts": opts},
             priority=PRIORITY_DETAIL,
         )

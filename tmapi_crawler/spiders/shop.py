@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 from tmapi_crawler.api import Endpoint, envelope_of
 from tmapi_crawler.arguments import ShopArgs
 from tmapi_crawler.records import BadAnswer
-from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider
+from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider, tracked
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
     from scrapy import Request
     from scrapy.http import Response
@@ -22,25 +22,32 @@ class ShopSpider(TmapiSpider):
     args_model = ShopArgs
     args: ShopArgs
 
-    async def start(self) -> AsyncIterator[Any]:
-        for member_id in self.args.member_id:
-            yield self.page_request(member_id, 1)
+    def seed_requests(self, args: ShopArgs) -> Iterator[Any]:
+        opts = {**self.options(args), "page_size": args.page_size}
+        for member_id in args.member_id:
+            params = {
+                "member_id": member_id,
+                "page": 1,
+                "page_size": args.page_size,
+                "sort": args.sort,
+                "shop_cat_id": args.shop_cat_id,
+                "price_start": args.price_start,
+                "price_end": args.price_end,
+            }
+            yield self.page_request(params, opts)
 
-    def page_request(self, member_id: str, page: int) -> Request:
-        a = self.args
-        params = {
-            "member_id": member_id,
-            "page": page,
-            "page_size": a.page_size,
-            "sort": a.sort,
-            "shop_cat_id": a.shop_cat_id,
-            "price_start": a.price_start,
-            "price_end": a.price_end,
-        }
-        return self.api_request(Endpoint.SHOP_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE)
+    @classmethod
+    def seed_example(cls) -> str:
+        return '{"member_id": "b2b-22146365959302bc20", "sort": "sales"}'
 
+    def page_request(self, params: dict[str, Any], opts: dict[str, Any]) -> Request:
+        return self.api_request(
+            Endpoint.SHOP_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE, meta={"opts": opts}
+        )
+
+    @tracked
     def parse_page(self, response: Response) -> Iterator[Any]:
-        params = response.meta["tmapi"]["params"]
+        params, opts = response.meta["tmapi"]["params"], response.meta["opts"]
         member_id, page = params["member_id"], params["page"]
         data = envelope_of(response).data
         try:
@@ -57,13 +64,14 @@ class ShopSpider(TmapiSpider):
         stats.inc_value("tmapi/pages")
         if page == 1:
             # Page 1 says how many there are: ask for all the others at once.
-            pages = math.ceil(int(total) / self.args.page_size)
-            if self.args.max_pages:
-                pages = min(pages, self.args.max_pages)
+            page_size = opts["page_size"]
+            pages = math.ceil(int(total) / page_size)
+            if opts["max_pages"]:
+                pages = min(pages, opts["max_pages"])
             stats.inc_value("tmapi/pages_known", max(pages, 1))
-            stats.inc_value("tmapi/products_expected", min(int(total), pages * self.args.page_size))
+            stats.inc_value("tmapi/products_expected", min(int(total), pages * page_size))
             for next_page in range(2, pages + 1):
-                yield self.page_request(member_id, next_page)
+                yield self.page_request({**params, "page": next_page}, opts)
         for position, entry in enumerate(data["items"]):
             source = {"spider": "shop", "member_id": member_id, "page": page, "position": position}
-            yield from self.follow_entry(entry, source, response.request)
+            yield from self.follow_entry(entry, source, response.request, opts)

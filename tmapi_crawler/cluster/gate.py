@@ -1,0 +1,268 @@
+"""One account, one limit: the call gate shared by every worker through Redis.
+
+The algorithm is :class:`tmapi_crawler.throttle.CallGate`'s (find the
+account's limit from 503s and hold just under it, pause everything on 439
+and probe with one call, stop after ``TMAPI_QUOTA_WAIT``), but its state
+lives in Redis, changed only by two scripts, so that N workers together keep
+the account's calls in flight under its limit and still fill it:
+
+* ``tmapi:gate`` (a hash): the limit, the ceiling that 503s revealed, the
+  successes since, and the 439 pause (since when, the next probe, who
+  probes);
+* ``tmapi:gate:holders`` (a sorted set): one member per call in flight in
+  the whole cluster, with a deadline that its worker renews; a worker that
+  dies frees its places when they expire.
+
+Each call costs two script calls on the Redis server.  A call that finds no
+free place waits on its worker, without busy-waiting: it is woken when a call
+of its worker ends, and polls every :data:`POLL` seconds for places freed by
+other workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from scrapy.utils.asyncio import call_later, create_looping_call
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import Deferred
+
+from tmapi_crawler.api import Outcome
+from tmapi_crawler.cluster import GATE_HOLDERS_KEY, GATE_KEY
+from tmapi_crawler.cluster.connection import redis_from_settings
+from tmapi_crawler.cluster.scheduler import _NOW, RENEW
+from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two tries of a waiting call, for places other workers freed.
+POLL = 0.01
+#: The same while the account is paused by a 439 (the probe is rare anyway).
+POLL_PAUSED = 0.25
+
+# KEYS: gate, holders; ARGV: holder, holder ms, cap, start.
+# -> {granted, calls in flight (with this one), probe, ms paused or -1}
+ACQUIRE = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local g = redis.call('HMGET', KEYS[1], 'limit', 'paused_since', 'probe_at', 'probe_holder')
+local limit = math.min(tonumber(g[1]) or tonumber(ARGV[4]), tonumber(ARGV[3]))
+local n = redis.call('ZCARD', KEYS[2])
+if g[2] then
+  local paused = now - tonumber(g[2])
+  if (g[4] and redis.call('ZSCORE', KEYS[2], g[4])) or now < tonumber(g[3]) then
+    return {0, n, 0, paused}
+  end
+  redis.call('HSET', KEYS[1], 'probe_holder', ARGV[1])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+  return {1, n + 1, 1, paused}
+end
+if n >= limit then return {0, n, 0, -1} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return {1, n + 1, 0, -1}
+"""
+)
+
+# KEYS: gate, holders; ARGV: holder, outcome, calls in flight when it was
+# sent, probe, cap, start, first probe ms, longest probe interval ms,
+# PROBE_AFTER.  -> {limit, ceiling or -1, event}
+RELEASE = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+local g = redis.call('HMGET', KEYS[1], 'limit', 'ceiling', 'paused_since', 'probe_interval')
+local cap = tonumber(ARGV[5])
+local limit = math.min(tonumber(g[1]) or tonumber(ARGV[6]), cap)
+local ceiling = tonumber(g[2])
+local outcome = ARGV[2]
+local probe = ARGV[4] == '1'
+local event = ''
+if outcome == 'concurrency' then
+  local new = math.max(1, math.min(limit, tonumber(ARGV[3]) - 1))
+  if new ~= ceiling then event = 'ceiling' end
+  limit = new
+  ceiling = new
+  redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
+elseif outcome == 'quota' then
+  if not g[3] then
+    redis.call('HSET', KEYS[1], 'paused_since', now, 'probe_interval', ARGV[7], 'probe_at', now + tonumber(ARGV[7]))
+    redis.call('HDEL', KEYS[1], 'probe_holder')
+    event = 'paused'
+  elseif probe then
+    local interval = math.min(tonumber(g[4]) * 2, tonumber(ARGV[8]))
+    redis.call('HSET', KEYS[1], 'probe_interval', interval, 'probe_at', now + interval)
+    redis.call('HDEL', KEYS[1], 'probe_holder')
+  end
+elseif outcome == 'none' then
+  if probe and g[3] then
+    redis.call('HSET', KEYS[1], 'probe_at', now + tonumber(g[4]))
+    redis.call('HDEL', KEYS[1], 'probe_holder')
+  end
+elseif outcome ~= 'auth' then
+  if g[3] then
+    if probe then
+      redis.call('HDEL', KEYS[1], 'paused_since', 'probe_at', 'probe_interval', 'probe_holder')
+      event = 'resumed'
+    end
+  elseif not ceiling then
+    limit = math.min(cap, limit + 1)
+    redis.call('HSET', KEYS[1], 'limit', limit)
+  else
+    local s = redis.call('HINCRBY', KEYS[1], 'successes', 1)
+    if s >= tonumber(ARGV[9]) * math.max(ceiling, 1) and ceiling < cap then
+      ceiling = ceiling + 1
+      limit = ceiling
+      redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
+    end
+  end
+end
+return {limit, ceiling or -1, event}
+"""
+)
+
+_OUTCOMES = {Outcome.CONCURRENCY: "concurrency", Outcome.QUOTA: "quota", Outcome.AUTH: "auth"}
+
+
+@dataclass(frozen=True, slots=True)
+class SharedTicket(Ticket):
+    holder: str = ""
+
+
+class SharedCallGate(CallGate):
+    def __init__(self, crawler: Crawler, **kwargs: Any):
+        super().__init__(crawler, **kwargs)
+        config = config_from_settings(crawler.settings)
+        self.server = redis_from_settings(crawler.settings)
+        self.holder_ms = int(config.lease_timeout * 1000)
+        self.worker = uuid.uuid4().hex[:12]
+        self.serial = itertools.count()
+        self.holders: set[str] = set()
+        self.keys = [GATE_KEY, GATE_HOLDERS_KEY]
+        self._acquire = self.server.register_script(ACQUIRE)
+        self._release = self.server.register_script(RELEASE)
+        self._renew = self.server.register_script(RENEW)
+        self.poll_timer: Any = None
+        self.renew_loop: Any = None
+
+    async def acquire(self) -> Ticket:
+        while True:
+            self._may_send()
+            holder = f"{self.worker}:{next(self.serial)}"
+            granted, in_flight, probe, paused_ms = self._acquire(
+                keys=self.keys, args=[holder, self.holder_ms, self.cap, self.start]
+            )
+            if paused_ms >= 0:
+                self._seen_paused(paused_ms / 1000)
+                self._may_send()
+            elif granted and self.paused_since is not None:
+                self._seen_resumed()
+            if granted:
+                self.holders.add(holder)
+                self.in_flight += 1
+                self.sent += 1
+                if probe:
+                    logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused_ms / 1000)
+                self._wake()  # there was a free place: perhaps there is another
+                return SharedTicket(in_flight, bool(probe), holder)
+            waiter: Deferred[None] = Deferred()
+            self.waiters.appendleft(waiter)
+            self._arm_poll(POLL_PAUSED if paused_ms >= 0 else POLL)
+            await maybe_deferred_to_future(waiter)
+
+    def release(self, ticket: Ticket, outcome: Outcome | None) -> None:
+        assert isinstance(ticket, SharedTicket)
+        self.in_flight -= 1
+        self.holders.discard(ticket.holder)
+        name = "none" if outcome is None else _OUTCOMES.get(outcome, "ok")
+        args: list[str | int] = [ticket.holder, name, ticket.in_flight, int(ticket.probe), self.cap, self.start]
+        args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER]
+        limit, ceiling, event = self._release(keys=self.keys, args=args)
+        if event == b"ceiling":
+            logger.info(
+                "TMAPI answered 503 with %d calls in flight in the cluster: at most %d from now on",
+                ticket.in_flight,
+                ceiling,
+            )
+        elif event == b"paused":
+            self._seen_paused(0.0)
+        elif event == b"resumed" and self.paused_since is not None:
+            self._seen_resumed()
+        self.limit = float(limit)
+        self.ceiling = None if ceiling < 0 else int(ceiling)
+        self._publish()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.stop_reason is not None:
+            super()._wake()
+        elif self.waiters:
+            self.waiters.popleft().callback(None)
+
+    def _arm_poll(self, delay: float) -> None:
+        if self.poll_timer is None:
+            self.poll_timer = call_later(delay, self._poll)
+
+    def _poll(self) -> None:
+        self.poll_timer = None
+        self._wake()
+
+    # -- the 439 pause, as this worker sees it ---------------------------------
+
+    def _seen_paused(self, paused: float) -> None:
+        if self.paused_since is None:
+            self.paused_since = time.monotonic() - paused
+            self.stats.inc_value("tmapi/throttle/pauses")
+            logger.warning(
+                "TMAPI answered 439 (subscription expired or balance spent): all workers paused; "
+                "probing with one call at growing intervals for up to %.0f s (TMAPI_QUOTA_WAIT). Top up to resume.",
+                self.quota_wait,
+            )
+        if paused >= self.quota_wait:
+            logger.error(
+                "TMAPI answered 439 for %.0f s: stopping. Top up the balance (or renew the subscription), "
+                "then start the workers again; the pending requests wait in Redis",
+                paused,
+            )
+            self.stop("tmapi_quota_exhausted")
+
+    def _seen_resumed(self) -> None:
+        assert self.paused_since is not None
+        paused = time.monotonic() - self.paused_since
+        self._add_paused(paused)
+        logger.info("TMAPI answers again after %.0f s of 439: resuming", paused)
+        self.paused_since = None
+
+    # -- housekeeping ---------------------------------------------------------
+
+    def spider_opened(self) -> None:
+        super().spider_opened()
+        self.renew_loop = create_looping_call(self._renew_holders)
+        self.renew_loop.start(max(0.25, self.holder_ms / 4000), now=False)
+
+    def _renew_holders(self) -> None:
+        if self.holders:
+            self._renew(keys=[GATE_HOLDERS_KEY], args=[self.holder_ms, *self.holders])
+
+    def spider_closed(self) -> None:
+        if self.renew_loop is not None and self.renew_loop.running:
+            self.renew_loop.stop()
+        if self.poll_timer is not None:
+            self.poll_timer.cancel()
+            self.poll_timer = None
+        if self.holders:
+            self.server.zrem(GATE_HOLDERS_KEY, *self.holders)
+            self.holders.clear()
+        if self.paused_since is not None:
+            self._add_paused(time.monotonic() - self.paused_since)
+            self.paused_since = None
+        super().spider_closed()
