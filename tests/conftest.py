@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -183,19 +186,79 @@ async def crawl(
     )
 
 
-def run_scrapy(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """The real ``scrapy`` command, run from a copy-free checkout: the project
-    is found through SCRAPY_SETTINGS_MODULE and PYTHONPATH."""
+SCRAPY = str(Path(sys.executable).parent / "scrapy")
+
+
+def scrapy_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the real ``scrapy`` command, run from a copy-free
+    checkout: the project is found through SCRAPY_SETTINGS_MODULE and
+    PYTHONPATH; the token only when *env* gives it."""
     full_env = {k: v for k, v in os.environ.items() if k != "TMAPI_TOKEN"}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env["SCRAPY_SETTINGS_MODULE"] = "tmapi_crawler.settings"
     full_env.update(env or {})
-    scrapy = str(Path(sys.executable).parent / "scrapy")
+    return full_env
+
+
+def run_scrapy(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real ``scrapy`` command, to its end."""
     return subprocess.run(
-        [scrapy, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+        [SCRAPY, *args], cwd=cwd, env=scrapy_env(env), capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in memory only."""
+
+    def __init__(self, workdir: Path):
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
+        for _ in range(5):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            cmd += ["--dir", str(workdir), "--protected-mode", "yes"]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:  # its log: wait for "Ready to accept connections"
+                if "Ready to accept connections" in line:
+                    self.url = f"redis://127.0.0.1:{self.port}/0"
+                    self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+                    self._drain.start()
+                    return
+            self.proc.wait()  # the port was taken meanwhile: another one
+            self.proc.stdout.close()
+        raise RuntimeError("redis-server did not start")
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._drain.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_session: RedisServer) -> RedisServer:
+    """The shared redis-server, emptied for this test."""
+    redis_session.client().flushall()
+    return redis_session
 
 
 def minimum_calls(pages: int, products: int, follow: str = "detail+desc") -> int:

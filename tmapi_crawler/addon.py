@@ -18,11 +18,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from scrapy import signals
+
 from tmapi_crawler.auth import redact_logs
 from tmapi_crawler.config import DEFAULTS, REDACTED
 from tmapi_crawler.records import RECORD_CLASSES, FailureItem
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Self
 
     from scrapy.crawler import Crawler
@@ -37,6 +40,7 @@ class TmapiAddon:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.token: str | None = None
+        self.stop_redacting: Callable[[], None] = lambda: None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -47,7 +51,8 @@ class TmapiAddon:
         if token in (None, "", REDACTED):
             token = os.environ.get("TMAPI_TOKEN") or None
         self.token = token
-        redact_logs(token)
+        self.stop_redacting = redact_logs(token)
+        self.crawler.signals.connect(self.engine_stopped, signal=signals.engine_stopped)
         if settings.get("TMAPI_TOKEN") is not None:
             settings.set("TMAPI_TOKEN", REDACTED, settings.getpriority("TMAPI_TOKEN") or 0)
 
@@ -80,6 +85,9 @@ class TmapiAddon:
             settings.set("SCHEDULER", _path(LeasedScheduler), "addon")
             settings.set("DUPEFILTER_CLASS", _path(RedisDupeFilter), "addon")
         self._feeds(settings)
+
+    def engine_stopped(self) -> None:
+        self.stop_redacting()
 
     @staticmethod
     def _feeds(settings: BaseSettings) -> None:

@@ -30,6 +30,8 @@ from tmapi_crawler.config import REDACTED, config_from_settings
 from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
@@ -88,13 +90,21 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def redact_logs(token: str | None) -> None:
-    """Mask *token* in everything the root logger's handlers write."""
-    if not token:
-        return
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) and f.token == token for f in handler.filters):
-            handler.addFilter(RedactingFilter(token))
+def redact_logs(token: str | None) -> Callable[[], None]:
+    """Mask *token* in everything the root logger's handlers write; returns
+    the call that takes the masking off again (when the crawl is over)."""
+    added: list[tuple[logging.Handler, RedactingFilter]] = []
+    if token:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, RedactingFilter) and f.token == token for f in handler.filters):
+                added.append((handler, RedactingFilter(token)))
+                handler.addFilter(added[-1][1])
+
+    def undo() -> None:
+        for handler, log_filter in added:
+            handler.removeFilter(log_filter)
+
+    return undo
 
 
 class TokenDownloadHandler(BaseDownloadHandler):

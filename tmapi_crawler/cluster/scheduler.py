@@ -73,8 +73,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: queue, data, seq, leases; ARGV: payload, priority, lease it replaces ('' for none)
+# KEYS: queue, data, seq, leases, dupefilter; ARGV: payload, priority, lease
+# it replaces ('' for none), fingerprint ('' not to filter).  Marking the
+# request seen and queueing it is one step: a worker killed between the two
+# would leave a request seen but never queued, lost to the worker that redoes
+# its parent.  -> the new id, or false for a request seen before.
 PUSH = """
+if ARGV[4] ~= '' and redis.call('SADD', KEYS[5], ARGV[4]) == 0 then return false end
 local id = string.format('%016d', redis.call('INCR', KEYS[3]))
 redis.call('HSET', KEYS[2], id, ARGV[1])
 redis.call('ZADD', KEYS[1], -tonumber(ARGV[2]), id)
@@ -167,10 +172,16 @@ class LeasedQueue(Base):
     def leased(self) -> int:
         return int(self.server.zcard(self.leases_key))
 
-    def push(self, request: Request, replaces: str | None = None) -> str:
+    def push(
+        self, request: Request, replaces: str | None = None, *, dupefilter: str = "", fingerprint: bytes | str = b""
+    ) -> str | None:
+        """Queue *request* (ending the lease it *replaces*, if any); with a
+        *fingerprint*, only if the *dupefilter* set has not seen it (``None``
+        then)."""
         payload = self._encode_request(request)
-        keys = [self.key, self.data_key, self.seq_key, self.leases_key]
-        return str(self._push(keys=keys, args=[payload, request.priority, replaces or ""]), "ascii")
+        keys = [self.key, self.data_key, self.seq_key, self.leases_key, dupefilter or self.key]
+        got = self._push(keys=keys, args=[payload, request.priority, replaces or "", fingerprint])
+        return str(got, "ascii") if got else None
 
     def pop(self, timeout: int = 0) -> tuple[str, Request | None] | None:
         """The next request under a new lease, as ``(lease id, request)``;
@@ -324,10 +335,12 @@ class LeasedScheduler(Scheduler):
         parent = request.meta.pop(PARENT_META, None)
         replaces = request.meta.pop(LEASE_META, None)
         try:
-            if replaces is None and not request.dont_filter and self.df.request_seen(request):
+            fingerprint: bytes | str = b""
+            if replaces is None and not request.dont_filter:
+                fingerprint = self.df.request_fingerprint(request)
+            if self.queue.push(request, replaces, dupefilter=self.df.key, fingerprint=fingerprint) is None:
                 self.df.log(request, self.spider)
                 return False
-            self.queue.push(request, replaces)
             if replaces is not None:
                 self.held.pop(replaces, None)
             self.stats.inc_value("scheduler/enqueued/redis")

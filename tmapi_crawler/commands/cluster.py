@@ -59,6 +59,7 @@ def seeds_of(spidercls: Any, kwargs: dict[str, str]) -> list[dict[str, Any]]:
 
 class Command(ScrapyCommand):
     requires_project = True
+    requires_crawler_process = False  # it crawls nothing: no reactor, no start-up log
 
     def syntax(self) -> str:
         return "push|status|clear [spider] [-a NAME=VALUE ...]"
