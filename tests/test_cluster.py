@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -72,11 +74,11 @@ class Worker:
         """Lines written so far (the last one may still be half written)."""
         return self.out.read_bytes().count(b"\n") if self.out.exists() else 0
 
-    def stat(self, name: str) -> Any:
-        log = self.log.read_text()
-        marker = f"'{name}': "
-        start = log.rindex(marker) + len(marker)
-        return json.loads(log[start : log.index(",", start)].replace("'", '"'))
+    def stat(self, name: str) -> int:
+        """A number from the stats dump at the end of the log."""
+        found = re.findall(rf"'{re.escape(name)}': (\d+)", self.log.read_text())
+        assert found, f"no {name} in the stats of {self.log.name}"
+        return int(found[-1])
 
 
 def shop_minimum(products: int, page_size: int = 20) -> int:
@@ -335,3 +337,74 @@ def test_requests_round_trip_through_json():
         codec.loads(b"\x80\x04\x95pickled")
     with pytest.raises(TypeError, match="cannot be stored as JSON"):
         codec.dumps({"url": "u", "meta": {"x": object()}})
+
+
+def test_a_439_pauses_every_worker_until_the_top_up(make_sandbox, redis_server, tmp_path):
+    sb = make_sandbox("--shop-size", "200", "--quota", "150", "--latency-ms", "5")
+    settings = {"TMAPI_QUOTA_PROBE": 0.2, "TMAPI_CONCURRENCY": 8}
+
+    def top_up_later() -> None:
+        while sb.stats()["codes"].get("439", 0) == 0:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        sb.topup(1000)
+
+    helper = threading.Thread(target=top_up_later)
+    workers = [
+        Worker(f"w{i}", "shop", "-a", f"member_id={SHOP_A}", sandbox=sb, redis=redis_server, cwd=tmp_path,
+               settings=settings)
+        for i in range(2)
+    ]  # fmt: skip
+    helper.start()
+    assert [w.wait() for w in workers] == [0, 0]
+    helper.join()
+    ids = Counter(r["item_id"] for w in workers for r in w.records())
+    assert len(ids) == 200
+    assert set(ids.values()) == {1}
+    stats = sb.stats()
+    assert stats["billed"] == shop_minimum(200)
+    assert stats["billed_twice"] == 0
+    # Paused together: the calls in flight when the balance ran out, then
+    # one probe at a time for the whole cluster.
+    assert stats["codes"]["439"] <= 8 + 10
+    for w in workers:
+        log = w.log.read_text()
+        assert "all workers paused" in log
+        assert w.stat("tmapi/throttle/pauses") == 1
+
+
+def test_a_439_that_lasts_stops_every_worker_and_the_restart_resumes(make_sandbox, redis_server, tmp_path):
+    sb = make_sandbox("--quota", "60", "--latency-ms", "5")
+    settings = {"TMAPI_QUOTA_WAIT": 0.6, "TMAPI_QUOTA_PROBE": 0.1, "TMAPI_CONCURRENCY": 4}
+    seed = ("-a", f"member_id={SHOP_A}")
+    first = [
+        Worker(f"a{i}", "shop", *seed, sandbox=sb, redis=redis_server, cwd=tmp_path, settings=settings)
+        for i in range(2)
+    ]
+    assert [w.wait() for w in first] == [4, 4]
+    assert all("Top up the balance" in w.log.read_text() for w in first)
+    r = redis_server.client()
+    assert r.zcard("shop:requests") > 0
+    assert r.zcard("shop:leases") == 0
+    sb.topup(1000)
+    second = Worker("b", "shop", *seed, sandbox=sb, redis=redis_server, cwd=tmp_path, settings=settings)
+    assert second.wait() == 0
+    ids = Counter(rec["item_id"] for w in [*first, second] for rec in w.records())
+    assert len(ids) == 60
+    assert set(ids.values()) == {1}
+    assert sb.stats()["billed_twice"] == 0
+    assert_nothing_left(redis_server)
+
+
+def test_a_malformed_queue_entry_is_logged_and_skipped(sandbox, redis_server, tmp_path):
+    r = redis_server.client()
+    # One entry that is not JSON, one whose request is gone.
+    r.zadd("shop:requests", {"planted-1": -100, "planted-2": -100})
+    r.hset("shop:requests:data", mapping={"planted-1": b"\x80\x04\x95 not a request"})
+    worker = Worker("w", "shop", "-a", f"member_id={SHOP_A}", "-a", "max_pages=1", sandbox=sandbox,
+                    redis=redis_server, cwd=tmp_path)  # fmt: skip
+    assert worker.wait() == 0
+    assert len(worker.records()) == 20
+    assert "Skipped a request in Redis that is not one of ours" in worker.log.read_text()
+    assert worker.stat("tmapi/cluster/skipped") == 2
+    assert_nothing_left(redis_server)

@@ -162,7 +162,7 @@ class SharedCallGate(CallGate):
                 keys=self.keys, args=[holder, self.holder_ms, self.cap, self.start]
             )
             if paused_ms >= 0:
-                self._seen_paused(paused_ms / 1000)
+                self._seen_paused()
                 self._may_send()
             elif granted and self.paused_since is not None:
                 self._seen_resumed()
@@ -194,7 +194,7 @@ class SharedCallGate(CallGate):
                 ceiling,
             )
         elif event == b"paused":
-            self._seen_paused(0.0)
+            self._seen_paused()
         elif event == b"resumed" and self.paused_since is not None:
             self._seen_resumed()
         self.limit = float(limit)
@@ -218,15 +218,19 @@ class SharedCallGate(CallGate):
 
     # -- the 439 pause, as this worker sees it ---------------------------------
 
-    def _seen_paused(self, paused: float) -> None:
+    def _seen_paused(self) -> None:
+        # TMAPI_QUOTA_WAIT counts from when this worker first saw the pause,
+        # not from when it began: a worker started after a top-up, while the
+        # cluster's pause is still recorded, sends a probe before it gives up.
         if self.paused_since is None:
-            self.paused_since = time.monotonic() - paused
+            self.paused_since = time.monotonic()
             self.stats.inc_value("tmapi/throttle/pauses")
             logger.warning(
                 "TMAPI answered 439 (subscription expired or balance spent): all workers paused; "
                 "probing with one call at growing intervals for up to %.0f s (TMAPI_QUOTA_WAIT). Top up to resume.",
                 self.quota_wait,
             )
+        paused = time.monotonic() - self.paused_since
         if paused >= self.quota_wait:
             logger.error(
                 "TMAPI answered 439 for %.0f s: stopping. Top up the balance (or renew the subscription), "

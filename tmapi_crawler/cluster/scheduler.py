@@ -191,6 +191,7 @@ class LeasedQueue(Base):
             return None
         lease = str(got[0], "ascii")
         if got[1] is None:
+            logger.error("Skipped a request in Redis that is not one of ours: %r has no request", lease)
             return lease, None
         try:
             return lease, self._decode_request(got[1])
