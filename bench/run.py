@@ -67,12 +67,18 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run_ours(sandbox: Sandbox, workdir: Path, *settings: str, member_id: str = "b2b-sandbox0000") -> dict[str, Any]:
+def ours_command(sandbox: Sandbox, *settings: str, member_id: str = "b2b-sandbox0000", follow: str = "") -> list[str]:
     cmd = [str(BIN / "scrapy"), "crawl", "shop", "-a", f"member_id={member_id}", "-O", "out.jsonl"]
+    if follow:
+        cmd += ["-a", f"follow={follow}"]
     cmd += ["-s", f"TMAPI_BASE_URL={sandbox.url}", "-s", f"TMAPI_TOKEN={TOKEN}", "-s", "LOG_LEVEL=WARNING"]
     for s in settings:
         cmd += ["-s", s]
-    return _run(cmd, workdir, project_env())
+    return cmd
+
+
+def run_ours(sandbox: Sandbox, workdir: Path, *settings: str, follow: str = "") -> dict[str, Any]:
+    return _run(ours_command(sandbox, *settings, follow=follow), workdir, project_env())
 
 
 def run_bare(sandbox: Sandbox, workdir: Path, *settings: str, member_id: str = "b2b-sandbox0000") -> dict[str, Any]:
@@ -87,19 +93,38 @@ def run_bare(sandbox: Sandbox, workdir: Path, *settings: str, member_id: str = "
 
 
 def _run(cmd: list[str], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    return _wait([_start(cmd, workdir, env)])
+
+
+def _start(cmd: list[str], workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, float]:
     workdir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"{' '.join(cmd[:4])} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    out = workdir / "out.jsonl"
-    products = sum(1 for _ in out.open()) if out.exists() else 0
-    return {"products": products, "wall": time.monotonic() - started, "stderr": proc.stderr}
+    with (workdir / "stderr.txt").open("wb") as err:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    return proc, workdir, time.monotonic()
+
+
+def _wait(started: list[tuple[subprocess.Popen[bytes], Path, float]]) -> dict[str, Any]:
+    """Wait for crawler processes; their products, CPU seconds (user +
+    system, from the kernel's accounting of each process) and peak RSS."""
+    products, cpu, rss, wall = 0, 0.0, 0, 0.0
+    for proc, workdir, t0 in started:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = max(wall, time.monotonic() - t0)
+        if proc.returncode not in (0, 1):
+            stderr = (workdir / "stderr.txt").read_text()[-2000:]
+            raise RuntimeError(f"a crawler in {workdir} exited {proc.returncode}: {stderr}")
+        out = workdir / "out.jsonl"
+        products += sum(1 for _ in out.open()) if out.exists() else 0
+        cpu += usage.ru_utime + usage.ru_stime
+        rss = max(rss, usage.ru_maxrss)  # KiB on Linux
+    return {"products": products, "wall": wall, "cpu": cpu, "max_rss_mb": round(rss / 1024, 1)}
 
 
 def measure(sandbox: Sandbox, scenario: str, crawler: str, minimum: int, run: dict[str, Any]) -> Row:
     stats = sandbox.admin("stats")
     sandbox.admin("reset", "POST")
+    calls = stats["calls"]
     return Row(
         scenario=scenario,
         crawler=crawler,
@@ -112,6 +137,8 @@ def measure(sandbox: Sandbox, scenario: str, crawler: str, minimum: int, run: di
             "codes": stats["codes"],
             "billed_twice": stats["billed_twice"],
             "max_in_flight": stats["max_in_flight"],
+            "cpu_ms_per_call": round(1000 * run["cpu"] / calls, 2) if calls else None,
+            "max_rss_mb": run["max_rss_mb"],
         },
     )
 
@@ -154,7 +181,82 @@ def ceiling(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
-SCENARIOS = {"ceiling": ceiling}
+def cpu(tmp: Path, quick: bool) -> list[Row]:
+    """Latency 0, no limit: CPU per call of our whole crawl (validation,
+    throttling, records, feed export) next to the bare spider's."""
+    size = 200 if quick else 1000
+    minimum = -(-size // 20) + 2 * size
+    with Sandbox("--shops", "1", "--shop-size", str(size)) as sb:
+        ours = measure(sb, "cpu", "ours (defaults)", minimum, run_ours(sb, tmp / "cpu-ours"))
+        bare = measure(sb, "cpu", "bare Scrapy spider (Scrapy's defaults)", minimum, run_bare(sb, tmp / "cpu-bare"))
+    ratio = ours.figures["cpu_ms_per_call"] / bare.figures["cpu_ms_per_call"]
+    ours.figures["cpu_vs_bare"] = round(ratio, 2)
+    return [ours, bare]
+
+
+def memory(tmp: Path, quick: bool) -> list[Row]:
+    """Peak RSS of one process crawling 1,000 and 100,000 products
+    (``follow=detail``: 105,000 calls fit the time the benchmarks have)."""
+    sizes = (1000, 10_000) if quick else (1000, 100_000)
+    rows = []
+    for size in sizes:
+        with Sandbox("--shops", "1", "--shop-size", str(size)) as sb:
+            run = run_ours(sb, tmp / f"memory-{size}", "TMAPI_PROGRESS_INTERVAL=0", follow="detail")
+            rows.append(measure(sb, "memory", f"ours, {size:,} products, follow=detail", -(-size // 20) + size, run))
+    rows[-1].figures["rss_vs_smaller"] = round(rows[-1].figures["max_rss_mb"] / rows[0].figures["max_rss_mb"], 2)
+    return rows
+
+
+def bill(tmp: Path, quick: bool) -> list[Row]:
+    """Billed calls over the minimum, with 10% faults (417/499/500, as the
+    HTTP status or in the body)."""
+    size = 200 if quick else 1000
+    minimum = -(-size // 20) + 2 * size
+    flags = ("--shops", "1", "--shop-size", str(size), "--fault-rate", "0.1", "--error-style", "mixed")
+    with Sandbox(*flags) as sb:
+        run = run_ours(sb, tmp / "bill", "TMAPI_RETRY_BACKOFF=0.05", "TMAPI_RETRY_TIMES=5")
+        row = measure(sb, "bill", "ours, 10% faults", minimum, run)
+    row.figures["calls_over_minimum"] = round(row.calls / minimum, 2)
+    return [row]
+
+
+def workers(tmp: Path, quick: bool) -> list[Row]:
+    """1, 2 and 4 workers sharing one crawl through Redis: against the
+    limit of 16 calls in flight (latency 100 ms: 160 calls/s), and with no
+    limit and no latency (what this machine's cores allow)."""
+    from tests.conftest import RedisServer
+
+    size = 200 if quick else 1000
+    minimum = -(-size // 20) + 2 * size
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tmapi-redis-") as redis_dir:
+        redis = RedisServer(Path(redis_dir))
+        try:
+            for limited in (True, False):
+                flags = ("--latency-ms", "100", "--concurrency", "16") if limited else ()
+                with Sandbox("--shops", "1", "--shop-size", str(size), *flags) as sb:
+                    for n in (1, 2, 4):
+                        redis.client().flushall()
+                        settings = (f"REDIS_URL={redis.url}", "TMAPI_IDLE_TIMEOUT=1", "TMAPI_PROGRESS_INTERVAL=0")
+                        procs = [
+                            _start(ours_command(sb, *settings), tmp / f"workers-{limited}-{n}-{i}", project_env())
+                            for i in range(n)
+                        ]
+                        run = _wait(procs)
+                        label = f"{n} worker{'s' if n > 1 else ''}, " + ("limit 16 shared" if limited else "no limit")
+                        row = measure(sb, "workers", label, minimum, run)
+                        rate = row.billed / row.seconds if row.seconds else 0.0
+                        row.figures["billed_per_second"] = round(rate, 1)
+                        if limited:
+                            row.figures["share_of_ceiling"] = round(rate / 160, 3)
+                            row.figures["share_503"] = round(row.figures["codes"].get("503", 0) / row.calls, 4)
+                        rows.append(row)
+        finally:
+            redis.stop()
+    return rows
+
+
+SCENARIOS = {"ceiling": ceiling, "cpu": cpu, "memory": memory, "bill": bill, "workers": workers}
 
 
 def table(rows: list[Row]) -> str:

@@ -139,3 +139,22 @@ def test_ctrl_c_then_the_same_command_resumes(make_sandbox, tmp_path):
     assert again.returncode == 0, again.stderr
     ids = [r["item_id"] for r in read_jsonl(tmp_path / "out.jsonl")]
     assert_once(sb, ids)
+
+
+@deferred_f_from_coro_f
+async def test_a_shop_page_that_fails_for_good_does_not_stop_the_pages_after_it(make_sandbox, tmp_path):
+    """A long shop is paged PAGES_AHEAD at a time: page p + 8 is asked for when
+    page p is done, and also when it failed (through the errback, or as a
+    malformed listing)."""
+    spec = f"shop:{SHOP}:5:html,shop:{SHOP}:12:items-not-list"
+    sb = make_sandbox("--shop-size", "400", "--broken", spec)
+    result = await crawl("shop", sb, tmp_path, member_id=SHOP)
+    assert sorted(f["params"]["page"] for f in result.failures) == [5, 12]
+    assert all(f["endpoint"] == "shop_items" for f in result.failures)
+    assert len(set(result.ids())) == len(result.ids()) == 400 - 2 * 20
+    pages = {rec["source"]["page"] for rec in result.records}
+    assert pages == set(range(1, 21)) - {5, 12}
+    stats = sb.stats()
+    assert stats["calls_per_endpoint"]["shop_items"] == 20
+    assert stats["billed_twice"] == 0
+    assert "spider_exceptions/count" not in result.stats

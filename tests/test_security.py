@@ -13,7 +13,7 @@ from scrapy.http import Request, TextResponse
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
-from tests.conftest import crawl, run_scrapy
+from tests.conftest import TOKEN, crawl, run_scrapy
 from tmapi_crawler import api
 from tmapi_crawler.api import Endpoint, MalformedAnswer
 from tmapi_crawler.auth import RedactingFilter
@@ -126,7 +126,7 @@ async def test_hostile_listings_become_failure_records(make_sandbox, tmp_path):
 
 @pytest.fixture(scope="module")
 def spider():
-    crawler = get_crawler(ShopSpider, {"TMAPI_TOKEN": "t", "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}})
+    crawler = get_crawler(ShopSpider, {"TMAPI_TOKEN": TOKEN, "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}})
     return ShopSpider.from_crawler(crawler, member_id="m")
 
 

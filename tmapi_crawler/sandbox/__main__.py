@@ -79,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
         type=_broken,
         default={},
         help="answers that are not what the docs say: KEY:KIND,... where KEY is an item id (item_detail), "
-        "desc:<id>, shop:<member_id> or category:<cat_id>, and KIND one of " + ", ".join(BROKEN_KINDS),
+        "desc:<id>, shop:<member_id> or category:<cat_id> (with :<page> for one page), "
+        "and KIND one of " + ", ".join(BROKEN_KINDS),
     )
     f.add_argument("--fault-rate", type=_rate, default=0.0, help="probability of a 417, 499 or 500 per call")
     f.add_argument("--concurrency", type=nn_int, default=0, help="calls in flight before 503 (default: 0, no limit)")

@@ -68,18 +68,19 @@ BROKEN_KINDS = {
 }
 
 
-def broken_key(endpoint: Endpoint, params: dict[str, Any]) -> str:
-    """The ``--broken`` key of a call: the item id for item_detail(_by_url),
-    ``desc:<id>`` for item_desc, ``shop:<member_id>``, ``category:<cat_id>``."""
+def broken_keys(endpoint: Endpoint, params: dict[str, Any]) -> tuple[str, ...]:
+    """The ``--broken`` keys of a call: the item id for item_detail(_by_url),
+    ``desc:<id>`` for item_desc, ``shop:<member_id>`` or ``category:<cat_id>``
+    for every page of a listing, with ``:<page>`` for one page."""
     if endpoint is Endpoint.ITEM_DETAIL_BY_URL:
-        return str(offer_id_from_url(str(params.get("url", ""))))
+        return (str(offer_id_from_url(str(params.get("url", "")))),)
     if endpoint is Endpoint.ITEM_DESC:
-        return f"desc:{params.get('item_id')}"
-    if endpoint is Endpoint.SHOP_ITEMS:
-        return f"shop:{params.get('member_id')}"
-    if endpoint is Endpoint.CATEGORY_ITEMS:
-        return f"category:{params.get('cat_id')}"
-    return str(params.get("item_id"))
+        return (f"desc:{params.get('item_id')}",)
+    if endpoint in (Endpoint.SHOP_ITEMS, Endpoint.CATEGORY_ITEMS):
+        listing = "shop:" + str(params.get("member_id")) if endpoint is Endpoint.SHOP_ITEMS else ""
+        listing = listing or "category:" + str(params.get("cat_id"))
+        return (f"{listing}:{params.get('page', 1)}", listing)
+    return (str(params.get("item_id")),)
 
 
 def broken_body(kind: str, data: bytes) -> bytes:
@@ -468,7 +469,7 @@ class ApiResource(resource.Resource):
             sb._quota_refund()
         body = b'{"code":%d,"msg":%s,"data":%s}' % (code, _dumps(msg), data)
         if code == 200 and sb.faults.broken:
-            kind = sb.faults.broken.get(broken_key(endpoint, params))
+            kind = next(filter(None, map(sb.faults.broken.get, broken_keys(endpoint, params))), None)
             if kind is not None:
                 body = broken_body(kind, data)
         self._write(request, code, body)

@@ -214,8 +214,12 @@ class TmapiSpider(Spider):
 
     @tracked
     def on_error(self, failure: Failure) -> Iterator[Any]:
-        """Every call that failed for good ends here: a failure record; a
-        product whose description failed is still a product record."""
+        """Every call that failed for good ends here."""
+        yield from self.error_records(failure)
+
+    def error_records(self, failure: Failure) -> Iterator[Any]:
+        """A failure record; a product whose description failed is still a
+        product record."""
         request: Request = failure.request  # type: ignore[attr-defined]
         exc = failure.value
         if isinstance(exc, ApiError):

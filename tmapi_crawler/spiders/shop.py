@@ -15,6 +15,15 @@ if TYPE_CHECKING:
 
     from scrapy import Request
     from scrapy.http import Response
+    from twisted.python.failure import Failure
+
+
+#: Listing pages of a shop in hand at once.  Page 1 says how many there are;
+#: page p + PAGES_AHEAD is asked for when page p is done (or failed), so that
+#: what a crawl holds (pages in flight, the detail requests they yield) stays
+#: bounded whatever the shop's size, while products are still found far
+#: faster than an account's limit lets them be fetched.
+PAGES_AHEAD = 8
 
 
 class ShopSpider(TmapiSpider):
@@ -40,10 +49,27 @@ class ShopSpider(TmapiSpider):
     def seed_example(cls) -> str:
         return '{"member_id": "b2b-22146365959302bc20", "sort": "sales"}'
 
-    def page_request(self, params: dict[str, Any], opts: dict[str, Any]) -> Request:
+    def page_request(self, params: dict[str, Any], opts: dict[str, Any], pages: int | None = None) -> Request:
         return self.api_request(
-            Endpoint.SHOP_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE, meta={"opts": opts}
+            Endpoint.SHOP_ITEMS,
+            params,
+            callback=self.parse_page,
+            errback=self.on_page_error,
+            priority=PRIORITY_PAGE,
+            meta={"opts": opts, "pages": pages},
         )
+
+    def page_ahead(self, request: Request | None) -> Iterator[Request]:
+        """The page PAGES_AHEAD after *request*'s, if the shop has it."""
+        assert request is not None
+        params, pages = request.meta["tmapi"]["params"], request.meta.get("pages")
+        if pages is not None and params["page"] + PAGES_AHEAD <= pages:
+            yield self.page_request({**params, "page": params["page"] + PAGES_AHEAD}, request.meta["opts"], pages)
+
+    @tracked
+    def on_page_error(self, failure: Failure) -> Iterator[Any]:
+        yield from self.error_records(failure)
+        yield from self.page_ahead(failure.request)  # type: ignore[attr-defined]
 
     @tracked
     def parse_page(self, response: Response) -> Iterator[Any]:
@@ -58,20 +84,24 @@ class ShopSpider(TmapiSpider):
                 raise BadAnswer(f"shop_items total_count is not a number: {total!r}")
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
+            yield from self.page_ahead(response.request)
             return
         stats = self.crawler.stats
         assert stats is not None
         stats.inc_value("tmapi/pages")
         if page == 1:
-            # Page 1 says how many there are: ask for all the others at once.
+            # Page 1 says how many there are: the next PAGES_AHEAD now, each
+            # of the others when the page PAGES_AHEAD before it is done.
             page_size = opts["page_size"]
             pages = math.ceil(int(total) / page_size)
             if opts["max_pages"]:
                 pages = min(pages, opts["max_pages"])
             stats.inc_value("tmapi/pages_known", max(pages, 1))
             stats.inc_value("tmapi/products_expected", min(int(total), pages * page_size))
-            for next_page in range(2, pages + 1):
-                yield self.page_request({**params, "page": next_page}, opts)
+            for next_page in range(2, min(pages, 1 + PAGES_AHEAD) + 1):
+                yield self.page_request({**params, "page": next_page}, opts, pages)
+        else:
+            yield from self.page_ahead(response.request)
         for position, entry in enumerate(data["items"]):
             source = {"spider": "shop", "member_id": member_id, "page": page, "position": position}
             yield from self.follow_entry(entry, source, response.request, opts)
