@@ -69,3 +69,87 @@ def test_ids_file_lines(tmp_path):
         parse_arguments(ItemArgs, {"file": str(path)})
     path.write_text("1\n#c\n\nhttps://detail.1688.com/offer/2.html\n")
     assert parse_arguments(ItemArgs, {"file": str(path)}).seeds() == [{"file": str(path)}]
+
+
+BAD_SETTINGS = {
+    "TMAPI_TOKEN": "has a space",
+    "TMAPI_BASE_URL": "ftp://api.tmapi.io",
+    "TMAPI_ALLOW_HTTP": "maybe",
+    "TMAPI_LANGUAGE": "fr",
+    "TMAPI_MAX_CALLS": "-1",
+    "TMAPI_CONCURRENCY": "lots",
+    "TMAPI_RETRY_TIMES": "-2",
+    "TMAPI_RETRY_BACKOFF": "-1",
+    "TMAPI_RETRY_BACKOFF_MAX": "soon",
+    "TMAPI_QUOTA_WAIT": "-5",
+    "TMAPI_QUOTA_PROBE": "0",
+    "TMAPI_QUOTA_PROBE_MAX": "0",
+    "TMAPI_FAILURES_FILE": "",
+    "TMAPI_PROGRESS_INTERVAL": "-1",
+    "TMAPI_IDLE_TIMEOUT": "-1",
+    "TMAPI_LEASE_TIMEOUT": "0",
+}
+
+
+def test_every_setting_is_checked():
+    from tmapi_crawler.config import DEFAULTS
+
+    assert set(BAD_SETTINGS) == set(DEFAULTS)
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_SETTINGS.items())
+def test_a_bad_setting_is_one_line_naming_it_and_the_value(name, value):
+    from scrapy.settings import Settings
+
+    from tmapi_crawler.config import ConfigError, config_from_settings
+
+    with pytest.raises(ConfigError) as info:
+        config_from_settings(Settings({name: value}))
+    message = str(info.value)
+    assert name in message
+    assert repr(value) in message or value in message
+    assert "\n" not in message
+
+
+BAD_ARGUMENTS = [
+    ("shop", {"member_id": "a b"}, "member_id"),
+    ("shop", {"member_id": "m", "sort": "cheap"}, "sort"),
+    ("shop", {"member_id": "m", "shop_cat_id": "x;y"}, "shop_cat_id"),
+    ("shop", {"member_id": "m", "price_start": "cheap"}, "price_start"),
+    ("shop", {"member_id": "m", "price_end": "-1"}, "price_end"),
+    ("shop", {"member_id": "m", "price_start": "9", "price_end": "1"}, "price_start=9 is above price_end=1"),
+    ("shop", {"member_id": "m", "page_size": "0"}, "page_size"),
+    ("shop", {"member_id": "m", "page_size": "101"}, "page_size"),
+    ("shop", {"member_id": "m", "max_pages": "-1"}, "max_pages"),
+    ("shop", {}, "no seed"),
+    ("category", {"cat_id": "shoes"}, "cat_id"),
+    ("category", {"cat_id": "1", "free_shipping": "perhaps"}, "free_shipping"),
+    ("category", {"cat_id": "1", "super_factory": "2"}, "super_factory"),
+    ("category", {"cat_id": "1", "support_dropshipping": "x"}, "support_dropshipping"),
+    ("category", {"cat_id": "1", "max_pages": "0"}, "max_pages"),
+    ("item", {"item_ids": "12,abc"}, "item_ids"),
+    ("item", {"urls": "https://example.com/x.html"}, "not a 1688 product URL"),
+    ("item", {"file": "/nonexistent/ids.txt"}, "no such file"),
+    ("item", {"item_ids": "1", "follow": "listing"}, "follow=listing needs a listing"),
+    ("item", {"item_ids": "1", "language": "fr"}, "language"),
+    ("item", {"item_ids": "1", "scene": "retail"}, "scene"),
+    ("item", {"item_ids": "1", "optimize_title": "sometimes"}, "optimize_title"),
+    ("shop", {"member_id": "m", "follow": "everything"}, "follow"),
+    ("shop", {"member_id": "m", "colour": "red"}, "colour"),
+]
+
+
+@pytest.mark.parametrize(("spider", "kwargs", "expected"), BAD_ARGUMENTS)
+def test_every_bad_argument_is_one_line_naming_it(spider, kwargs, expected):
+    from scrapy.settings import Settings
+
+    from tmapi_crawler.config import ConfigError
+    from tmapi_crawler.spiders.category import CategorySpider
+    from tmapi_crawler.spiders.item import ItemSpider
+    from tmapi_crawler.spiders.shop import ShopSpider
+
+    spidercls = {"shop": ShopSpider, "category": CategorySpider, "item": ItemSpider}[spider]
+    with pytest.raises(ConfigError) as info:
+        spidercls.check_arguments(kwargs, Settings())
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)

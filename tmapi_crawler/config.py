@@ -150,8 +150,6 @@ def config_from_settings(settings: BaseSettings, *, token: str | None = None) ->
         raw = settings.get(setting, DEFAULTS[setting])
         if raw is None:
             continue
-        if setting == "TMAPI_ALLOW_HTTP":
-            raw = settings.getbool(setting, DEFAULTS[setting])
         values[field] = raw
     if token is not None:
         values["token"] = token
