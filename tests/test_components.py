@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from scrapy.http import Request, TextResponse
+from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 from twisted.internet.error import TimeoutError as TxTimeoutError
 
@@ -122,3 +125,33 @@ def test_exceptions_are_redacted():
     assert "apiToken=***" in str(clean)
     assert isinstance(clean, TxTimeoutError)
     assert redact_exception(ValueError("nothing here"), "s3cret") is None
+
+
+@deferred_f_from_coro_f
+async def test_timer_compaction_frees_cancelled_timers(monkeypatch):
+    """Cancelled Twisted timers (a download's timeout, once its answer is in)
+    do not stay in the reactor's heap until a timer falls due."""
+    import gc
+
+    from scrapy.utils.asyncio import sleep
+    from twisted.internet import reactor as installed
+    from twisted.internet.base import DelayedCall
+
+    reactor: Any = installed
+    from tmapi_crawler import extensions
+
+    def dead() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, DelayedCall) and o.cancelled)
+
+    monkeypatch.setattr(extensions, "TIMER_COMPACTION_INTERVAL", 0.05)
+    ext = extensions.TimerCompaction.from_crawler(get_crawler(ItemSpider, SETTINGS))
+    ext.spider_opened()
+    try:
+        for call in [reactor.callLater(60, lambda: None) for _ in range(500)]:
+            call.cancel()
+        assert dead() >= 500  # held by the heap until something compacts it
+        await sleep(0.2)
+        assert dead() < 50
+    finally:
+        ext.spider_closed()

@@ -51,14 +51,14 @@ class TmapiAddon:
         if token in (None, "", REDACTED):
             token = os.environ.get("TMAPI_TOKEN") or None
         self.token = token
-        self.stop_redacting = redact_logs(token)
+        self.crawler.signals.connect(self.engine_started, signal=signals.engine_started)
         self.crawler.signals.connect(self.engine_stopped, signal=signals.engine_stopped)
         if settings.get("TMAPI_TOKEN") is not None:
             settings.set("TMAPI_TOKEN", REDACTED, settings.getpriority("TMAPI_TOKEN") or 0)
 
         from scrapy.downloadermiddlewares.retry import RetryMiddleware
 
-        from tmapi_crawler.extensions import TmapiStats
+        from tmapi_crawler.extensions import TimerCompaction, TmapiStats
         from tmapi_crawler.middlewares import ApiMiddleware
         from tmapi_crawler.pipelines import ValidationPipeline
         from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
@@ -70,6 +70,7 @@ class TmapiAddon:
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", ApiMiddleware, 550)
         settings.set_in_component_priority_dict("ITEM_PIPELINES", ValidationPipeline, 100)
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiStats, 500)
+        settings.set_in_component_priority_dict("EXTENSIONS", TimerCompaction, 0)
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiThrottle, 0)
         # The gate (tmapi_crawler.throttle) decides how many calls are in
         # flight; Scrapy's own limits only need to leave it room.
@@ -85,6 +86,11 @@ class TmapiAddon:
             settings.set("SCHEDULER", _path(LeasedScheduler), "addon")
             settings.set("DUPEFILTER_CLASS", _path(RedisDupeFilter), "addon")
         self._feeds(settings)
+
+    def engine_started(self) -> None:
+        # From the first call to the last, every log line is masked; nothing
+        # before can hold the token (it left the settings above).
+        self.stop_redacting = redact_logs(self.token)
 
     def engine_stopped(self) -> None:
         self.stop_redacting()

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
+from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
 from tmapi_crawler.api import Endpoint, endpoint_of
@@ -125,3 +126,45 @@ class TmapiStats:
         width = max(len(name) for name, _ in rows)
         table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
         logger.info("TMAPI summary:\n%s", table)
+
+
+#: Seconds between two compactions of Twisted's heap of timers.
+TIMER_COMPACTION_INTERVAL = 2.0
+
+
+class TimerCompaction:
+    """Keeps Twisted's heap of timers from holding a minute of dead ones.
+
+    Every download sets a 60 s timeout (``DOWNLOAD_TIMEOUT``), and every
+    connection going back to the pool an idle timer; both are cancelled a few
+    milliseconds later.  Twisted drops cancelled timers from its heap only in
+    ``runUntilCurrent()``, which the asyncio reactor calls only when one of
+    Twisted's own timers falls due, so at hundreds of calls a second the heap
+    holds every timer of the last minute: tens of MB that grow with the call
+    rate (measured: +25 MB at 600 calls/s).  ``runUntilCurrent()`` runs only
+    what is due, so calling it more often changes nothing else.  Under
+    Twisted's own reactors it runs on every iteration: nothing to do.
+    """
+
+    def __init__(self, crawler: Crawler):
+        from scrapy.utils.reactor import is_asyncio_reactor_installed
+
+        if not is_asyncio_reactor_installed():
+            raise NotConfigured("Twisted's own reactor compacts its timers on every iteration")
+        self.task: Any = None
+        crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    def spider_opened(self) -> None:
+        from twisted.internet import reactor
+
+        self.task = create_looping_call(reactor.runUntilCurrent)
+        self.task.start(TIMER_COMPACTION_INTERVAL, now=False)
+
+    def spider_closed(self) -> None:
+        if self.task is not None and self.task.running:
+            self.task.stop()

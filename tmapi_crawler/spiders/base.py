@@ -201,6 +201,12 @@ class TmapiSpider(Spider):
             callback=self.parse_desc,
             meta={"product": record, "item_id": record["item_id"], "source": meta["source"]},
             priority=PRIORITY_DESC,
+            # One description per detail answer, and details are deduplicated:
+            # in one process the dupefilter would only hold its fingerprint
+            # for nothing (half of its memory).  In distributed mode a
+            # detail request can be delivered twice (its worker died), so
+            # there the description is deduplicated too.
+            dont_filter=self.cluster is None,
         )
 
     @tracked
