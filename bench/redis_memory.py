@@ -34,8 +34,8 @@ def used(redis: object) -> int:
 
 def main() -> None:
     examples = ROOT / "tmapi_crawler" / "sandbox" / "data"
-    listing = json.loads((examples / "shop_items.json").read_text())["items"][0]
-    detail = json.loads((examples / "item_detail.json").read_text())
+    listing = json.loads((examples / "shop_items.json").read_text())["data"]["items"][0]
+    detail = json.loads((examples / "item_detail.json").read_text())["data"]
     crawler = get_crawler(ShopSpider, {"TMAPI_TOKEN": "bench", "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}})
     spider = ShopSpider.from_crawler(crawler, member_id="b2b-22146365959302bc20")
     opts = {**spider.options(spider.args), "page_size": 20}

@@ -9,11 +9,13 @@ table is printed and written as JSON (``bench/results/latest.json``).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -137,10 +139,37 @@ def measure(sandbox: Sandbox, scenario: str, crawler: str, minimum: int, run: di
             "codes": stats["codes"],
             "billed_twice": stats["billed_twice"],
             "max_in_flight": stats["max_in_flight"],
-            "cpu_ms_per_call": round(1000 * run["cpu"] / calls, 2) if calls else None,
+            "cpu_ms_per_call": round(1000 * run["cpu"] / calls, 2) if calls and run["cpu"] else None,
             "max_rss_mb": run["max_rss_mb"],
         },
     )
+
+
+def run_minimal(sandbox: Sandbox, calls: int, threads: int = 16) -> dict[str, Any]:
+    """The simplest client there is: *threads* threads, each with one
+    keep-alive connection, sending ``item_detail`` calls back to back.  What
+    it reaches is the sandbox's practical ceiling."""
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    ids = iter(range(700_000_100_001, 700_000_100_001 + calls))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        while True:
+            with lock:
+                item_id = next(ids, None)
+            if item_id is None:
+                return
+            connection.request("GET", f"/1688/item_detail?apiToken={TOKEN}&item_id={item_id}")
+            connection.getresponse().read()
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {"products": calls, "wall": time.monotonic() - started, "cpu": 0.0, "max_rss_mb": 0.0}
 
 
 # -- scenarios --------------------------------------------------------------------
@@ -161,6 +190,7 @@ def ceiling(tmp: Path, quick: bool) -> list[Row]:
                 "bare Scrapy told the limit (16 in flight)",
                 lambda d: run_bare(sb, d, "CONCURRENT_REQUESTS=16", "CONCURRENT_REQUESTS_PER_DOMAIN=16"),
             ),
+            ("minimal client: 16 threads, http.client", lambda d: run_minimal(sb, minimum)),
             (
                 "bare Scrapy + AutoThrottle (defaults, 60 s at most)",
                 lambda d: run_bare(sb, d, "AUTOTHROTTLE_ENABLED=True", "CLOSESPIDER_TIMEOUT=60"),

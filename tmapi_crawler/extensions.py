@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
 from tmapi_crawler.api import Endpoint, endpoint_of
@@ -147,10 +146,6 @@ class TimerCompaction:
     """
 
     def __init__(self, crawler: Crawler):
-        from scrapy.utils.reactor import is_asyncio_reactor_installed
-
-        if not is_asyncio_reactor_installed():
-            raise NotConfigured("Twisted's own reactor compacts its timers on every iteration")
         self.task: Any = None
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
@@ -160,8 +155,11 @@ class TimerCompaction:
         return cls(crawler)
 
     def spider_opened(self) -> None:
+        from scrapy.utils.reactor import is_asyncio_reactor_installed
         from twisted.internet import reactor
 
+        if not is_asyncio_reactor_installed():
+            return  # Twisted's own reactors compact on every iteration
         self.task = create_looping_call(reactor.runUntilCurrent)
         self.task.start(TIMER_COMPACTION_INTERVAL, now=False)
 
