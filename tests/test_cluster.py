@@ -85,6 +85,17 @@ def shop_minimum(products: int, page_size: int = 20) -> int:
     return -(-products // page_size) + 2 * products
 
 
+def assert_each_product_once(sandbox: SandboxProcess, workers: list[Worker], products: int) -> dict[str, Any]:
+    """Every product in exactly one worker's feed, and billed exactly once."""
+    ids = Counter(r["item_id"] for w in workers for r in w.records())
+    assert len(ids) == products
+    assert set(ids.values()) == {1}
+    stats = sandbox.stats()
+    assert stats["billed"] == shop_minimum(products)
+    assert stats["billed_twice"] == 0
+    return stats
+
+
 def assert_nothing_left(redis: RedisServer, spider: str = "shop") -> None:
     r = redis.client()
     assert r.zcard(f"{spider}:requests") == 0
@@ -105,13 +116,8 @@ def test_three_workers_share_one_crawl_and_one_limit(make_sandbox, redis_server,
         Worker("w2", "shop", sandbox=sb, redis=redis_server, cwd=tmp_path, settings=told),
     ]  # fmt: skip
     assert [w.wait() for w in workers] == [0, 0, 0]
-    ids = Counter(r["item_id"] for w in workers for r in w.records())
-    assert len(ids) == 400
-    assert set(ids.values()) == {1}
+    stats = assert_each_product_once(sb, workers, 400)
     assert all(len(w.records()) > 0 for w in workers), [len(w.records()) for w in workers]
-    stats = sb.stats()
-    assert stats["billed"] == shop_minimum(400)
-    assert stats["billed_twice"] == 0
     assert stats["codes"].get("503", 0) == 0
     assert 2 <= stats["max_in_flight"] <= 6  # in parallel, never over
     assert not any(w.failures.exists() for w in workers)
@@ -125,18 +131,18 @@ def test_two_workers_find_the_shared_limit_alone(make_sandbox, redis_server, tmp
         Worker("w1", "shop", "-a", f"member_id={SHOP_A}", sandbox=sb, redis=redis_server, cwd=tmp_path),
     ]
     assert [w.wait() for w in workers] == [0, 0]
-    ids = Counter(r["item_id"] for w in workers for r in w.records())
-    assert len(ids) == 200
-    assert set(ids.values()) == {1}
-    stats = sb.stats()
-    assert stats["billed"] == shop_minimum(200)
-    assert stats["billed_twice"] == 0
+    stats = assert_each_product_once(sb, workers, 200)
     # The limit is found in the first round trips and then held, cluster-wide:
-    # 503s come from the first overshoot and from one try of a call more
-    # after 50 round trips (the share on a long crawl is in bench/).
-    assert stats["codes"].get("503", 0) <= 15
-    ceiling = int(redis_server.client().hget("tmapi:gate", "ceiling"))
-    assert ceiling == 5
+    # 503s come from the slow start's overshoot and from one try of a call
+    # more after 250 successes.  Were the limit not shared, the two workers
+    # would keep 10 calls in flight against 5, and half the calls would
+    # answer 503 (the share on a long crawl, 0.3%, is in bench/).
+    assert stats["codes"].get("503", 0) <= 25
+    logs = "".join(w.log.read_text() for w in workers)
+    assert "with 6 calls in flight in the cluster: at most 5 from now on" in logs
+    # 5, or 6 when the try of a call more (after 250 successes) met no 503
+    # before the crawl ended.
+    assert int(redis_server.client().hget("tmapi:gate", "ceiling")) in (5, 6)
 
 
 def test_a_killed_worker_loses_nothing(make_sandbox, redis_server, tmp_path):
@@ -358,12 +364,7 @@ def test_a_439_pauses_every_worker_until_the_top_up(make_sandbox, redis_server, 
     helper.start()
     assert [w.wait() for w in workers] == [0, 0]
     helper.join()
-    ids = Counter(r["item_id"] for w in workers for r in w.records())
-    assert len(ids) == 200
-    assert set(ids.values()) == {1}
-    stats = sb.stats()
-    assert stats["billed"] == shop_minimum(200)
-    assert stats["billed_twice"] == 0
+    stats = assert_each_product_once(sb, workers, 200)
     # Paused together: the calls in flight when the balance ran out, then
     # one probe at a time for the whole cluster.
     assert stats["codes"]["439"] <= 8 + 10
