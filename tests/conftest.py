@@ -212,7 +212,7 @@ def run_scrapy(
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, in memory only."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *args: str, password: str | None = None):
         server = shutil.which("redis-server")
         if server is None:
             pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
@@ -221,12 +221,14 @@ class RedisServer:
                 s.bind(("127.0.0.1", 0))
                 self.port = s.getsockname()[1]
             cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            cmd += ["--dir", str(workdir), "--protected-mode", "yes"]
+            cmd += ["--dir", str(workdir), "--protected-mode", "yes", *args]
+            if password:
+                cmd += ["--requirepass", password]
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert self.proc.stdout is not None
             for line in self.proc.stdout:  # its log: wait for "Ready to accept connections"
                 if "Ready to accept connections" in line:
-                    self.url = f"redis://127.0.0.1:{self.port}/0"
+                    self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
                     self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
                     self._drain.start()
                     return
@@ -238,6 +240,18 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url)
+
+    def dump(self) -> dict[bytes, list[bytes]]:
+        """Every key and the values it holds (hashes: their values)."""
+        r = self.client()
+        readers = {
+            b"string": lambda k: [r.get(k)],
+            b"hash": r.hvals,
+            b"set": lambda k: list(r.smembers(k)),
+            b"zset": lambda k: r.zrange(k, 0, -1),
+            b"list": lambda k: r.lrange(k, 0, -1),
+        }
+        return {key: readers[r.type(key)](key) for key in r.scan_iter()}
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -217,24 +217,6 @@ def test_seeds_pushed_as_json_and_a_bad_seed(make_sandbox, redis_server, tmp_pat
     assert "category" in status.stdout
 
 
-def dump_redis(redis: RedisServer) -> dict[bytes, Any]:
-    r = redis.client()
-    out: dict[bytes, Any] = {}
-    for key in r.scan_iter():
-        kind = r.type(key)
-        if kind == b"string":
-            out[key] = [r.get(key)]
-        elif kind == b"hash":
-            out[key] = r.hvals(key)
-        elif kind == b"set":
-            out[key] = list(r.smembers(key))
-        elif kind == b"zset":
-            out[key] = list(r.zrange(key, 0, -1))
-        elif kind == b"list":
-            out[key] = r.lrange(key, 0, -1)
-    return out
-
-
 def test_stop_and_restart_resume_with_no_pickle_and_no_token_in_redis(make_sandbox, redis_server, tmp_path):
     sb = make_sandbox("--latency-ms", "5", "--fault-rate", "0.1", "--error-style", "mixed")
     seed = ("-a", f"member_id={SHOP_A},{SHOP_B}")
@@ -248,7 +230,7 @@ def test_stop_and_restart_resume_with_no_pickle_and_no_token_in_redis(make_sandb
     r = redis_server.client()
     assert r.zcard("shop:requests") > 0  # pending work stays
     assert r.zcard("shop:leases") == 0  # what the workers held went back
-    dump = dump_redis(redis_server)
+    dump = redis_server.dump()
     assert not any(TOKEN.encode() in v for vs in dump.values() for v in vs)
     # No pickle anywhere: every value is a fingerprint (the dupefilter's
     # 20-byte digests), a number, an id, or JSON.
@@ -409,3 +391,25 @@ def test_a_malformed_queue_entry_is_logged_and_skipped(sandbox, redis_server, tm
     assert "Skipped a request in Redis that is not one of ours" in worker.log.read_text()
     assert worker.stat("tmapi/cluster/skipped") == 2
     assert_nothing_left(redis_server)
+
+
+def test_a_password_protected_redis(sandbox, tmp_path):
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", password="s3cret-pw")
+    try:
+        env = {"TMAPI_TOKEN": TOKEN}
+        ok = run_scrapy("cluster", "push", "shop", "-a", f"member_id={SHOP_A}", "-a", "max_pages=1",
+                        "-s", f"REDIS_URL={server.url}", cwd=tmp_path, env=env)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        # A seed carries its own options: this worker has none.
+        worker = Worker("w", "shop", sandbox=sandbox, redis=server, cwd=tmp_path)
+        assert worker.wait() == 0
+        assert len(worker.records()) == 20
+        wrong = server.url.replace("s3cret-pw", "wrong-pw")
+        refused = run_scrapy("crawl", "shop", "-a", "member_id=x", "-s", f"REDIS_URL={wrong}", cwd=tmp_path, env=env)
+        assert refused.returncode == 2
+        assert "cannot reach Redis at redis://:***@127.0.0.1" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        assert "wrong-pw" not in refused.stderr
+    finally:
+        server.stop()

@@ -55,6 +55,31 @@ def test_the_token_is_nowhere_a_crawl_wrote(make_sandbox, tmp_path):
     assert stats["billed_twice"] == 0
 
 
+def test_the_token_is_nowhere_a_distributed_crawl_wrote(make_sandbox, redis_server, tmp_path):
+    sb = make_sandbox("--fault-rate", "0.2", "--error-style", "mixed", "--concurrency", "3", "--latency-ms", "3",
+                      "--removed", "700020000002", token=CANARY)  # fmt: skip
+    result = run_scrapy(
+        "crawl", "shop", "-a", f"member_id={SHOP}", "-a", "max_pages=2", "-o", "out.jsonl",
+        "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"REDIS_URL={redis_server.url}", "-s", "TMAPI_IDLE_TIMEOUT=1",
+        "-s", "LOG_LEVEL=DEBUG", "-s", "LOG_FILE=crawl.log", "-s", "TMAPI_RETRY_BACKOFF=0.01",
+        "-s", "HTTPCACHE_ENABLED=True", "-s", f"HTTPCACHE_DIR={tmp_path / 'cache'}",
+        cwd=tmp_path,
+        env={"TMAPI_TOKEN": CANARY},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "crawl.log").read_text()
+    assert "Crawled (200) <GET " in log
+    assert "apiToken" not in log
+    assert (tmp_path / "failures.jsonl").exists()
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert CANARY.encode() not in path.read_bytes(), path
+    assert CANARY not in result.stderr + result.stdout
+    dump = redis_server.dump()
+    assert b"shop:dupefilter" in dump
+    assert not any(CANARY.encode() in value for values in dump.values() for value in values)
+    assert sb.stats()["codes"].get("503", 0) > 0
+
+
 def test_a_token_that_reaches_a_log_line_is_masked(caplog):
     handler = logging.StreamHandler()
     handler.addFilter(RedactingFilter(CANARY))
