@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import SandboxProcess, crawl, minimum_calls
+from tests.conftest import SandboxProcess, base_settings, crawl, minimum_calls
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "tmapi_crawler" / "sandbox" / "data"
 DOC_SELLER = "b2b-22146365959302bc20"
@@ -281,3 +281,32 @@ async def test_progress_line_and_summary(sandbox, tmp_path, caplog):
     assert re.search(r"Progress: pages \d+/\d+, products \d+, failures 0, [\d.]+ calls/s", text)
     assert "TMAPI summary" in text
     assert re.search(r"calls sent\s+123 \(shop_items 3, item_detail 60, item_desc 60\)", text)
+
+
+@deferred_f_from_coro_f
+async def test_an_ids_file_is_read_as_the_crawl_goes(make_sandbox, tmp_path):
+    """A file of ids is not turned into requests all at once: when the first
+    product is written, only what the downloader holds has been read."""
+    from scrapy import signals
+    from scrapy.crawler import AsyncCrawlerRunner
+    from scrapy.utils.project import get_project_settings
+
+    sb = make_sandbox("--latency-ms", "5", "--concurrency", "4")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(700_000_000_001 + n) for n in range(3000)) + "\n")
+    settings = get_project_settings()
+    settings.setdict(base_settings(sb, tmp_path, TMAPI_CONCURRENCY=4), priority="cmdline")
+    runner = AsyncCrawlerRunner(settings)
+    crawler = runner.create_crawler("item")
+    scheduled_at_first_product: list[int] = []
+
+    def item_scraped() -> None:
+        if not scheduled_at_first_product:
+            assert crawler.stats is not None
+            scheduled_at_first_product.append(crawler.stats.get_value("scheduler/enqueued", 0))
+
+    crawler.signals.connect(item_scraped, signal=signals.item_scraped)
+    await runner.crawl(crawler, file=str(ids), follow="detail")
+    assert crawler.stats is not None
+    assert crawler.stats.get_value("tmapi/products") == 3000
+    assert scheduled_at_first_product[0] < 300  # 2 * TMAPI_CONCURRENCY in the downloader, and a little more

@@ -7,7 +7,7 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from scrapy import Request, Spider
+from scrapy import Request, Spider, signals
 
 from tmapi_crawler import api
 from tmapi_crawler.api import ApiError, Endpoint, envelope_of
@@ -107,11 +107,22 @@ class TmapiSpider(Spider):
 
     async def start(self) -> AsyncIterator[Any]:
         for out in self.seed_requests(self.args):
+            await self.backpressure()
             yield out
         if self.cluster is not None:
             # Distributed: seeds pushed to Redis, until the cluster is idle.
             async for out in self.cluster.follow_seeds(self):
+                await self.backpressure()
                 yield out
+
+    async def backpressure(self) -> None:
+        """Scrapy takes whatever ``start()`` yields as fast as it comes:
+        while the downloader is full, wait until the scheduler is empty, so
+        that an ids file of millions of lines is read as the crawl goes, not
+        into memory at once."""
+        engine = self.crawler.engine
+        if engine is not None and engine.needs_backout():
+            await self.crawler.signals.wait_for(signals.scheduler_empty)
 
     def seed_requests(self, args: Any) -> Iterator[Any]:  # pragma: no cover - each spider's own
         raise NotImplementedError

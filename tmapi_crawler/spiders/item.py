@@ -27,7 +27,7 @@ class ItemSpider(TmapiSpider):
         for url in args.urls:
             yield self.input_request(url, opts)
         if args.file is not None:
-            # Streamed: a file of a million ids is never held in memory.
+            # Streamed: read as the crawl goes (see TmapiSpider.backpressure).
             for _, text, problem in read_inputs(args.file):
                 if problem is None:
                     yield self.input_request(text, opts)
