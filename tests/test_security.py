@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,21 @@ CANARY = "leak-canary-7f3a9d1e"
 SHOP = "b2b-sandbox0000"
 
 
+def assert_no_token_anywhere(result: subprocess.CompletedProcess[str], workdir: Path) -> list[Path]:
+    """The crawl (logging at DEBUG to crawl.log) succeeded, wrote failure
+    records, and the token is in none of its files nor its output."""
+    assert result.returncode == 0, result.stderr
+    log = (workdir / "crawl.log").read_text()
+    assert "Crawled (200) <GET " in log
+    assert "apiToken" not in log
+    assert (workdir / "failures.jsonl").exists()
+    written = [p for p in workdir.rglob("*") if p.is_file()]
+    for path in written:
+        assert CANARY.encode() not in path.read_bytes(), path
+    assert CANARY not in result.stderr + result.stdout
+    return written
+
+
 def test_the_token_is_nowhere_a_crawl_wrote(make_sandbox, tmp_path):
     sb = make_sandbox(
         "--fault-rate", "0.2", "--concurrency", "3", "--latency-ms", "3",
@@ -39,17 +56,9 @@ def test_the_token_is_nowhere_a_crawl_wrote(make_sandbox, tmp_path):
         cwd=tmp_path,
         env={"TMAPI_TOKEN": CANARY},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    log = (tmp_path / "crawl.log").read_text()
-    assert "Crawled (200) <GET " in log
-    assert "apiToken" not in log
-    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    written = assert_no_token_anywhere(result, tmp_path)
     assert any("cache" in p.parts for p in written)
     assert any("job" in p.parts for p in written)
-    assert (tmp_path / "failures.jsonl").exists()
-    for path in written:
-        assert CANARY.encode() not in path.read_bytes(), path
-    assert CANARY not in result.stderr + result.stdout
     stats = sb.stats()
     assert stats["codes"].get("503", 0) > 0
     assert stats["billed_twice"] == 0
@@ -66,14 +75,7 @@ def test_the_token_is_nowhere_a_distributed_crawl_wrote(make_sandbox, redis_serv
         cwd=tmp_path,
         env={"TMAPI_TOKEN": CANARY},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    log = (tmp_path / "crawl.log").read_text()
-    assert "Crawled (200) <GET " in log
-    assert "apiToken" not in log
-    assert (tmp_path / "failures.jsonl").exists()
-    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
-        assert CANARY.encode() not in path.read_bytes(), path
-    assert CANARY not in result.stderr + result.stdout
+    assert_no_token_anywhere(result, tmp_path)
     dump = redis_server.dump()
     assert b"shop:dupefilter" in dump
     assert not any(CANARY.encode() in value for values in dump.values() for value in values)
