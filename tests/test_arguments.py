@@ -153,3 +153,17 @@ def test_every_bad_argument_is_one_line_naming_it(spider, kwargs, expected):
         spidercls.check_arguments(kwargs, Settings())
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_spider_built_without_the_command_still_needs_a_seed():
+    from scrapy.utils.test import get_crawler
+
+    from tmapi_crawler.config import ConfigError
+    from tmapi_crawler.spiders.shop import ShopSpider
+
+    settings = {"TMAPI_TOKEN": "a-token-for-tests", "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}}
+    with pytest.raises(ConfigError, match="no seed: give -a member_id="):
+        ShopSpider.from_crawler(get_crawler(ShopSpider, settings))
+    # A worker of a distributed crawl takes its seeds from Redis.
+    worker = ShopSpider.from_crawler(get_crawler(ShopSpider, {**settings, "REDIS_URL": "redis://127.0.0.1:1/0"}))
+    assert worker.args.seeds() == []

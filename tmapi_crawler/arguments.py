@@ -17,7 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -78,12 +77,6 @@ class CommonArgs(BaseModel):
 
     def seeds(self) -> list[dict[str, Any]]:  # pragma: no cover - each spider's own
         raise NotImplementedError
-
-    @model_validator(mode="after")
-    def _need_a_seed(self, info: ValidationInfo) -> CommonArgs:
-        if (info.context or {}).get("require_seed", True) and not self.seeds():
-            raise ValueError(f"no seed: give {self.seed_hint()}")
-        return self
 
     @classmethod
     def seed_hint(cls) -> str:  # pragma: no cover - each spider's own
@@ -202,6 +195,16 @@ def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
 def parse_arguments(model: type[CommonArgs], kwargs: dict[str, Any], *, require_seed: bool = True) -> CommonArgs:
     """Validate spider arguments; raises :class:`ConfigError` with one line."""
     try:
-        return model.model_validate(kwargs, context={"require_seed": require_seed})
+        args = model.model_validate(kwargs)
     except ValidationError as exc:
         raise ConfigError("invalid argument: " + describe_validation_error(exc)) from None
+    if require_seed:
+        check_seed(args)
+    return args
+
+
+def check_seed(args: CommonArgs) -> None:
+    """Refuse arguments that name nothing to crawl (a worker of a
+    distributed crawl may start so: its seeds come from Redis)."""
+    if not args.seeds():
+        raise ConfigError(f"invalid argument: no seed: give {args.seed_hint()}")

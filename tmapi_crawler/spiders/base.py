@@ -11,7 +11,7 @@ from scrapy import Request, Spider, signals
 
 from tmapi_crawler import api
 from tmapi_crawler.api import ApiError, Endpoint, envelope_of
-from tmapi_crawler.arguments import CommonArgs, parse_arguments
+from tmapi_crawler.arguments import CommonArgs, check_seed, parse_arguments
 from tmapi_crawler.auth import token_of
 from tmapi_crawler.config import ConfigError, config_from_settings
 from tmapi_crawler.middlewares import attempts_of
@@ -100,7 +100,7 @@ class TmapiSpider(Spider):
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = config_from_settings(crawler.settings, token=token_of(crawler))
         if not crawler.settings.get("REDIS_URL"):
-            parse_arguments(cls.args_model, kwargs)  # a seed is needed
+            check_seed(spider.args)
         return spider
 
     # -- seeds ----------------------------------------------------------------
