@@ -35,7 +35,7 @@ from twisted.internet.defer import Deferred
 from tmapi_crawler.api import Outcome
 from tmapi_crawler.cluster import GATE_HOLDERS_KEY, GATE_KEY
 from tmapi_crawler.cluster.connection import redis_from_settings
-from tmapi_crawler.cluster.scheduler import _NOW, RENEW
+from tmapi_crawler.cluster.scheduler import LUA_NOW, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
 
@@ -52,7 +52,7 @@ POLL_PAUSED = 0.25
 # KEYS: gate, holders; ARGV: holder, holder ms, cap, start.
 # -> {granted, calls in flight (with this one), probe, ms paused or -1}
 ACQUIRE = (
-    _NOW
+    LUA_NOW
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local g = redis.call('HMGET', KEYS[1], 'limit', 'paused_since', 'probe_at', 'probe_holder')
@@ -77,7 +77,7 @@ return {1, n + 1, 0, -1}
 # sent, probe, cap, start, first probe ms, longest probe interval ms,
 # PROBE_AFTER.  -> {limit, ceiling or -1, event}
 RELEASE = (
-    _NOW
+    LUA_NOW
     + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 local g = redis.call('HMGET', KEYS[1], 'limit', 'ceiling', 'paused_since', 'probe_interval')

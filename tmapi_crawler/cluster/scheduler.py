@@ -68,7 +68,8 @@ COMMIT_INTERVAL = 0.5
 #: Seconds between two looks for seeds and for work of other workers.
 SEED_POLL = 0.2
 
-_NOW = """
+#: Lua: ``now``, Redis's own clock in milliseconds (the workers' clocks do not matter).
+LUA_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
@@ -93,7 +94,7 @@ return id
 
 # KEYS: queue, data, leases; ARGV: lease ms.  The highest priority, then the oldest.
 POP = (
-    _NOW
+    LUA_NOW
     + """
 local ids = redis.call('ZRANGE', KEYS[1], 0, 0)
 if #ids == 0 then return false end
@@ -106,7 +107,7 @@ return {id, redis.call('HGET', KEYS[2], id)}
 
 # KEYS: leases, queue, data; ARGV: ids to put back, or none: every expired lease.
 REQUEUE = (
-    _NOW
+    LUA_NOW
     + """
 local ids = ARGV
 if #ids == 0 then ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000) end
@@ -129,7 +130,7 @@ return n
 
 # KEYS: leases; ARGV: lease ms, ids.  Only leases still held are renewed.
 RENEW = (
-    _NOW
+    LUA_NOW
     + """
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
 return #ARGV - 1

@@ -18,8 +18,7 @@ seeds are crawled again from scratch (the seen set would skip them).
 from __future__ import annotations
 
 import json
-import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
@@ -29,7 +28,7 @@ from scrapy.utils.conf import arglist_to_dict
 from tmapi_crawler.arguments import ItemArgs, parse_arguments, read_inputs
 from tmapi_crawler.cluster import GATE_HOLDERS_KEY, GATE_KEY, crawl_keys
 from tmapi_crawler.cluster.connection import check_redis, redis_from_settings
-from tmapi_crawler.commands.crawl import EXIT_BAD_INPUT
+from tmapi_crawler.commands.crawl import refuse
 from tmapi_crawler.config import ConfigError
 
 if TYPE_CHECKING:
@@ -86,14 +85,14 @@ class Command(ScrapyCommand):
             raise UsageError(f"give an action: {', '.join(ACTIONS)}")
         action, spiders = args[0], args[1:]
         if not self.settings.get("REDIS_URL"):
-            self._refuse("REDIS_URL is not set: give it with -s REDIS_URL=redis://host:6379/0 (or in settings.py)")
+            refuse("REDIS_URL is not set: give it with -s REDIS_URL=redis://host:6379/0 (or in settings.py)")
         problem = check_redis(self.settings)
         if problem:
-            self._refuse(problem)
+            refuse(problem)
         loader = get_spider_loader(self.settings)
         for name in spiders:
             if name not in loader.list():
-                self._refuse(f"no spider {name!r}; the spiders are: {', '.join(loader.list())}")
+                refuse(f"no spider {name!r}; the spiders are: {', '.join(loader.list())}")
         server = redis_from_settings(self.settings)
         if action == "push":
             if len(spiders) != 1:
@@ -112,7 +111,7 @@ class Command(ScrapyCommand):
         try:
             seeds = seeds_of(spidercls, kwargs)
         except ConfigError as exc:
-            self._refuse(str(exc))
+            refuse(str(exc))
         key = crawl_keys(spidercls.name)["seeds"]
         pipe = server.pipeline()
         for seed in seeds:
@@ -141,8 +140,3 @@ class Command(ScrapyCommand):
         if "paused_since" in gate:
             line += ", PAUSED by 439 (top up the balance)"
         print(line)
-
-    @staticmethod
-    def _refuse(message: str) -> NoReturn:
-        print(f"Error: {message}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)

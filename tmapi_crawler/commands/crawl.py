@@ -33,6 +33,12 @@ EXIT_CODES = {
 EXIT_BAD_INPUT = 2
 
 
+def refuse(message: str) -> NoReturn:
+    """A mistake of the user's: one line on stderr, no traceback, exit 2."""
+    print(f"Error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
 def exit_code_for(reason: str | None) -> int:
     return EXIT_CODES.get(reason or "", 1)
 
@@ -52,7 +58,7 @@ class Command(ScrapyCrawlCommand):
         try:
             spidercls = loader.load(args[0])
         except KeyError:
-            self._refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
+            refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
         try:
             require_token(config_from_settings(self.settings))
             if self.settings.get("REDIS_URL"):
@@ -60,12 +66,12 @@ class Command(ScrapyCrawlCommand):
 
                 problem = check_redis(self.settings)
                 if problem:
-                    self._refuse(problem)
+                    refuse(problem)
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
                 check(opts.spargs, self.settings)
         except ConfigError as exc:
-            self._refuse(str(exc))
+            refuse(str(exc))
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.crawler_process is not None
@@ -77,8 +83,3 @@ class Command(ScrapyCrawlCommand):
             return
         reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
         self.exitcode = exit_code_for(reason)
-
-    @staticmethod
-    def _refuse(message: str) -> NoReturn:
-        print(f"Error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
