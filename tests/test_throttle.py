@@ -132,3 +132,16 @@ async def test_stopping_hands_every_waiting_call_back():
         with pytest.raises(CrawlStopping):
             await maybe_deferred_to_future(waiter)
     gate.release(ticket, Outcome.AUTH)
+
+
+@deferred_f_from_coro_f
+async def test_a_503_for_a_call_overtaken_in_its_burst_does_not_set_the_ceiling_too_low():
+    """Five calls leave together; the account (limit 4) happened to take the
+    fifth before the third and refused the third.  Its 503 proves the limit
+    is below the burst's five, not below its own three."""
+    gate = make_gate(start=5, cap=10)
+    tickets = [await gate.acquire() for _ in range(5)]
+    assert [t.in_flight for t in tickets] == [1, 2, 3, 4, 5]
+    gate.release(tickets[2], Outcome.CONCURRENCY)
+    assert gate.ceiling == 4
+    assert gate.limit == 4

@@ -72,13 +72,34 @@ class CrawlStopping(Exception):
         super().__init__(f"not sent: the crawl is stopping ({reason})")
 
 
+#: Calls let through within this many seconds of each other leave as one
+#: burst, over several connections, and may reach the account in any order.
+BURST_WINDOW = 0.002
+
+
+@dataclass(slots=True)
+class Burst:
+    """Calls sent together: the most that were in flight among them."""
+
+    started: float
+    peak: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """A call let through: how many were in flight with it, whether it is
-    the probe of a 439 pause."""
+    """A call let through: how many were in flight with it, the burst it
+    left in, whether it is the probe of a 439 pause."""
 
     in_flight: int
     probe: bool
+    burst: Burst
+
+    @property
+    def in_flight_when_sent(self) -> int:
+        """What a 503 for this call proves the limit is below.  Not its own
+        count: a call sent third in a burst can reach the account after the
+        fourth, and its 503 would then put the ceiling one too low for good."""
+        return self.burst.peak
 
 
 class CallGate:
@@ -101,6 +122,7 @@ class CallGate:
         self.ceiling: int | None = None
         self.successes_at_ceiling = 0
         self.in_flight = 0
+        self.burst: Burst | None = None
         self.sent = 0
         self.max_calls = max_calls
         self.waiters: deque[Deferred[None]] = deque()
@@ -156,7 +178,15 @@ class CallGate:
             logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused)
         self.in_flight += 1
         self.sent += 1
-        return Ticket(self.in_flight, probe)
+        return Ticket(self.in_flight, probe, self._burst(self.in_flight))
+
+    def _burst(self, in_flight: int) -> Burst:
+        """The burst a call let through now leaves in, *in_flight* counted."""
+        now = time.monotonic()
+        if self.burst is None or now - self.burst.started > BURST_WINDOW:
+            self.burst = Burst(now)
+        self.burst.peak = max(self.burst.peak, in_flight)
+        return self.burst
 
     def _may_send(self) -> None:
         """Raise :class:`CrawlStopping` when the crawl is stopping or the
@@ -178,7 +208,7 @@ class CallGate:
         if ticket.probe:
             self.probe_out = False
         if outcome is Outcome.CONCURRENCY:
-            self._concurrency_exceeded(ticket.in_flight)
+            self._concurrency_exceeded(ticket.in_flight_when_sent)
         elif outcome is Outcome.QUOTA:
             self._quota_exceeded(ticket.probe)
         elif outcome is not None and outcome is not Outcome.AUTH:

@@ -173,7 +173,7 @@ class SharedCallGate(CallGate):
                 if probe:
                     logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused_ms / 1000)
                 self._wake()  # there was a free place: perhaps there is another
-                return SharedTicket(in_flight, bool(probe), holder)
+                return SharedTicket(in_flight, bool(probe), self._burst(in_flight), holder)
             waiter: Deferred[None] = Deferred()
             self.waiters.appendleft(waiter)
             self._arm_poll(POLL_PAUSED if paused_ms >= 0 else POLL)
@@ -184,13 +184,14 @@ class SharedCallGate(CallGate):
         self.in_flight -= 1
         self.holders.discard(ticket.holder)
         name = "none" if outcome is None else _OUTCOMES.get(outcome, "ok")
-        args: list[str | int] = [ticket.holder, name, ticket.in_flight, int(ticket.probe), self.cap, self.start]
+        sent_with = ticket.in_flight_when_sent
+        args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
         args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER]
         limit, ceiling, event = self._release(keys=self.keys, args=args)
         if event == b"ceiling":
             logger.info(
                 "TMAPI answered 503 with %d calls in flight in the cluster: at most %d from now on",
-                ticket.in_flight,
+                sent_with,
                 ceiling,
             )
         elif event == b"paused":
