@@ -17,10 +17,10 @@ from pathlib import Path
 
 from scrapy.utils.test import get_crawler
 
-from tests.conftest import RedisServer
 from tmapi_crawler.api import Endpoint
-from tmapi_crawler.cluster.scheduler import LeasedQueue
+from tmapi_crawler.cluster.queue import LeasedQueue
 from tmapi_crawler.records import product_record
+from tmapi_crawler.sandbox.harness import RedisServer
 from tmapi_crawler.spiders.shop import ShopSpider
 
 ROOT = Path(__file__).resolve().parent.parent

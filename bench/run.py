@@ -17,37 +17,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tmapi_crawler.sandbox.harness import ROOT, TOKEN, RedisServer, SandboxProcess
+
 BIN = Path(sys.executable).parent
-TOKEN = "bench-token"
-
-
-class Sandbox:
-    def __init__(self, *flags: str):
-        cmd = [sys.executable, "-m", "tmapi_crawler.sandbox", "--port", "0", "--token", TOKEN, *flags]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        if not self.url.startswith("http://127.0.0.1:"):
-            raise RuntimeError("the sandbox did not start")
-
-    def admin(self, action: str, method: str = "GET") -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.url}/__admin/{action}", method=method)
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            doc: dict[str, Any] = json.load(resp)
-            return doc
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait()
 
 
 @dataclass
@@ -69,7 +45,9 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def ours_command(sandbox: Sandbox, *settings: str, member_id: str = "b2b-sandbox0000", follow: str = "") -> list[str]:
+def ours_command(
+    sandbox: SandboxProcess, *settings: str, member_id: str = "b2b-sandbox0000", follow: str = ""
+) -> list[str]:
     cmd = [str(BIN / "scrapy"), "crawl", "shop", "-a", f"member_id={member_id}", "-O", "out.jsonl"]
     if follow:
         cmd += ["-a", f"follow={follow}"]
@@ -79,11 +57,13 @@ def ours_command(sandbox: Sandbox, *settings: str, member_id: str = "b2b-sandbox
     return cmd
 
 
-def run_ours(sandbox: Sandbox, workdir: Path, *settings: str, follow: str = "") -> dict[str, Any]:
+def run_ours(sandbox: SandboxProcess, workdir: Path, *settings: str, follow: str = "") -> dict[str, Any]:
     return _run(ours_command(sandbox, *settings, follow=follow), workdir, project_env())
 
 
-def run_bare(sandbox: Sandbox, workdir: Path, *settings: str, member_id: str = "b2b-sandbox0000") -> dict[str, Any]:
+def run_bare(
+    sandbox: SandboxProcess, workdir: Path, *settings: str, member_id: str = "b2b-sandbox0000"
+) -> dict[str, Any]:
     """The bare spider with Scrapy's defaults (not this project's settings)."""
     cmd = [str(BIN / "scrapy"), "runspider", str(ROOT / "bench" / "bare_spider.py"), "-O", "out.jsonl"]
     cmd += ["-a", f"base={sandbox.url}", "-a", f"token={TOKEN}", "-a", f"member_id={member_id}"]
@@ -123,7 +103,7 @@ def _wait(started: list[tuple[subprocess.Popen[bytes], Path, float]]) -> dict[st
     return {"products": products, "wall": wall, "cpu": cpu, "max_rss_mb": round(rss / 1024, 1)}
 
 
-def measure(sandbox: Sandbox, scenario: str, crawler: str, minimum: int, run: dict[str, Any]) -> Row:
+def measure(sandbox: SandboxProcess, scenario: str, crawler: str, minimum: int, run: dict[str, Any]) -> Row:
     stats = sandbox.admin("stats")
     sandbox.admin("reset", "POST")
     calls = stats["calls"]
@@ -145,7 +125,7 @@ def measure(sandbox: Sandbox, scenario: str, crawler: str, minimum: int, run: di
     )
 
 
-def run_minimal(sandbox: Sandbox, calls: int, threads: int = 16) -> dict[str, Any]:
+def run_minimal(sandbox: SandboxProcess, calls: int, threads: int = 16) -> dict[str, Any]:
     """The simplest client there is: *threads* threads, each with one
     keep-alive connection, sending ``item_detail`` calls back to back.  What
     it reaches is the sandbox's practical ceiling."""
@@ -182,7 +162,7 @@ def ceiling(tmp: Path, quick: bool) -> list[Row]:
     minimum = pages + 2 * size
     ceiling_rate = 16 / 0.1
     rows: list[Row] = []
-    with Sandbox("--latency-ms", "100", "--concurrency", "16", "--shops", "1", "--shop-size", str(size)) as sb:
+    with SandboxProcess("--latency-ms", "100", "--concurrency", "16", "--shops", "1", "--shop-size", str(size)) as sb:
         runs = [
             ("ours, limit found alone", lambda d: run_ours(sb, d)),
             ("ours, told TMAPI_CONCURRENCY=16", lambda d: run_ours(sb, d, "TMAPI_CONCURRENCY=16")),
@@ -216,7 +196,7 @@ def cpu(tmp: Path, quick: bool) -> list[Row]:
     throttling, records, feed export) next to the bare spider's."""
     size = 200 if quick else 1000
     minimum = -(-size // 20) + 2 * size
-    with Sandbox("--shops", "1", "--shop-size", str(size)) as sb:
+    with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
         ours = measure(sb, "cpu", "ours (defaults)", minimum, run_ours(sb, tmp / "cpu-ours"))
         bare = measure(sb, "cpu", "bare Scrapy spider (Scrapy's defaults)", minimum, run_bare(sb, tmp / "cpu-bare"))
     ratio = ours.figures["cpu_ms_per_call"] / bare.figures["cpu_ms_per_call"]
@@ -230,7 +210,7 @@ def memory(tmp: Path, quick: bool) -> list[Row]:
     sizes = (1000, 10_000) if quick else (1000, 100_000)
     rows = []
     for size in sizes:
-        with Sandbox("--shops", "1", "--shop-size", str(size)) as sb:
+        with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
             run = run_ours(sb, tmp / f"memory-{size}", "TMAPI_PROGRESS_INTERVAL=0", follow="detail")
             rows.append(measure(sb, "memory", f"ours, {size:,} products, follow=detail", -(-size // 20) + size, run))
     rows[-1].figures["rss_vs_smaller"] = round(rows[-1].figures["max_rss_mb"] / rows[0].figures["max_rss_mb"], 2)
@@ -243,7 +223,7 @@ def bill(tmp: Path, quick: bool) -> list[Row]:
     size = 200 if quick else 1000
     minimum = -(-size // 20) + 2 * size
     flags = ("--shops", "1", "--shop-size", str(size), "--fault-rate", "0.1", "--error-style", "mixed")
-    with Sandbox(*flags) as sb:
+    with SandboxProcess(*flags) as sb:
         run = run_ours(sb, tmp / "bill", "TMAPI_RETRY_BACKOFF=0.05", "TMAPI_RETRY_TIMES=5")
         row = measure(sb, "bill", "ours, 10% faults", minimum, run)
     row.figures["calls_over_minimum"] = round(row.calls / minimum, 2)
@@ -254,8 +234,6 @@ def workers(tmp: Path, quick: bool) -> list[Row]:
     """1, 2 and 4 workers sharing one crawl through Redis: against the
     limit of 16 calls in flight (latency 100 ms: 160 calls/s), and with no
     limit and no latency (what this machine's cores allow)."""
-    from tests.conftest import RedisServer
-
     size = 200 if quick else 1000
     minimum = -(-size // 20) + 2 * size
     rows = []
@@ -264,7 +242,7 @@ def workers(tmp: Path, quick: bool) -> list[Row]:
         try:
             for limited in (True, False):
                 flags = ("--latency-ms", "100", "--concurrency", "16") if limited else ()
-                with Sandbox("--shops", "1", "--shop-size", str(size), *flags) as sb:
+                with SandboxProcess("--shops", "1", "--shop-size", str(size), *flags) as sb:
                     for n in (1, 2, 4):
                         redis.client().flushall()
                         settings = (f"REDIS_URL={redis.url}", "TMAPI_IDLE_TIMEOUT=1", "TMAPI_PROGRESS_INTERVAL=0")

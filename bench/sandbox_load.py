@@ -14,12 +14,10 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tmapi_crawler.sandbox.harness import SandboxProcess
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,21 +72,16 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
-    cmd = [sys.executable, "-m", "tmapi_crawler.sandbox", "--port", "0", "--token", "demo"]
+    prefix: list[str] = []
     if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
-        cmd = ["taskset", "-c", "0", *cmd]
+        prefix = ["taskset", "-c", "0"]
         os.sched_setaffinity(0, {1})
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
+    with SandboxProcess(token="demo", prefix=prefix) as sandbox:
+        url, pid = sandbox.url, sandbox.proc.pid
         asyncio.run(drive(url, 1.0, args.connections))  # warm the caches
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
         calls = asyncio.run(drive(url, args.seconds, args.connections))
-        elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
-    finally:
-        proc.terminate()
-        proc.wait()
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
     figures = {
         "calls": calls,
         "seconds": round(elapsed, 2),

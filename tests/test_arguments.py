@@ -88,6 +88,8 @@ BAD_SETTINGS = {
     "TMAPI_PROGRESS_INTERVAL": "-1",
     "TMAPI_IDLE_TIMEOUT": "-1",
     "TMAPI_LEASE_TIMEOUT": "0",
+    "TMAPI_INNER_DOWNLOAD_HANDLER": "no.such.Handler",
+    "TMAPI_GATE_CLASS": "tmapi_crawler.throttle.NoSuchGate",
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import SandboxProcess, read_jsonl, run_scrapy
+from tests.conftest import SandboxProcess, read_jsonl, run_scrapy, scrapy_env
 
 
 def crawl_cmd(sandbox: SandboxProcess, *args: str, token: str | None = "sandbox") -> list[str]:
@@ -125,3 +127,23 @@ def test_token_never_appears_in_the_debug_log(sandbox, tmp_path):
     assert sandbox.token not in (tmp_path / "out.jsonl").read_text()
     stats = json.dumps(sandbox.stats())
     assert "calls" in stats
+
+
+def test_scrapy_list_loads_no_redis_module(tmp_path):
+    """Redis's client (and scrapy-redis) load only in distributed mode."""
+    script = (
+        "import sys\n"
+        "from scrapy.cmdline import execute\n"
+        "sys.argv = ['scrapy', 'list']\n"
+        "try:\n"
+        "    execute()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'scrapy_redis'))\n"
+        "print('loaded:', loaded)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=scrapy_env(), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["category", "item", "shop", "loaded: []"]

@@ -11,9 +11,9 @@ from scrapy.utils.test import get_crawler
 from twisted.internet.error import TimeoutError as TxTimeoutError
 
 from tmapi_crawler import api
+from tmapi_crawler.answers import BACKOFF_META, AnswerMiddleware
 from tmapi_crawler.api import ApiError, Endpoint
-from tmapi_crawler.auth import redact_exception
-from tmapi_crawler.middlewares import BACKOFF_META, ApiMiddleware
+from tmapi_crawler.redaction import redact_exception
 from tmapi_crawler.spiders.item import ItemSpider
 
 SETTINGS = {
@@ -28,7 +28,7 @@ SETTINGS = {
 def mw():
     crawler = get_crawler(ItemSpider, SETTINGS)
     crawler.spider = crawler._create_spider(item_ids="1")
-    return ApiMiddleware.from_crawler(crawler)
+    return AnswerMiddleware.from_crawler(crawler)
 
 
 def call(item_id: int = 1) -> Request:

@@ -18,8 +18,8 @@ from scrapy.utils.test import get_crawler
 from tests.conftest import TOKEN, crawl, run_scrapy
 from tmapi_crawler import api
 from tmapi_crawler.api import Endpoint, MalformedAnswer
-from tmapi_crawler.auth import RedactingFilter
 from tmapi_crawler.records import FailureItem, ProductItem, validate
+from tmapi_crawler.redaction import RedactingFilter
 from tmapi_crawler.spiders.shop import ShopSpider
 
 CANARY = "leak-canary-7f3a9d1e"
@@ -175,8 +175,8 @@ envelopes = st.fixed_dictionaries(
 bodies = envelopes | st.binary(max_size=200) | envelopes.map(lambda b: b[: len(b) // 2])
 
 
-def fake_response(endpoint: Endpoint, params: dict, body: bytes, meta: dict | None = None) -> TextResponse:
-    request = api.build_request("https://api.tmapi.io", endpoint, params, meta=meta)
+def fake_response(endpoint: Endpoint, params: dict, body: bytes, cb_kwargs: dict | None = None) -> TextResponse:
+    request = api.build_request("https://api.tmapi.io", endpoint, params, cb_kwargs=cb_kwargs)
     return TextResponse(request.url, status=200, body=body, request=request)
 
 
@@ -188,10 +188,10 @@ def test_fuzz_every_answer_is_a_record_a_failure_or_a_request(spider, body):
     where the middleware would catch it."""
     source = {"spider": "shop", "member_id": "m", "page": 1, "position": 0}
     opts = {**spider.options(spider.args), "page_size": 20}
-    detail_meta = {"source": source, "listing": {}, "item_id": 5, "opts": opts}
+    detail_kwargs = {"source": source, "listing": {}, "item_id": 5, "opts": opts}
     cases: list[tuple[Endpoint, dict, dict, Any]] = [
-        (Endpoint.SHOP_ITEMS, {"member_id": "m", "page": 1}, {"opts": opts}, spider.parse_page),
-        (Endpoint.ITEM_DETAIL, {"item_id": 5}, detail_meta, spider.parse_detail),
+        (Endpoint.SHOP_ITEMS, {"member_id": "m", "page": 1}, {"opts": opts, "pages": None}, spider.parse_page),
+        (Endpoint.ITEM_DETAIL, {"item_id": 5}, detail_kwargs, spider.parse_detail),
         (
             Endpoint.ITEM_DESC,
             {"item_id": 5},
@@ -199,13 +199,13 @@ def test_fuzz_every_answer_is_a_record_a_failure_or_a_request(spider, body):
             spider.parse_desc,
         ),
     ]
-    for endpoint, params, meta, callback in cases:
-        response = fake_response(endpoint, params, body, meta)
+    for endpoint, params, cb_kwargs, callback in cases:
+        response = fake_response(endpoint, params, body, cb_kwargs)
         try:
             api.envelope_of(response)
         except MalformedAnswer:
             continue  # the middleware turns it into a failure record
-        for out in callback(response):
+        for out in callback(response, **cb_kwargs):
             assert isinstance(out, (ProductItem, FailureItem, Request)), out
             if isinstance(out, FailureItem):
                 assert validate(out) is None

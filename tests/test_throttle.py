@@ -1,27 +1,44 @@
-"""The call gate on its own: concurrency from 503s, the 439 pause, the budget."""
+"""The call gate on its own: concurrency from 503s, the 439 pause, the budget.
+
+Every test runs against both gates: the one-process gate, and the gate
+shared through a real redis-server (whose state lives in Redis, changed by
+the Lua scripts of tmapi_crawler.cluster.lua).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f, deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
 
 from tmapi_crawler.api import Outcome
+from tmapi_crawler.cluster.gate import SharedCallGate
 from tmapi_crawler.spiders.item import ItemSpider
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, CrawlStopping
 
 
-def make_gate(**kwargs) -> CallGate:
-    crawler = get_crawler(ItemSpider, {"TMAPI_TOKEN": "t"})
-    kwargs.setdefault("start", 4)
-    kwargs.setdefault("cap", 64)
-    return CallGate(crawler, **kwargs)
+@pytest.fixture(params=["one process", "redis"])
+def make_gate(request) -> Callable[..., CallGate]:
+    settings = {"TMAPI_TOKEN": "t"}
+    gate_cls = CallGate
+    if request.param == "redis":
+        settings["REDIS_URL"] = request.getfixturevalue("redis_server").url
+        gate_cls = SharedCallGate
+
+    def make(**kwargs) -> CallGate:
+        crawler = get_crawler(ItemSpider, settings)
+        kwargs.setdefault("start", 4)
+        kwargs.setdefault("cap", 64)
+        return gate_cls(crawler, **kwargs)
+
+    return make
 
 
 @deferred_f_from_coro_f
-async def test_slow_start_then_a_503_sets_the_ceiling():
+async def test_slow_start_then_a_503_sets_the_ceiling(make_gate):
     gate = make_gate()
     tickets = [await gate.acquire() for _ in range(4)]
     assert [t.in_flight for t in tickets] == [1, 2, 3, 4]
@@ -46,7 +63,7 @@ async def test_slow_start_then_a_503_sets_the_ceiling():
 
 
 @deferred_f_from_coro_f
-async def test_the_ceiling_is_tried_again_after_a_long_time_without_503():
+async def test_the_ceiling_is_tried_again_after_a_long_time_without_503(make_gate):
     gate = make_gate(start=3, cap=10)
     ticket = await gate.acquire()
     gate.release(ticket, Outcome.CONCURRENCY)
@@ -57,7 +74,7 @@ async def test_the_ceiling_is_tried_again_after_a_long_time_without_503():
 
 
 @deferred_f_from_coro_f
-async def test_a_set_concurrency_caps_and_starts():
+async def test_a_set_concurrency_caps_and_starts(make_gate):
     gate = make_gate(start=3, cap=3)
     for _ in range(10):
         gate.release(await gate.acquire(), Outcome.OK)
@@ -65,7 +82,7 @@ async def test_a_set_concurrency_caps_and_starts():
 
 
 @deferred_f_from_coro_f
-async def test_439_pauses_everything_and_a_successful_probe_resumes():
+async def test_439_pauses_everything_and_a_successful_probe_resumes(make_gate):
     gate = make_gate(probe_first=0.05, probe_max=0.2, quota_wait=60)
     first, second = await gate.acquire(), await gate.acquire()
     gate.release(first, Outcome.QUOTA)
@@ -88,12 +105,18 @@ async def test_439_pauses_everything_and_a_successful_probe_resumes():
 
 
 @deferred_f_from_coro_f
-async def test_439_for_longer_than_the_quota_wait_stops():
+async def test_439_for_longer_than_the_quota_wait_stops(make_gate):
     gate = make_gate(probe_first=0.02, quota_wait=0.05)
     gate.release(await gate.acquire(), Outcome.QUOTA)
     waiter = deferred_from_coro(gate.acquire())
     while gate.stop_reason is None:
-        probe = await maybe_deferred_to_future(waiter)
+        try:
+            probe = await maybe_deferred_to_future(waiter)
+        except CrawlStopping:
+            # The Redis gate also stops a worker that waits for a probe of
+            # another one for longer than the quota wait.
+            waiter = deferred_from_coro(gate.acquire())
+            break
         gate.release(probe, Outcome.QUOTA)
         waiter = deferred_from_coro(gate.acquire())
     assert gate.stop_reason == "tmapi_quota_exhausted"
@@ -102,7 +125,7 @@ async def test_439_for_longer_than_the_quota_wait_stops():
 
 
 @deferred_f_from_coro_f
-async def test_a_probe_without_an_answer_is_followed_by_another():
+async def test_a_probe_without_an_answer_is_followed_by_another(make_gate):
     gate = make_gate(probe_first=0.02)
     gate.release(await gate.acquire(), Outcome.QUOTA)
     probe = await gate.acquire()
@@ -112,7 +135,7 @@ async def test_a_probe_without_an_answer_is_followed_by_another():
 
 
 @deferred_f_from_coro_f
-async def test_budget_is_never_exceeded():
+async def test_budget_is_never_exceeded(make_gate):
     gate = make_gate(max_calls=3)
     for _ in range(3):
         gate.release(await gate.acquire(), Outcome.RETRY)
@@ -123,7 +146,7 @@ async def test_budget_is_never_exceeded():
 
 
 @deferred_f_from_coro_f
-async def test_stopping_hands_every_waiting_call_back():
+async def test_stopping_hands_every_waiting_call_back(make_gate):
     gate = make_gate(start=1, cap=1)
     ticket = await gate.acquire()
     waiters = [deferred_from_coro(gate.acquire()) for _ in range(5)]
@@ -135,7 +158,7 @@ async def test_stopping_hands_every_waiting_call_back():
 
 
 @deferred_f_from_coro_f
-async def test_a_503_for_a_call_overtaken_in_its_burst_does_not_set_the_ceiling_too_low():
+async def test_a_503_for_a_call_overtaken_in_its_burst_does_not_set_the_ceiling_too_low(make_gate):
     """Five calls leave together; the account (limit 4) happened to take the
     fifth before the third and refused the third.  Its 503 proves the limit
     is below the burst's five, not below its own three."""

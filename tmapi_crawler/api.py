@@ -73,7 +73,7 @@ _BY_PATH = {path: endpoint for endpoint, path in _PATHS.items()}
 
 
 class Outcome(Enum):
-    """What the crawler does with an answer (the table in SPEC.md)."""
+    """What the crawler does with an answer (the README's table, docs/behaviour.md)."""
 
     OK = "ok"
     RETRY = "retry"  # 417, 499, 500: retry with backoff, then a failure record
@@ -230,6 +230,11 @@ def endpoint_of(request: Request) -> Endpoint | None:
     if not info:
         return None
     return Endpoint(info["endpoint"])
+
+
+def attempts_of(request: Request) -> int:
+    """How many times *request* was sent (Scrapy's retry counter, plus one)."""
+    return int(request.meta.get("retry_times", 0)) + 1
 
 
 class ApiError(Exception):

@@ -9,7 +9,7 @@ whose one-line message names the argument, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,7 @@ from tmapi_crawler.config import ConfigError, describe_validation_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Self
 
 FOLLOW_MODES = ("listing", "detail", "detail+desc")
 
@@ -75,12 +76,45 @@ class CommonArgs(BaseModel):
         default="detail+desc", description="how far to follow each listed product"
     )
 
-    def seeds(self) -> list[dict[str, Any]]:  # pragma: no cover - each spider's own
-        raise NotImplementedError
+    #: What names a seed: each argument that does -> the key of one such
+    #: seed in JSON (``member_id=a,b`` is two seeds ``{"member_id": ...}``).
+    SEED_FIELDS: ClassVar[dict[str, str]] = {}
+    #: A seed as JSON, for messages.
+    SEED_EXAMPLE: ClassVar[str] = ""
+    #: The seed arguments, as the command line takes them, for messages.
+    SEED_HINT: ClassVar[str] = ""
+
+    def seeds(self) -> list[dict[str, Any]]:
+        """One seed per shop, category or product these arguments name."""
+        return [{one: value} for many, one in self.SEED_FIELDS.items() for value in getattr(self, many)]
 
     @classmethod
-    def seed_hint(cls) -> str:  # pragma: no cover - each spider's own
-        raise NotImplementedError
+    def options_of(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments in *kwargs* that are not seeds, as given: what every
+        seed carries (and is checked again with, where it is read)."""
+        return {k: v for k, v in kwargs.items() if k not in cls.SEED_FIELDS and k != "file"}
+
+    def json_seeds(self, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Each seed with *options*, as ``scrapy cluster push`` sends it and
+        :meth:`from_seed` reads it back."""
+        for seed in self.seeds():
+            yield {**seed, **options}
+
+    @classmethod
+    def from_seed(cls, seed: Any) -> Self:
+        """A seed pushed as JSON, checked like command-line arguments (the
+        singular keys of :data:`SEED_FIELDS` or the plural ones)."""
+        if not isinstance(seed, dict):
+            raise ConfigError(f"a seed is a JSON object such as {cls.SEED_EXAMPLE}")
+        if "file" in seed:
+            raise ConfigError("a seed in Redis cannot name a file: push its ids (scrapy cluster push item -a file=...)")
+        values = dict(seed)
+        for many, one in cls.SEED_FIELDS.items():
+            if one != many and one in values:
+                values[many] = values.pop(one)
+        args = parse_arguments(cls, values)
+        assert isinstance(args, cls)
+        return args
 
 
 class ListingArgs(CommonArgs):
@@ -88,6 +122,10 @@ class ListingArgs(CommonArgs):
 
 
 class ShopArgs(ListingArgs):
+    SEED_FIELDS: ClassVar[dict[str, str]] = {"member_id": "member_id"}
+    SEED_EXAMPLE: ClassVar[str] = '{"member_id": "b2b-22146365959302bc20", "sort": "sales"}'
+    SEED_HINT: ClassVar[str] = "-a member_id=<seller member id>[,<another>]"
+
     member_id: Annotated[list[MemberId], BeforeValidator(_split)] = Field(
         default_factory=list, description="seller member id(s), comma-separated"
     )
@@ -103,15 +141,12 @@ class ShopArgs(ListingArgs):
             raise ValueError(f"price_start={self.price_start} is above price_end={self.price_end}")
         return self
 
-    def seeds(self) -> list[dict[str, Any]]:
-        return [{"member_id": m} for m in self.member_id]
-
-    @classmethod
-    def seed_hint(cls) -> str:
-        return "-a member_id=<seller member id>[,<another>]"
-
 
 class CategoryArgs(ListingArgs):
+    SEED_FIELDS: ClassVar[dict[str, str]] = {"cat_id": "cat_id"}
+    SEED_EXAMPLE: ClassVar[str] = '{"cat_id": 1031910, "free_shipping": true}'
+    SEED_HINT: ClassVar[str] = "-a cat_id=<numeric category id>[,<another>]"
+
     cat_id: Annotated[list[ItemId], BeforeValidator(_split)] = Field(
         default_factory=list, description="category id(s), comma-separated"
     )
@@ -119,15 +154,12 @@ class CategoryArgs(ListingArgs):
     support_dropshipping: Bool = None
     free_shipping: Bool = None
 
-    def seeds(self) -> list[dict[str, Any]]:
-        return [{"cat_id": c} for c in self.cat_id]
-
-    @classmethod
-    def seed_hint(cls) -> str:
-        return "-a cat_id=<numeric category id>[,<another>]"
-
 
 class ItemArgs(CommonArgs):
+    SEED_FIELDS: ClassVar[dict[str, str]] = {"item_ids": "item_id", "urls": "url"}
+    SEED_EXAMPLE: ClassVar[str] = '{"item_id": 859086919394}'
+    SEED_HINT: ClassVar[str] = "-a item_ids=<id>[,<id>], -a urls=<product URL>[,<URL>] or -a file=<ids.txt>"
+
     item_ids: Annotated[list[ItemId], BeforeValidator(_split)] = Field(
         default_factory=list, description="product ids, comma-separated"
     )
@@ -166,15 +198,20 @@ class ItemArgs(CommonArgs):
         return path
 
     def seeds(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [{"item_id": i} for i in self.item_ids]
-        out += [{"url": u} for u in self.urls]
+        out = super().seeds()
         if self.file is not None:
             out.append({"file": str(self.file)})
         return out
 
-    @classmethod
-    def seed_hint(cls) -> str:
-        return "-a item_ids=<id>[,<id>], -a urls=<product URL>[,<URL>] or -a file=<ids.txt>"
+    def json_seeds(self, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The ids file is read here, one seed a line: workers elsewhere
+        do not have it."""
+        for seed in self.seeds():
+            if "file" not in seed:
+                yield {**seed, **options}
+                continue
+            for _, text, _ in read_inputs(Path(seed["file"])):
+                yield {"item_id": int(text), **options} if text.isdigit() else {"url": text, **options}
 
 
 def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
@@ -207,4 +244,4 @@ def check_seed(args: CommonArgs) -> None:
     """Refuse arguments that name nothing to crawl (a worker of a
     distributed crawl may start so: its seeds come from Redis)."""
     if not args.seeds():
-        raise ConfigError(f"invalid argument: no seed: give {args.seed_hint()}")
+        raise ConfigError(f"invalid argument: no seed: give {args.SEED_HINT}")

@@ -1,8 +1,10 @@
-"""Every ``TMAPI_*`` setting: its default, its check, and its one-line error.
+"""Every ``TMAPI_*`` setting, declared once: its name (the field's alias), its
+default, its type and its check, in :class:`TmapiConfig`.
 
-Components read their settings through :func:`config_from_settings` so that a
-bad value is refused in one place, before any call, with a message that names
-the setting, the value and what is allowed.
+Components read their settings through :func:`config_from_settings`, so that
+a bad value is refused in one place, before any call, with one line that
+names the setting, the value and what is allowed.  The README lists every
+setting (docs/settings.md).
 """
 
 from __future__ import annotations
@@ -12,33 +14,21 @@ import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
-
-#: Defaults of every setting this project reads (the README lists them too).
-DEFAULTS: dict[str, Any] = {
-    "TMAPI_TOKEN": None,  # falls back to the TMAPI_TOKEN environment variable
-    "TMAPI_BASE_URL": PRODUCTION_URL,
-    "TMAPI_ALLOW_HTTP": False,
-    "TMAPI_LANGUAGE": "zh",
-    "TMAPI_MAX_CALLS": 0,
-    "TMAPI_CONCURRENCY": 0,
-    "TMAPI_RETRY_TIMES": 3,
-    "TMAPI_RETRY_BACKOFF": 1.0,
-    "TMAPI_RETRY_BACKOFF_MAX": 30.0,
-    "TMAPI_QUOTA_WAIT": 600.0,
-    "TMAPI_QUOTA_PROBE": 5.0,
-    "TMAPI_QUOTA_PROBE_MAX": 60.0,
-    "TMAPI_FAILURES_FILE": "failures.jsonl",
-    "TMAPI_PROGRESS_INTERVAL": 10.0,
-    "TMAPI_IDLE_TIMEOUT": 30.0,
-    "TMAPI_LEASE_TIMEOUT": 60.0,
-}
-REDACTED = "***"
 
 
 class ConfigError(ValueError):
@@ -55,25 +45,52 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class TmapiConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def is_distributed(settings: BaseSettings) -> bool:
+    """Whether the crawl is shared through Redis: the one place that reads
+    ``REDIS_URL`` to choose the mode."""
+    return bool(settings.get("REDIS_URL"))
 
-    token: str | None = Field(default=None, repr=False)
-    base_url: str
-    allow_http: bool
-    language: str
-    max_calls: int = Field(ge=0)
-    concurrency: int = Field(ge=0)
-    retry_times: int = Field(ge=0)
-    retry_backoff: float = Field(ge=0)
-    retry_backoff_max: float = Field(ge=0)
-    quota_wait: float = Field(ge=0)
-    quota_probe: float = Field(gt=0)
-    quota_probe_max: float = Field(gt=0)
-    failures_file: str = Field(min_length=1)
-    progress_interval: float = Field(ge=0)
-    idle_timeout: float = Field(ge=0)
-    lease_timeout: float = Field(gt=0)
+
+def _import_path(value: str) -> str:
+    try:
+        load_object(value)
+    except (ImportError, ValueError, NameError, AttributeError) as exc:
+        raise ValueError(f"cannot be imported ({exc})") from None
+    return value
+
+
+class TmapiConfig(BaseModel):
+    """The ``TMAPI_*`` settings; each field's alias is the setting's name."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    #: The API token.  Only the download handler reads its value; everywhere
+    #: else (settings dumps, reprs) it shows as ``**********``.
+    token: SecretStr | None = Field(default=None, alias="TMAPI_TOKEN")
+    base_url: str = Field(default=PRODUCTION_URL, alias="TMAPI_BASE_URL")
+    allow_http: bool = Field(default=False, alias="TMAPI_ALLOW_HTTP")
+    language: str = Field(default="zh", alias="TMAPI_LANGUAGE")
+    max_calls: int = Field(default=0, ge=0, alias="TMAPI_MAX_CALLS")
+    concurrency: int = Field(default=0, ge=0, alias="TMAPI_CONCURRENCY")
+    retry_times: int = Field(default=3, ge=0, alias="TMAPI_RETRY_TIMES")
+    retry_backoff: float = Field(default=1.0, ge=0, alias="TMAPI_RETRY_BACKOFF")
+    retry_backoff_max: float = Field(default=30.0, ge=0, alias="TMAPI_RETRY_BACKOFF_MAX")
+    quota_wait: float = Field(default=600.0, ge=0, alias="TMAPI_QUOTA_WAIT")
+    quota_probe: float = Field(default=5.0, gt=0, alias="TMAPI_QUOTA_PROBE")
+    quota_probe_max: float = Field(default=60.0, gt=0, alias="TMAPI_QUOTA_PROBE_MAX")
+    failures_file: str = Field(default="failures.jsonl", min_length=1, alias="TMAPI_FAILURES_FILE")
+    progress_interval: float = Field(default=10.0, ge=0, alias="TMAPI_PROGRESS_INTERVAL")
+    idle_timeout: float = Field(default=30.0, ge=0, alias="TMAPI_IDLE_TIMEOUT")
+    lease_timeout: float = Field(default=60.0, gt=0, alias="TMAPI_LEASE_TIMEOUT")
+    #: The handler that really downloads, under the one that adds the token.
+    #: The add-on sets it to a DOWNLOAD_HANDLERS entry the user gave for https.
+    inner_download_handler: str = Field(
+        default="scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler",
+        alias="TMAPI_INNER_DOWNLOAD_HANDLER",
+    )
+    #: The call gate: one process, or shared through Redis (the add-on sets
+    #: it in distributed mode, as it sets SCHEDULER and DUPEFILTER_CLASS).
+    gate_class: str = Field(default="tmapi_crawler.throttle.CallGate", alias="TMAPI_GATE_CLASS")
 
     @field_validator("language")
     @classmethod
@@ -82,12 +99,18 @@ class TmapiConfig(BaseModel):
             raise ValueError(f"must be one of {', '.join(LANGUAGES)}")
         return value
 
-    @field_validator("token")
+    @field_validator("token", mode="before")
     @classmethod
-    def _token(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+    def _token(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and (not isinstance(text, str) or not text.strip() or any(c.isspace() for c in text)):
             raise ValueError("must be a non-empty string without spaces")
         return value
+
+    @field_validator("inner_download_handler", "gate_class")
+    @classmethod
+    def _class_path(cls, value: str) -> str:
+        return _import_path(value)
 
     @model_validator(mode="after")
     def _url(self) -> TmapiConfig:
@@ -108,25 +131,10 @@ class TmapiConfig(BaseModel):
         return urlsplit(self.base_url).netloc
 
 
-_FIELDS = {
-    "TMAPI_TOKEN": "token",
-    "TMAPI_BASE_URL": "base_url",
-    "TMAPI_ALLOW_HTTP": "allow_http",
-    "TMAPI_LANGUAGE": "language",
-    "TMAPI_MAX_CALLS": "max_calls",
-    "TMAPI_CONCURRENCY": "concurrency",
-    "TMAPI_RETRY_TIMES": "retry_times",
-    "TMAPI_RETRY_BACKOFF": "retry_backoff",
-    "TMAPI_RETRY_BACKOFF_MAX": "retry_backoff_max",
-    "TMAPI_QUOTA_WAIT": "quota_wait",
-    "TMAPI_QUOTA_PROBE": "quota_probe",
-    "TMAPI_QUOTA_PROBE_MAX": "quota_probe_max",
-    "TMAPI_FAILURES_FILE": "failures_file",
-    "TMAPI_PROGRESS_INTERVAL": "progress_interval",
-    "TMAPI_IDLE_TIMEOUT": "idle_timeout",
-    "TMAPI_LEASE_TIMEOUT": "lease_timeout",
+#: Setting name -> default, derived from the model (the README lists them too).
+DEFAULTS: dict[str, Any] = {
+    str(field.alias): field.default for field in TmapiConfig.model_fields.values() if field.alias is not None
 }
-_SETTING_OF = {field: setting for setting, field in _FIELDS.items()}
 
 
 def describe_validation_error(exc: ValidationError, names: dict[str, str] | None = None) -> str:
@@ -143,28 +151,22 @@ def describe_validation_error(exc: ValidationError, names: dict[str, str] | None
     return "; ".join(parts)
 
 
-def config_from_settings(settings: BaseSettings, *, token: str | None = None) -> TmapiConfig:
-    """The validated ``TMAPI_*`` settings; raises :class:`ConfigError`."""
-    values: dict[str, Any] = {}
-    for setting, field in _FIELDS.items():
-        raw = settings.get(setting, DEFAULTS[setting])
-        if raw is None:
-            continue
-        values[field] = raw
-    if token is not None:
-        values["token"] = token
-    elif values.get("token") in (None, REDACTED):
-        values["token"] = os.environ.get("TMAPI_TOKEN") or None
+def config_from_settings(settings: BaseSettings) -> TmapiConfig:
+    """The validated ``TMAPI_*`` settings (the token from the environment
+    when the settings do not give it); raises :class:`ConfigError`."""
+    values = {name: settings.get(name) for name in DEFAULTS if settings.get(name) is not None}
+    if not values.get("TMAPI_TOKEN"):
+        values["TMAPI_TOKEN"] = os.environ.get("TMAPI_TOKEN") or None
     try:
-        return TmapiConfig(**values)
+        return TmapiConfig.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, _SETTING_OF)) from None
+        raise ConfigError(describe_validation_error(exc)) from None
 
 
 def require_token(config: TmapiConfig) -> str:
-    if not config.token:
+    if config.token is None:
         raise ConfigError(
             "no API token: set the TMAPI_TOKEN environment variable (or -s TMAPI_TOKEN=...); "
             "get one in the TMAPI console, or try the sandbox: python -m tmapi_crawler.sandbox"
         )
-    return config.token
+    return config.token.get_secret_value()

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.reactor import is_asyncio_reactor_installed
 
 from tmapi_crawler.api import Endpoint, endpoint_of
+from tmapi_crawler.compat import compact_timers
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import FailureItem, ListingItem, ProductItem
 
@@ -155,12 +157,9 @@ class TimerCompaction:
         return cls(crawler)
 
     def spider_opened(self) -> None:
-        from scrapy.utils.reactor import is_asyncio_reactor_installed
-        from twisted.internet import reactor
-
         if not is_asyncio_reactor_installed():
             return  # Twisted's own reactors compact on every iteration
-        self.task = create_looping_call(reactor.runUntilCurrent)
+        self.task = create_looping_call(compact_timers)
         self.task.start(TIMER_COMPACTION_INTERVAL, now=False)
 
     def spider_closed(self) -> None:

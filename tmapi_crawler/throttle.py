@@ -41,9 +41,11 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.utils.asyncio import call_later, create_looping_call
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import Outcome
+from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
 
 if TYPE_CHECKING:
@@ -336,9 +338,7 @@ class CallGate:
         """Ctrl-C (or any other close) makes the engine wait for the calls in
         progress, without a signal that reaches us first: look for it, so
         that the calls waiting here are handed back instead of being sent."""
-        engine = self.crawler.engine
-        slot = getattr(engine, "_slot", None)  # Scrapy has no public "closing" flag
-        if not engine.running or slot is None or slot.closing is not None:
+        if engine_closing(self.crawler):
             self.stop("shutdown")
 
     # -- stopping -------------------------------------------------------------
@@ -367,16 +367,12 @@ class CallGate:
 
 
 class TmapiThrottle:
-    """The extension that owns the crawl's :class:`CallGate`; the download
-    handler and the middleware find it with ``crawler.get_extension``."""
+    """The extension that owns the crawl's gate, of the class
+    ``TMAPI_GATE_CLASS`` (the add-on sets the Redis one in distributed mode);
+    the download handler and the middleware find it with :func:`gate_of`."""
 
     def __init__(self, crawler: Crawler):
-        gate_cls: type[CallGate] = CallGate
-        if crawler.settings.get("REDIS_URL"):
-            # Distributed: one account, one limit, shared by every worker.
-            from tmapi_crawler.cluster.gate import SharedCallGate
-
-            gate_cls = SharedCallGate
+        gate_cls: type[CallGate] = load_object(config_from_settings(crawler.settings).gate_class)
         self.gate = gate_cls.from_crawler(crawler)
 
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from redis.exceptions import RedisError
 from scrapy_redis.connection import get_redis_from_settings
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ def safe_url(url: str) -> str:
 def check_redis(settings: BaseSettings) -> str | None:
     """``None`` when Redis at ``REDIS_URL`` answers, else one line that says
     what is wrong and what to do."""
-    from redis.exceptions import RedisError
-
     url = str(settings.get("REDIS_URL"))
     if urlsplit(url).scheme not in SCHEMES:
         return f"REDIS_URL={safe_url(url)!r} is not a Redis URL: use redis://host:6379/0 (rediss:// for TLS)"

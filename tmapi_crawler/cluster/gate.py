@@ -15,7 +15,7 @@ the account's calls in flight under its limit and still fill it:
 
 Each call costs two script calls on the Redis server.  A call that finds no
 free place waits on its worker, without busy-waiting: it is woken when a call
-of its worker ends, and polls every :data:`POLL` seconds for places freed by
+of its worker ends, and polls every :data:`~.defaults.GATE_POLL` seconds for places freed by
 other workers.
 """
 
@@ -33,9 +33,9 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import Outcome
-from tmapi_crawler.cluster import GATE_HOLDERS_KEY, GATE_KEY
 from tmapi_crawler.cluster.connection import redis_from_settings
-from tmapi_crawler.cluster.scheduler import LUA_NOW, RENEW
+from tmapi_crawler.cluster.defaults import GATE_HOLDERS_KEY, GATE_KEY, GATE_POLL, GATE_POLL_PAUSED
+from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
 
@@ -43,92 +43,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
-
-#: Seconds between two tries of a waiting call, for places other workers freed.
-POLL = 0.01
-#: The same while the account is paused by a 439 (the probe is rare anyway).
-POLL_PAUSED = 0.25
-
-# KEYS: gate, holders; ARGV: holder, holder ms, cap, start.
-# -> {granted, calls in flight (with this one), probe, ms paused or -1}
-ACQUIRE = (
-    LUA_NOW
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local g = redis.call('HMGET', KEYS[1], 'limit', 'paused_since', 'probe_at', 'probe_holder')
-local limit = math.min(tonumber(g[1]) or tonumber(ARGV[4]), tonumber(ARGV[3]))
-local n = redis.call('ZCARD', KEYS[2])
-if g[2] then
-  local paused = now - tonumber(g[2])
-  if (g[4] and redis.call('ZSCORE', KEYS[2], g[4])) or now < tonumber(g[3]) then
-    return {0, n, 0, paused}
-  end
-  redis.call('HSET', KEYS[1], 'probe_holder', ARGV[1])
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-  return {1, n + 1, 1, paused}
-end
-if n >= limit then return {0, n, 0, -1} end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-return {1, n + 1, 0, -1}
-"""
-)
-
-# KEYS: gate, holders; ARGV: holder, outcome, calls in flight when it was
-# sent, probe, cap, start, first probe ms, longest probe interval ms,
-# PROBE_AFTER.  -> {limit, ceiling or -1, event}
-RELEASE = (
-    LUA_NOW
-    + """
-redis.call('ZREM', KEYS[2], ARGV[1])
-local g = redis.call('HMGET', KEYS[1], 'limit', 'ceiling', 'paused_since', 'probe_interval')
-local cap = tonumber(ARGV[5])
-local limit = math.min(tonumber(g[1]) or tonumber(ARGV[6]), cap)
-local ceiling = tonumber(g[2])
-local outcome = ARGV[2]
-local probe = ARGV[4] == '1'
-local event = ''
-if outcome == 'concurrency' then
-  local new = math.max(1, math.min(limit, tonumber(ARGV[3]) - 1))
-  if new ~= ceiling then event = 'ceiling' end
-  limit = new
-  ceiling = new
-  redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
-elseif outcome == 'quota' then
-  if not g[3] then
-    redis.call('HSET', KEYS[1], 'paused_since', now, 'probe_interval', ARGV[7], 'probe_at', now + tonumber(ARGV[7]))
-    redis.call('HDEL', KEYS[1], 'probe_holder')
-    event = 'paused'
-  elseif probe then
-    local interval = math.min(tonumber(g[4]) * 2, tonumber(ARGV[8]))
-    redis.call('HSET', KEYS[1], 'probe_interval', interval, 'probe_at', now + interval)
-    redis.call('HDEL', KEYS[1], 'probe_holder')
-  end
-elseif outcome == 'none' then
-  if probe and g[3] then
-    redis.call('HSET', KEYS[1], 'probe_at', now + tonumber(g[4]))
-    redis.call('HDEL', KEYS[1], 'probe_holder')
-  end
-elseif outcome ~= 'auth' then
-  if g[3] then
-    if probe then
-      redis.call('HDEL', KEYS[1], 'paused_since', 'probe_at', 'probe_interval', 'probe_holder')
-      event = 'resumed'
-    end
-  elseif not ceiling then
-    limit = math.min(cap, limit + 1)
-    redis.call('HSET', KEYS[1], 'limit', limit)
-  else
-    local s = redis.call('HINCRBY', KEYS[1], 'successes', 1)
-    if s >= tonumber(ARGV[9]) * math.max(ceiling, 1) and ceiling < cap then
-      ceiling = ceiling + 1
-      limit = ceiling
-      redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
-    end
-  end
-end
-return {limit, ceiling or -1, event}
-"""
-)
 
 _OUTCOMES = {Outcome.CONCURRENCY: "concurrency", Outcome.QUOTA: "quota", Outcome.AUTH: "auth"}
 
@@ -155,6 +69,7 @@ class SharedCallGate(CallGate):
         self.renew_loop: Any = None
 
     async def acquire(self) -> Ticket:
+        woken = False
         while True:
             self._may_send()
             holder = f"{self.worker}:{next(self.serial)}"
@@ -174,10 +89,16 @@ class SharedCallGate(CallGate):
                     logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused_ms / 1000)
                 self._wake()  # there was a free place: perhaps there is another
                 return SharedTicket(in_flight, bool(probe), self._burst(in_flight), holder)
+            # First come, first served: a new call waits behind the others; one
+            # that was woken and still found no place keeps its turn.
             waiter: Deferred[None] = Deferred()
-            self.waiters.appendleft(waiter)
-            self._arm_poll(POLL_PAUSED if paused_ms >= 0 else POLL)
+            if woken:
+                self.waiters.appendleft(waiter)
+            else:
+                self.waiters.append(waiter)
+            self._arm_poll(GATE_POLL_PAUSED if paused_ms >= 0 else GATE_POLL)
             await maybe_deferred_to_future(waiter)
+            woken = True
 
     def release(self, ticket: Ticket, outcome: Outcome | None) -> None:
         assert isinstance(ticket, SharedTicket)
@@ -187,7 +108,7 @@ class SharedCallGate(CallGate):
         sent_with = ticket.in_flight_when_sent
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
         args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER]
-        limit, ceiling, event = self._release(keys=self.keys, args=args)
+        limit, ceiling, event, interval_ms = self._release(keys=self.keys, args=args)
         if event == b"ceiling":
             logger.info(
                 "TMAPI answered 503 with %d calls in flight in the cluster: at most %d from now on",
@@ -200,6 +121,8 @@ class SharedCallGate(CallGate):
             self._seen_resumed()
         self.limit = float(limit)
         self.ceiling = None if ceiling < 0 else int(ceiling)
+        if interval_ms >= 0:
+            self.probe_interval = interval_ms / 1000
         self._publish()
         self._wake()
 

@@ -25,11 +25,10 @@ from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 from scrapy.utils.conf import arglist_to_dict
 
-from tmapi_crawler.arguments import ItemArgs, parse_arguments, read_inputs
-from tmapi_crawler.cluster import GATE_HOLDERS_KEY, GATE_KEY, crawl_keys
-from tmapi_crawler.cluster.connection import check_redis, redis_from_settings
+from tmapi_crawler.arguments import parse_arguments
+from tmapi_crawler.cluster.defaults import GATE_HOLDERS_KEY, GATE_KEY, crawl_keys
 from tmapi_crawler.commands.crawl import refuse
-from tmapi_crawler.config import ConfigError
+from tmapi_crawler.config import ConfigError, is_distributed
 
 if TYPE_CHECKING:
     import argparse
@@ -37,23 +36,6 @@ if TYPE_CHECKING:
     from redis import Redis
 
 ACTIONS = ("push", "status", "clear")
-#: The arguments that name a seed; the others are options every seed carries.
-SEED_FIELDS = {"member_id": "member_id", "cat_id": "cat_id", "item_ids": "item_id", "urls": "url"}
-
-
-def seeds_of(spidercls: Any, kwargs: dict[str, str]) -> list[dict[str, Any]]:
-    """One JSON seed per shop, category or product of *kwargs* (checked like
-    ``scrapy crawl``'s arguments; raises ConfigError)."""
-    args = parse_arguments(spidercls.args_model, kwargs)
-    common = {k: v for k, v in kwargs.items() if k not in SEED_FIELDS and k != "file"}
-    seeds = []
-    for name, one in SEED_FIELDS.items():
-        for value in getattr(args, name, ()):
-            seeds.append({one: value, **common})
-    if isinstance(args, ItemArgs) and args.file is not None:
-        for _, text, _ in read_inputs(args.file):
-            seeds.append({("item_id" if text.isdigit() else "url"): int(text) if text.isdigit() else text, **common})
-    return seeds
 
 
 class Command(ScrapyCommand):
@@ -84,8 +66,12 @@ class Command(ScrapyCommand):
         if not args or args[0] not in ACTIONS:
             raise UsageError(f"give an action: {', '.join(ACTIONS)}")
         action, spiders = args[0], args[1:]
-        if not self.settings.get("REDIS_URL"):
+        if not is_distributed(self.settings):
             refuse("REDIS_URL is not set: give it with -s REDIS_URL=redis://host:6379/0 (or in settings.py)")
+        # Redis's client loads only when this command runs, not for every
+        # scrapy command (start-up time).
+        from tmapi_crawler.cluster.connection import check_redis, redis_from_settings
+
         problem = check_redis(self.settings)
         if problem:
             refuse(problem)
@@ -109,7 +95,8 @@ class Command(ScrapyCommand):
 
     def push(self, server: Redis, spidercls: Any, kwargs: dict[str, str]) -> None:
         try:
-            seeds = seeds_of(spidercls, kwargs)
+            model = spidercls.args_model
+            seeds = list(parse_arguments(model, kwargs).json_seeds(model.options_of(kwargs)))
         except ConfigError as exc:
             refuse(str(exc))
         key = crawl_keys(spidercls.name)["seeds"]

@@ -15,7 +15,7 @@ from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 
-from tmapi_crawler.config import ConfigError, config_from_settings, require_token
+from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token
 
 if TYPE_CHECKING:
     import argparse
@@ -61,7 +61,8 @@ class Command(ScrapyCrawlCommand):
             refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
         try:
             require_token(config_from_settings(self.settings))
-            if self.settings.get("REDIS_URL"):
+            if is_distributed(self.settings):
+                # Redis's client loads only in distributed mode (start-up time).
                 from tmapi_crawler.cluster.connection import check_redis
 
                 problem = check_redis(self.settings)

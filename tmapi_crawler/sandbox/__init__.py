@@ -1,6 +1,6 @@
-"""A local stand-in for TMAPI's 1688 API: ``python -m tmapi_crawler.sandbox``."""
+"""A local stand-in for TMAPI's 1688 API: ``python -m tmapi_crawler.sandbox``.
 
-from tmapi_crawler.sandbox.catalog import Catalog
-from tmapi_crawler.sandbox.server import Faults, Sandbox, make_site
-
-__all__ = ["Catalog", "Faults", "Sandbox", "make_site"]
+:mod:`.catalog` makes the data, :mod:`.server` serves it (it imports the
+reactor, so nothing here imports it eagerly), :mod:`.harness` starts it and
+the other servers as child processes for the tests and benchmarks.
+"""

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from scrapy import Request, Spider, signals
+from scrapy import Request, Spider
 
 from tmapi_crawler import api
-from tmapi_crawler.api import ApiError, Endpoint, envelope_of
+from tmapi_crawler.api import ApiError, Endpoint, attempts_of, envelope_of
 from tmapi_crawler.arguments import CommonArgs, check_seed, parse_arguments
-from tmapi_crawler.auth import token_of
-from tmapi_crawler.config import ConfigError, config_from_settings
-from tmapi_crawler.middlewares import attempts_of
+from tmapi_crawler.compat import wait_for_room
+from tmapi_crawler.config import config_from_settings, is_distributed
+from tmapi_crawler.leases import LeaseTracker, tracker_of
 from tmapi_crawler.records import (
     BadAnswer,
     FailureItem,
@@ -46,24 +46,17 @@ PRIORITY_DETAIL = 10
 PRIORITY_DESC = 20
 
 
-class Cluster(Protocol):
-    """What a spider sees of distributed mode (the Redis scheduler)."""
+def tracked(callback: Callable[..., Iterable[Any]]) -> Callable[..., Iterable[Any]]:
+    """A callback (or errback) whose output is counted by the lease tracker,
+    so that a leased request is acknowledged only once all it led to is safe
+    (:mod:`tmapi_crawler.leases`).
 
-    def track(self, request: Request, output: Iterable[Any]) -> Iterator[Any]: ...
-
-    def follow_seeds(self, spider: TmapiSpider) -> AsyncIterator[Any]: ...
-
-
-def tracked(callback: Callable[[Any, Any], Iterable[Any]]) -> Callable[[Any, Any], Iterable[Any]]:
-    """A callback (or errback) whose output the Redis scheduler counts, so
-    that the request is acknowledged only once all it led to is safe."""
+    A decorator rather than a spider middleware: what an errback yields for
+    a failed download does not pass through spider middlewares."""
 
     @functools.wraps(callback)
-    def wrapper(self: TmapiSpider, result: Any) -> Iterable[Any]:
-        output = callback(self, result)
-        if self.cluster is None:
-            return output
-        return self.cluster.track(result.request, output)
+    def wrapper(self: TmapiSpider, result: Any, **kwargs: Any) -> Iterable[Any]:
+        return self.leases.track(result.request, callback(self, result, **kwargs))
 
     return wrapper
 
@@ -71,16 +64,16 @@ def tracked(callback: Callable[[Any, Any], Iterable[Any]]) -> Callable[[Any, Any
 class TmapiSpider(Spider):
     """Base of the shop, category and item spiders.
 
-    Each listing or input request carries ``meta["opts"]``: the options of the
-    seed it came from (``follow``, ``language``, ...), so that seeds with
-    options of their own (pushed to Redis as JSON) share one crawl.
+    Callback data travels in ``cb_kwargs``; every listing or input request
+    carries ``opts``, the options of the seed it came from (``follow``,
+    ``language``, ...), so that seeds with options of their own (pushed to
+    Redis as JSON) share one crawl.  ``meta["tmapi"]`` describes the call
+    itself (:func:`tmapi_crawler.api.build_request`).
     """
 
     args_model: ClassVar[type[CommonArgs]]
     args: CommonArgs
     config: TmapiConfig
-    #: Set by the Redis scheduler in distributed mode.
-    cluster: Cluster | None = None
 
     def __init__(self, *args: Any, **kwargs: Any):
         # Arguments are checked here, before anything is sent; the crawl
@@ -93,52 +86,33 @@ class TmapiSpider(Spider):
     def check_arguments(cls, kwargs: dict[str, Any], settings: BaseSettings) -> CommonArgs:
         """Validate *kwargs* as this spider's arguments (raises ConfigError);
         a worker of a distributed crawl may start without a seed."""
-        return parse_arguments(cls.args_model, kwargs, require_seed=not settings.get("REDIS_URL"))
+        return parse_arguments(cls.args_model, kwargs, require_seed=not is_distributed(settings))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         spider = super().from_crawler(crawler, *args, **kwargs)
-        spider.config = config_from_settings(crawler.settings, token=token_of(crawler))
-        if not crawler.settings.get("REDIS_URL"):
+        spider.config = config_from_settings(crawler.settings)
+        if not is_distributed(crawler.settings):
             check_seed(spider.args)
         return spider
+
+    @functools.cached_property
+    def leases(self) -> LeaseTracker:
+        # Looked up on first use: extensions are built after the spider.
+        return tracker_of(self.crawler)
 
     # -- seeds ----------------------------------------------------------------
 
     async def start(self) -> AsyncIterator[Any]:
         for out in self.seed_requests(self.args):
-            await self.backpressure()
+            await wait_for_room(self.crawler)
             yield out
-        if self.cluster is not None:
-            # Distributed: seeds pushed to Redis, until the cluster is idle.
-            async for out in self.cluster.follow_seeds(self):
-                await self.backpressure()
-                yield out
-
-    async def backpressure(self) -> None:
-        """Scrapy takes whatever ``start()`` yields as fast as it comes:
-        while the downloader is full, wait until the scheduler is empty, so
-        that an ids file of millions of lines is read as the crawl goes, not
-        into memory at once."""
-        engine = self.crawler.engine
-        if engine is not None and engine.needs_backout():
-            await self.crawler.signals.wait_for(signals.scheduler_empty)
 
     def seed_requests(self, args: Any) -> Iterator[Any]:  # pragma: no cover - each spider's own
         raise NotImplementedError
 
-    def seed_args(self, seed: Any) -> CommonArgs:
-        """A seed pushed as JSON, checked like command-line arguments."""
-        if not isinstance(seed, dict):
-            raise ConfigError(f"a seed is a JSON object such as {self.seed_example()}")
-        return parse_arguments(self.args_model, seed)
-
-    @classmethod
-    def seed_example(cls) -> str:  # pragma: no cover - each spider's own
-        raise NotImplementedError
-
     def options(self, args: CommonArgs) -> dict[str, Any]:
-        """What a seed's requests carry in ``meta["opts"]``."""
+        """The ``opts`` that a seed's requests carry."""
         return {
             "follow": args.follow,
             "language": args.language or self.config.language,
@@ -164,7 +138,7 @@ class TmapiSpider(Spider):
             Endpoint.ITEM_DETAIL,
             {"item_id": item_id, **self.detail_params(opts)},
             callback=self.parse_detail,
-            meta={"source": source, "listing": listing, "item_id": item_id, "opts": opts},
+            cb_kwargs={"source": source, "listing": listing, "item_id": item_id, "opts": opts},
             priority=PRIORITY_DETAIL,
         )
 
@@ -193,12 +167,18 @@ class TmapiSpider(Spider):
     # -- callbacks ------------------------------------------------------------
 
     @tracked
-    def parse_detail(self, response: Response) -> Iterator[Any]:
-        meta = response.meta
-        opts = meta["opts"]
+    def parse_detail(
+        self,
+        response: Response,
+        *,
+        source: dict[str, Any],
+        listing: dict[str, Any] | None,
+        item_id: int | None,
+        opts: dict[str, Any],
+    ) -> Iterator[Any]:
         try:
             record = product_record(
-                envelope_of(response).data, listing=meta["listing"], source=meta["source"], language=opts["language"]
+                envelope_of(response).data, listing=listing, source=source, language=opts["language"]
             )
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
@@ -210,24 +190,23 @@ class TmapiSpider(Spider):
             Endpoint.ITEM_DESC,
             {"item_id": record["item_id"]},
             callback=self.parse_desc,
-            meta={"product": record, "item_id": record["item_id"], "source": meta["source"]},
+            cb_kwargs={"product": record, "item_id": record["item_id"], "source": source},
             priority=PRIORITY_DESC,
             # One description per detail answer, and details are deduplicated:
-            # in one process the dupefilter would only hold its fingerprint
-            # for nothing (half of its memory).  In distributed mode a
-            # detail request can be delivered twice (its worker died), so
-            # there the description is deduplicated too.
-            dont_filter=self.cluster is None,
+            # the dupefilter would only hold its fingerprint for nothing (half
+            # of its memory).  Where a request can be delivered twice (a
+            # leased queue whose worker died), the description is
+            # deduplicated too.
+            dont_filter=not self.leases.enabled,
         )
 
     @tracked
-    def parse_desc(self, response: Response) -> Iterator[Any]:
-        record: ProductItem = response.meta["product"]
+    def parse_desc(self, response: Response, *, product: ProductItem, **_: Any) -> Iterator[Any]:
         try:
-            add_description(record, envelope_of(response).data)
+            add_description(product, envelope_of(response).data)
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
-        yield record
+        yield product
 
     @tracked
     def on_error(self, failure: Failure) -> Iterator[Any]:
@@ -246,7 +225,7 @@ class TmapiSpider(Spider):
         else:
             code, msg = None, f"{type(exc).__name__}: {exc}"
         if request.meta["tmapi"]["endpoint"] == Endpoint.ITEM_DESC.value:
-            yield request.meta["product"]
+            yield request.cb_kwargs["product"]
         yield self.failure(request, code, msg)
 
     def failure(
@@ -257,21 +236,21 @@ class TmapiSpider(Spider):
         *,
         listing: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
-        endpoint: str = "record",
-        params: dict[str, Any] | None = None,
     ) -> FailureItem:
-        meta = request.meta if request is not None else {}
-        info = meta.get("tmapi") or {"endpoint": endpoint, "params": params or {}}
-        product = meta.get("product")
+        """The failure record of *request* (what its ``cb_kwargs`` know of
+        the product, unless given)."""
+        info: dict[str, Any] = request.meta["tmapi"] if request is not None else {"endpoint": "record", "params": {}}
+        context = request.cb_kwargs if request is not None else {}
+        product = context.get("product")
         record = failure_record(
             endpoint=info["endpoint"],
             params=info["params"],
-            item_id=meta.get("item_id"),
+            item_id=context.get("item_id"),
             code=code,
             msg=msg,
             attempts=attempts_of(request) if request is not None else 0,
-            source=source or meta.get("source"),
-            listing=listing or meta.get("listing") or (product.get("listing") if product else None),
+            source=source or context.get("source"),
+            listing=listing or context.get("listing") or (product.get("listing") if product else None),
         )
         logger.warning(
             "Failed: %s %s -> %s %s (after %d attempt(s))",

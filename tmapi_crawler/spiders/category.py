@@ -33,18 +33,14 @@ class CategorySpider(TmapiSpider):
             }
             yield self.page_request(params, opts)
 
-    @classmethod
-    def seed_example(cls) -> str:
-        return '{"cat_id": 1031910, "free_shipping": true}'
-
     def page_request(self, params: dict[str, Any], opts: dict[str, Any]) -> Request:
         return self.api_request(
-            Endpoint.CATEGORY_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE, meta={"opts": opts}
+            Endpoint.CATEGORY_ITEMS, params, callback=self.parse_page, priority=PRIORITY_PAGE, cb_kwargs={"opts": opts}
         )
 
     @tracked
-    def parse_page(self, response: Response) -> Iterator[Any]:
-        params, opts = response.meta["tmapi"]["params"], response.meta["opts"]
+    def parse_page(self, response: Response, *, opts: dict[str, Any]) -> Iterator[Any]:
+        params = response.meta["tmapi"]["params"]
         cat_id, page = params["cat_id"], params["page"]
         data = envelope_of(response).data
         try:

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from tmapi_crawler.api import Endpoint, offer_id_from_url
 from tmapi_crawler.arguments import ItemArgs, read_inputs
-from tmapi_crawler.config import ConfigError
 from tmapi_crawler.spiders.base import PRIORITY_DETAIL, TmapiSpider
 
 if TYPE_CHECKING:
@@ -32,26 +31,6 @@ class ItemSpider(TmapiSpider):
                 if problem is None:
                     yield self.input_request(text, opts)
 
-    def seed_args(self, seed: Any) -> ItemArgs:
-        """``{"item_id": ...}`` or ``{"url": ...}`` (or the plural names of
-        the command line); a file is read by the worker that has it."""
-        if isinstance(seed, dict):
-            if "file" in seed:
-                raise ConfigError(
-                    "a seed in Redis cannot name a file: push its ids (scrapy cluster push item -a file=...)"
-                )
-            seed = dict(seed)
-            for one, many in (("item_id", "item_ids"), ("url", "urls")):
-                if one in seed:
-                    seed[many] = seed.pop(one)
-        args = super().seed_args(seed)
-        assert isinstance(args, ItemArgs)
-        return args
-
-    @classmethod
-    def seed_example(cls) -> str:
-        return '{"item_id": 859086919394}'
-
     def input_request(self, text: str, opts: dict[str, Any]) -> Request:
         source = {"spider": "item", "input": text}
         stats = self.crawler.stats
@@ -63,6 +42,6 @@ class ItemSpider(TmapiSpider):
             Endpoint.ITEM_DETAIL_BY_URL,
             {"url": text, **self.detail_params(opts)},
             callback=self.parse_detail,
-            meta={"source": source, "listing": None, "item_id": offer_id_from_url(text), "opts": opts},
+            cb_kwargs={"source": source, "listing": None, "item_id": offer_id_from_url(text), "opts": opts},
             priority=PRIORITY_DETAIL,
         )

@@ -45,10 +45,6 @@ class ShopSpider(TmapiSpider):
             }
             yield self.page_request(params, opts)
 
-    @classmethod
-    def seed_example(cls) -> str:
-        return '{"member_id": "b2b-22146365959302bc20", "sort": "sales"}'
-
     def page_request(self, params: dict[str, Any], opts: dict[str, Any], pages: int | None = None) -> Request:
         return self.api_request(
             Endpoint.SHOP_ITEMS,
@@ -56,15 +52,15 @@ class ShopSpider(TmapiSpider):
             callback=self.parse_page,
             errback=self.on_page_error,
             priority=PRIORITY_PAGE,
-            meta={"opts": opts, "pages": pages},
+            cb_kwargs={"opts": opts, "pages": pages},
         )
 
     def page_ahead(self, request: Request | None) -> Iterator[Request]:
         """The page PAGES_AHEAD after *request*'s, if the shop has it."""
         assert request is not None
-        params, pages = request.meta["tmapi"]["params"], request.meta.get("pages")
+        params, pages = request.meta["tmapi"]["params"], request.cb_kwargs["pages"]
         if pages is not None and params["page"] + PAGES_AHEAD <= pages:
-            yield self.page_request({**params, "page": params["page"] + PAGES_AHEAD}, request.meta["opts"], pages)
+            yield self.page_request({**params, "page": params["page"] + PAGES_AHEAD}, request.cb_kwargs["opts"], pages)
 
     @tracked
     def on_page_error(self, failure: Failure) -> Iterator[Any]:
@@ -72,8 +68,8 @@ class ShopSpider(TmapiSpider):
         yield from self.page_ahead(failure.request)  # type: ignore[attr-defined]
 
     @tracked
-    def parse_page(self, response: Response) -> Iterator[Any]:
-        params, opts = response.meta["tmapi"]["params"], response.meta["opts"]
+    def parse_page(self, response: Response, *, opts: dict[str, Any], pages: int | None) -> Iterator[Any]:
+        params = response.meta["tmapi"]["params"]
         member_id, page = params["member_id"], params["page"]
         data = envelope_of(response).data
         try:

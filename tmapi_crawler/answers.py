@@ -1,29 +1,18 @@
-"""The downloader middleware that acts on TMAPI's answers (SPEC.md's table).
+"""The downloader middleware that acts on TMAPI's answers; what it does with
+each code is the README's table (docs/behaviour.md).
 
-It takes the place of Scrapy's ``RetryMiddleware`` (same priority, 550), sits
-engine-side of ``HttpCompressionMiddleware`` so that it sees decoded bodies,
-and treats an error code the same whether it came as the HTTP status or as
-HTTP 200 with the code in the body:
+Invariants:
 
-* 200: counted as billed, passed on; the callback reads the envelope that was
-  parsed here (:func:`tmapi_crawler.api.envelope_of` caches it).
-* 417, 499, 500, timeouts and connection errors: retried through Scrapy's
-  :func:`~scrapy.downloadermiddlewares.retry.get_retry_request`, up to
-  ``TMAPI_RETRY_TIMES``, after an exponential backoff with jitter.  The wait
-  happens in ``process_request`` before the request reaches its download
-  slot, so a waiting retry holds no slot that another call could use.  After
-  the last try the error reaches the spider's errback, which writes a failure
-  record.
-* 422, undocumented codes and malformed answers: :class:`ApiError` at once.
-* 503: sent again after a short pause, never counted as an attempt, never a
-  failure record; the gate (:mod:`tmapi_crawler.throttle`) lowers the number
-  of calls in flight.
-* 439: sent again, never counted as an attempt; the gate pauses all calls and
-  probes until the balance is back or ``TMAPI_QUOTA_WAIT`` runs out.
-* A bad token: the crawl stops at once with ``tmapi_auth_failed``.
-* A call the gate refused because the crawl is stopping (``CrawlStopping``)
-  goes back to the scheduler, so that a crawl with ``JOBDIR`` keeps it for
-  the resume.
+* It replaces Scrapy's ``RetryMiddleware`` (same priority, 550) and sits
+  engine-side of ``HttpCompressionMiddleware``, so it sees decoded bodies.
+* An error code is the same whether it came as the HTTP status or as HTTP
+  200 with the code in the body (:func:`tmapi_crawler.api.envelope_of`).
+* Retries go through Scrapy's ``get_retry_request``; their backoff is waited
+  in ``process_request``, before the download slot, so that a waiting retry
+  holds no place another call could use.
+* 503 and 439 never count as attempts and never become failure records.
+* A request refused because the crawl is stopping goes back to the
+  scheduler, so that a resumable crawl keeps it.
 """
 
 from __future__ import annotations
@@ -37,7 +26,6 @@ from scrapy.utils.asyncio import sleep
 from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import ApiError, MalformedAnswer, Outcome, envelope_of
-from tmapi_crawler.auth import token_of
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
@@ -55,15 +43,11 @@ BACKOFF_META = "tmapi_backoff"
 CONCURRENCY_RETRY_DELAY = 0.5
 
 
-def attempts_of(request: Request) -> int:
-    return int(request.meta.get("retry_times", 0)) + 1
-
-
-class ApiMiddleware:
+class AnswerMiddleware:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stats = crawler.stats
-        self.config = config_from_settings(crawler.settings, token=token_of(crawler))
+        self.config = config_from_settings(crawler.settings)
         self.retry_exceptions = tuple(
             load_object(x) if isinstance(x, str) else x for x in crawler.settings.getlist("RETRY_EXCEPTIONS")
         )
@@ -156,6 +140,3 @@ class ApiMiddleware:
         kept = request.replace(dont_filter=True)
         kept.meta.pop(BACKOFF_META, None)
         return kept
-
-
-__all__ = ["ApiMiddleware", "attempts_of"]

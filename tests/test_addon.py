@@ -1,0 +1,113 @@
+"""The add-on: what it configures, in one process and in distributed mode."""
+
+from __future__ import annotations
+
+import pprint
+
+from pydantic import SecretStr
+from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.test import get_crawler
+
+from tests.conftest import TOKEN, crawl
+from tmapi_crawler.addon import TmapiAddon
+from tmapi_crawler.answers import AnswerMiddleware
+from tmapi_crawler.compat import InternalsCheck
+from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.handler import TokenDownloadHandler
+from tmapi_crawler.leases import LeaseTracker
+from tmapi_crawler.pipelines import ValidationPipeline
+from tmapi_crawler.spiders.shop import ShopSpider
+from tmapi_crawler.throttle import TmapiThrottle
+
+ADDON = {"ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}}
+
+
+def path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def components(settings, name: str) -> dict[str, int | None]:
+    """A component priority dict, classes written as their paths."""
+    return {path(k) if isinstance(k, type) else k: v for k, v in settings.getdict(name).items()}
+
+
+def settings_of(**settings):
+    return get_crawler(ShopSpider, {**ADDON, "TMAPI_TOKEN": TOKEN, **settings}).settings
+
+
+def test_one_process_components():
+    s = settings_of()
+    handler = path(TokenDownloadHandler)
+    assert s.getdict("DOWNLOAD_HANDLERS") == {"http": handler, "https": handler}
+    middlewares = components(s, "DOWNLOADER_MIDDLEWARES")
+    assert middlewares["scrapy.downloadermiddlewares.retry.RetryMiddleware"] is None
+    assert middlewares[path(AnswerMiddleware)] == 550
+    assert components(s, "ITEM_PIPELINES") == {path(ValidationPipeline): 100}
+    extensions = components(s, "EXTENSIONS")
+    for cls in (TmapiThrottle, LeaseTracker, InternalsCheck):
+        assert path(cls) in extensions
+    assert config_from_settings(s).gate_class == "tmapi_crawler.throttle.CallGate"
+    assert s["SCHEDULER"] == "scrapy.core.scheduler.Scheduler"
+    assert s["DUPEFILTER_CLASS"] == "scrapy.dupefilters.RFPDupeFilter"
+    assert not any("cluster" in mw for mw in components(s, "SPIDER_MIDDLEWARES"))
+
+
+def test_redis_url_switches_every_shared_component(redis_server):
+    s = settings_of(REDIS_URL=redis_server.url)
+    assert s["SCHEDULER"] == "tmapi_crawler.cluster.scheduler.LeasedScheduler"
+    assert s["DUPEFILTER_CLASS"] == "tmapi_crawler.cluster.dupefilter.RedisDupeFilter"
+    assert s["TMAPI_GATE_CLASS"] == "tmapi_crawler.cluster.gate.SharedCallGate"
+    assert "tmapi_crawler.cluster.seeds.RedisSeedsMiddleware" in components(s, "SPIDER_MIDDLEWARES")
+
+
+def test_the_token_is_a_secret_in_the_settings():
+    s = settings_of()
+    assert isinstance(s["TMAPI_TOKEN"], SecretStr)
+    assert s["TMAPI_TOKEN"].get_secret_value() == TOKEN
+    assert TOKEN not in pprint.pformat(s.copy_to_dict())
+
+
+class CountingHandler(HTTP11DownloadHandler):
+    """A user's own HTTP handler."""
+
+    sent: list[str] = []  # noqa: RUF012 - shared by the instances, read by the test
+
+    async def download_request(self, request):
+        CountingHandler.sent.append(request.url)
+        return await super().download_request(request)
+
+
+def test_a_users_download_handler_is_kept_under_ours():
+    s = settings_of(DOWNLOAD_HANDLERS={"https": path(CountingHandler)})
+    assert s["TMAPI_INNER_DOWNLOAD_HANDLER"] == path(CountingHandler)
+    assert s.getdict("DOWNLOAD_HANDLERS")["https"] == path(TokenDownloadHandler)
+    given = settings_of(DOWNLOAD_HANDLERS={"http": CountingHandler}, TMAPI_INNER_DOWNLOAD_HANDLER=path(TmapiAddon))
+    assert given["TMAPI_INNER_DOWNLOAD_HANDLER"] == path(TmapiAddon)  # said explicitly: it wins
+
+
+@deferred_f_from_coro_f
+async def test_calls_go_through_the_users_handler_with_the_token(sandbox, tmp_path):
+    CountingHandler.sent.clear()
+    result = await crawl(
+        "item",
+        sandbox,
+        tmp_path,
+        {"DOWNLOAD_HANDLERS": {"http": path(CountingHandler)}},
+        item_ids="859086919394",
+    )
+    assert len(result.records) == 1
+    assert len(CountingHandler.sent) == 2
+    assert all(f"apiToken={TOKEN}" in url for url in CountingHandler.sent)
+    assert sandbox.stats()["billed"] == 2
+
+
+def test_feeds_get_the_records_and_failures_their_own_file(tmp_path):
+    s = settings_of(FEEDS={str(tmp_path / "p.jsonl"): {"format": "jsonlines"}})
+    feeds = s.getdict("FEEDS")
+    assert feeds[str(tmp_path / "p.jsonl")]["item_classes"] == [
+        "tmapi_crawler.records.ProductItem",
+        "tmapi_crawler.records.ListingItem",
+    ]
+    assert feeds["failures.jsonl"]["item_classes"] == ["tmapi_crawler.records.FailureItem"]
+    assert feeds["failures.jsonl"]["store_empty"] is False

@@ -1,0 +1,77 @@
+"""The Scrapy and Twisted internals of tmapi_crawler.compat, pinned against
+the versions of requirements.txt, and the check that stops a crawl when one
+is missing."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import scrapy
+import twisted
+from scrapy import signals
+from scrapy.crawler import AsyncCrawlerRunner
+from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.project import get_project_settings
+
+from tests.conftest import ROOT, base_settings, crawl
+from tmapi_crawler import compat
+
+
+def pinned(package: str) -> str:
+    text = (ROOT / "requirements.txt").read_text()
+    match = re.search(rf"^{re.escape(package)}==(\S+)$", text, re.MULTILINE | re.IGNORECASE)
+    assert match, f"{package} is not pinned in requirements.txt"
+    return match.group(1)
+
+
+def test_the_installed_versions_are_the_pinned_ones():
+    # compat.py was checked against these; another version must pass
+    # test_every_internal_is_there_during_a_real_crawl before it is pinned.
+    assert scrapy.__version__ == pinned("Scrapy")
+    assert twisted.__version__ == pinned("Twisted")
+
+
+@deferred_f_from_coro_f
+async def test_every_internal_is_there_during_a_real_crawl(sandbox, tmp_path):
+    seen: dict[str, object] = {}
+    settings = get_project_settings()
+    settings.setdict(base_settings(sandbox, tmp_path), priority="cmdline")
+    runner = AsyncCrawlerRunner(settings)
+    crawler = runner.create_crawler("item")
+
+    def item_scraped() -> None:
+        # The feed exports open their file on the first item, after this
+        # receiver (connected first) ran: look at the second.
+        seen["items"] = int(seen.get("items", 0)) + 1  # type: ignore[call-overload]
+        if seen["items"] == 2:
+            seen["missing"] = compat.missing_internals(crawler)
+            seen["feed files"] = len(list(compat.feed_files(crawler)))
+            seen["closing"] = compat.engine_closing(crawler)
+            compat.sync_feeds(crawler)
+            compat.wake_engine(crawler)
+            compat.compact_timers()
+
+    crawler.signals.connect(item_scraped, signal=signals.item_scraped)
+    await runner.crawl(crawler, item_ids="859086919394,652702302959")
+    assert seen == {"items": 2, "missing": [], "feed files": 1, "closing": False}
+    assert crawler.stats.get_value("finish_reason") == "finished"
+
+
+def test_a_missing_internal_is_named():
+    engine = SimpleNamespace(running=True)
+    crawler = SimpleNamespace(engine=engine, get_extension=lambda cls: SimpleNamespace())
+    missing = compat.missing_internals(crawler)  # type: ignore[arg-type]
+    assert missing[:3] == ["ExecutionEngine.needs_backout", "ExecutionEngine._slot", "FeedExporter.slots"]
+
+
+@deferred_f_from_coro_f
+async def test_a_missing_internal_stops_the_crawl_in_one_line(sandbox, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(compat, "missing_internals", lambda crawler: ["FeedSlot.file"])
+    result = await crawl("item", sandbox, tmp_path, item_ids="859086919394")
+    assert result.reason == "tmapi_incompatible_scrapy"
+    assert result.records == []
+    lines = [r.getMessage() for r in caplog.records if "lacks what tmapi_crawler relies on" in r.getMessage()]
+    assert len(lines) == 1
+    assert "(FeedSlot.file): install the versions of requirements.txt" in lines[0]
+    assert "\n" not in lines[0]

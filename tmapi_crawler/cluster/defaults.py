@@ -1,0 +1,41 @@
+"""Every Redis key of a crawl and every default of distributed mode, in one
+place (as scrapy-redis keeps its own in ``scrapy_redis.defaults``).
+
+In key templates ``%(spider)s`` is the spider's name.
+"""
+
+from __future__ import annotations
+
+#: Pending requests: a sorted set of ids, ordered by priority then age.
+QUEUE_KEY = "%(spider)s:requests"
+#: The requests themselves, as JSON: id -> request.
+DATA_KEY = "%(spider)s:requests:data"
+#: Requests taken by a worker: id -> deadline (ms, Redis clock).
+LEASES_KEY = "%(spider)s:leases"
+#: Counter that numbers the requests.
+SEQ_KEY = "%(spider)s:requests:seq"
+#: Fingerprints of the requests seen (scrapy-redis's dupefilter key).
+DUPEFILTER_KEY = "%(spider)s:dupefilter"
+#: Seeds pushed as JSON by users (``scrapy cluster push``), one a list entry.
+SEEDS_KEY = "tmapi:%(spider)s:seeds"
+#: The account's shared concurrency state and its holders (every spider of
+#: one Redis shares one account's limit).
+GATE_KEY = "tmapi:gate"
+GATE_HOLDERS_KEY = "tmapi:gate:holders"
+
+
+def crawl_keys(spider: str) -> dict[str, str]:
+    names = {"queue": QUEUE_KEY, "data": DATA_KEY, "leases": LEASES_KEY, "seq": SEQ_KEY}
+    names |= {"dupefilter": DUPEFILTER_KEY, "seeds": SEEDS_KEY}
+    return {name: key % {"spider": spider} for name, key in names.items()}
+
+
+#: Seconds between two group commits (fsync of the feeds, then acks).
+COMMIT_INTERVAL = 0.5
+#: Seconds between two looks for seeds and for work of other workers.
+SEED_POLL = 0.2
+#: Seconds between two tries of a call waiting at the shared gate, for
+#: places other workers freed.
+GATE_POLL = 0.01
+#: The same while the account is paused by a 439 (the probe is rare anyway).
+GATE_POLL_PAUSED = 0.25

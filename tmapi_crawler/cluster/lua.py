@@ -1,0 +1,172 @@
+"""Every Lua script of distributed mode, in one place.
+
+Each script is one atomic step on the Redis server, so that no worker killed
+between two commands leaves the crawl half-changed.  Time is Redis's own
+(``TIME``, in :data:`LUA_NOW`), so the workers' clocks do not matter.  The
+queue's scripts are used by :mod:`.queue`, the gate's by :mod:`.gate`.
+"""
+
+# -- the leased queue -------------------------------------------------------------
+
+#: Lua: ``now``, Redis's own clock in milliseconds (the workers' clocks do not matter).
+LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: queue, data, seq, leases, dupefilter; ARGV: payload, priority, lease
+# it replaces ('' for none), fingerprint ('' not to filter).  Marking the
+# request seen and queueing it is one step: a worker killed between the two
+# would leave a request seen but never queued, lost to the worker that redoes
+# its parent.  -> the new id, or false for a request seen before.
+PUSH = """
+if ARGV[4] ~= '' and redis.call('SADD', KEYS[5], ARGV[4]) == 0 then return false end
+local id = string.format('%016d', redis.call('INCR', KEYS[3]))
+redis.call('HSET', KEYS[2], id, ARGV[1])
+redis.call('ZADD', KEYS[1], -tonumber(ARGV[2]), id)
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+return id
+"""
+
+# KEYS: queue, data, leases; ARGV: lease ms.  The highest priority, then the oldest.
+POP = (
+    LUA_NOW
+    + """
+local ids = redis.call('ZRANGE', KEYS[1], 0, 0)
+if #ids == 0 then return false end
+local id = ids[1]
+redis.call('ZREM', KEYS[1], id)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), id)
+return {id, redis.call('HGET', KEYS[2], id)}
+"""
+)
+
+# KEYS: leases, queue, data; ARGV: ids to put back, or none: every expired lease.
+REQUEUE = (
+    LUA_NOW
+    + """
+local ids = ARGV
+if #ids == 0 then ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000) end
+local n = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local payload = redis.call('HGET', KEYS[3], id)
+    if payload then
+      local ok, req = pcall(cjson.decode, payload)
+      local prio = 0
+      if ok and type(req) == 'table' and tonumber(req['priority']) then prio = tonumber(req['priority']) end
+      redis.call('ZADD', KEYS[2], -prio, id)
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+)
+
+# KEYS: leases; ARGV: lease ms, ids.  Only leases still held are renewed.
+RENEW = (
+    LUA_NOW
+    + """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+return #ARGV - 1
+"""
+)
+
+# KEYS: leases, queue, data; ARGV: ids done.
+ACK = """
+for _, id in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+return #ARGV
+"""
+
+
+# -- the shared call gate ---------------------------------------------------------
+
+# KEYS: gate, holders; ARGV: holder, holder ms, cap, start.
+# -> {granted, calls in flight (with this one), probe, ms paused or -1}
+ACQUIRE = (
+    LUA_NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local g = redis.call('HMGET', KEYS[1], 'limit', 'paused_since', 'probe_at', 'probe_holder')
+local limit = math.min(tonumber(g[1]) or tonumber(ARGV[4]), tonumber(ARGV[3]))
+local n = redis.call('ZCARD', KEYS[2])
+if g[2] then
+  local paused = now - tonumber(g[2])
+  if (g[4] and redis.call('ZSCORE', KEYS[2], g[4])) or now < tonumber(g[3]) then
+    return {0, n, 0, paused}
+  end
+  redis.call('HSET', KEYS[1], 'probe_holder', ARGV[1])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+  return {1, n + 1, 1, paused}
+end
+if n >= limit then return {0, n, 0, -1} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return {1, n + 1, 0, -1}
+"""
+)
+
+# KEYS: gate, holders; ARGV: holder, outcome, calls in flight when it was
+# sent, probe, cap, start, first probe ms, longest probe interval ms,
+# PROBE_AFTER.  -> {limit, ceiling or -1, event, probe interval ms or -1}
+RELEASE = (
+    LUA_NOW
+    + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+local g = redis.call('HMGET', KEYS[1], 'limit', 'ceiling', 'paused_since', 'probe_interval')
+local cap = tonumber(ARGV[5])
+local limit = math.min(tonumber(g[1]) or tonumber(ARGV[6]), cap)
+local ceiling = tonumber(g[2])
+local outcome = ARGV[2]
+local probe = ARGV[4] == '1'
+local event = ''
+if outcome == 'concurrency' then
+  local new = math.max(1, math.min(limit, tonumber(ARGV[3]) - 1))
+  if new ~= ceiling then event = 'ceiling' end
+  limit = new
+  ceiling = new
+  redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
+elseif outcome == 'quota' then
+  if not g[3] then
+    redis.call('HSET', KEYS[1], 'paused_since', now, 'probe_interval', ARGV[7], 'probe_at', now + tonumber(ARGV[7]))
+    redis.call('HDEL', KEYS[1], 'probe_holder')
+    event = 'paused'
+  elseif probe then
+    local interval = math.min(tonumber(g[4]) * 2, tonumber(ARGV[8]))
+    redis.call('HSET', KEYS[1], 'probe_interval', interval, 'probe_at', now + interval)
+    redis.call('HDEL', KEYS[1], 'probe_holder')
+  end
+elseif outcome == 'none' then
+  if probe and g[3] then
+    redis.call('HSET', KEYS[1], 'probe_at', now + tonumber(g[4]))
+    redis.call('HDEL', KEYS[1], 'probe_holder')
+  end
+elseif outcome ~= 'auth' then
+  if g[3] then
+    if probe then
+      redis.call('HDEL', KEYS[1], 'paused_since', 'probe_at', 'probe_interval', 'probe_holder')
+      event = 'resumed'
+    end
+  elseif not ceiling then
+    limit = math.min(cap, limit + 1)
+    redis.call('HSET', KEYS[1], 'limit', limit)
+  else
+    local s = redis.call('HINCRBY', KEYS[1], 'successes', 1)
+    if s >= tonumber(ARGV[9]) * math.max(ceiling, 1) and ceiling < cap then
+      ceiling = ceiling + 1
+      limit = ceiling
+      redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
+    end
+  end
+end
+return {limit, ceiling or -1, event, tonumber(redis.call('HGET', KEYS[1], 'probe_interval')) or -1}
+"""
+)

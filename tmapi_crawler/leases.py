@@ -1,0 +1,163 @@
+"""Leases: a request taken from a durable queue is done only when all it led
+to is safe.
+
+A scheduler whose queue survives the process (Redis in distributed mode)
+hands each request out under a *lease* and acknowledges it only when
+
+* the records its callback (or errback) yielded went through the pipelines
+  and the feed exports, and the feed files were flushed and fsynced (acks
+  are grouped: one fsync per commit);
+* the requests it yielded are in the queue;
+* or it was replaced by a request of its own (a retry, a call sent again
+  after 503 or 439, a call handed back when the crawl stops), which the
+  queue stores in the same step that ends the lease.
+
+:class:`LeaseTracker` counts, per lease, what is not yet safe; the scheduler
+owns the queue and the acknowledgement.  A process killed at any moment
+therefore loses nothing: a lease not acknowledged is delivered again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+
+from tmapi_crawler.compat import sync_feeds
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+
+#: meta key: the id of the lease a request was taken under.
+LEASE_META = "tmapi_lease"
+#: meta key: the lease of the request whose callback yielded this request.
+PARENT_META = "tmapi_parent"
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A request in hand: how many of its outputs are not yet safe, and
+    whether its callback has finished yielding them."""
+
+    pending: int = 0
+    done_yielding: bool = False
+
+
+class LeaseTracker:
+    """The extension that knows which leased requests are done.
+
+    Off (every call a no-op) until a leasing scheduler calls :meth:`enable`.
+    Spiders pass their callbacks' output through :meth:`track`; the
+    scheduler calls :meth:`hold` for each request it hands out,
+    :meth:`unlink` for each request it is given, and :meth:`commit` now and
+    then."""
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.enabled = False
+        self.held: dict[str, _Lease] = {}
+        self.safe: list[str] = []  # leases whose outputs await the next commit
+        for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
+            crawler.signals.connect(self._item_settled, signal=signal)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    def enable(self) -> None:
+        """Requests may be delivered more than once from now on (a lease
+        that was not acknowledged comes back)."""
+        self.enabled = True
+
+    # -- the scheduler's side ---------------------------------------------------
+
+    def hold(self, lease: str, request: Request) -> None:
+        request.meta[LEASE_META] = lease
+        self.held[lease] = _Lease()
+
+    def unlink(self, request: Request) -> tuple[str | None, str | None]:
+        """``(parent, replaces)`` of a request given to the scheduler: the
+        lease whose callback yielded it, and the lease it takes the place of
+        (a retry of a leased request)."""
+        return request.meta.pop(PARENT_META, None), request.meta.pop(LEASE_META, None)
+
+    def forget(self, lease: str) -> None:
+        """*lease* ended without an acknowledgement (it was replaced)."""
+        self.held.pop(lease, None)
+
+    def settle(self, lease: str) -> None:
+        """One output of *lease* is safe."""
+        state = self.held.get(lease)
+        if state is not None:
+            state.pending -= 1
+            self._check(lease, state)
+
+    def commit(self, ack: Callable[[list[str]], Any]) -> int:
+        """Make the feeds durable, then acknowledge (with *ack*) the leases
+        whose records they hold; returns how many."""
+        if not self.safe:
+            return 0
+        safe, self.safe = self.safe, []
+        sync_feeds(self.crawler)
+        ack(safe)
+        return len(safe)
+
+    def unfinished(self) -> list[str]:
+        """The leases still in hand, forgotten here (the scheduler gives them
+        back to its queue)."""
+        leases = list(self.held)
+        self.held.clear()
+        return leases
+
+    @property
+    def busy(self) -> bool:
+        """Something taken here is not acknowledged yet."""
+        return bool(self.held or self.safe)
+
+    # -- the spider's side ------------------------------------------------------
+
+    def track(self, request: Request, output: Iterable[Any]) -> Iterable[Any]:
+        """A callback's *output*, counted as what must be safe before the
+        lease of *request* is acknowledged (as it is, for a request that was
+        not leased)."""
+        lease = request.meta.get(LEASE_META)
+        state = self.held.get(lease) if lease else None
+        if lease is None or state is None:
+            return output
+        return self._tracked(lease, state, output)
+
+    def _tracked(self, lease: str, state: _Lease, output: Iterable[Any]) -> Iterator[Any]:
+        try:
+            for out in output:
+                if isinstance(out, Request):
+                    out.meta[PARENT_META] = lease
+                if out is not None:
+                    state.pending += 1
+                yield out
+        finally:
+            state.done_yielding = True
+            self._check(lease, state)
+
+    def _item_settled(self, item: Any, response: Any, **kwargs: Any) -> None:
+        # For an errback's records, Scrapy passes the Failure as "response";
+        # Scrapy sets its .request.
+        request = getattr(response, "request", None)
+        lease = request.meta.get(LEASE_META) if request is not None else None
+        if lease:
+            self.settle(lease)
+
+    def _check(self, lease: str, state: _Lease) -> None:
+        if state.done_yielding and state.pending <= 0:
+            del self.held[lease]
+            self.safe.append(lease)
+
+
+def tracker_of(crawler: Crawler) -> LeaseTracker:
+    tracker = crawler.get_extension(LeaseTracker)
+    if tracker is None:
+        raise RuntimeError("tmapi_crawler.leases.LeaseTracker is not enabled: add the TmapiAddon to ADDONS")
+    return tracker

@@ -1,0 +1,157 @@
+"""Real processes for the tests and the benchmarks: the sandbox, and the
+servers a crawl talks to, each on a free loopback port.
+
+The sandbox is started as users start it (``python -m tmapi_crawler.sandbox
+--port 0``) and the URL line it prints is read, so there are no sleeps and no
+port races.  Nothing here is used by a crawl.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Self
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+#: The token the sandbox is started with unless told otherwise.
+TOKEN = "test-token-5f1c9e"
+
+
+def free_port() -> int:
+    """A loopback port free now (a server given it may still lose a race:
+    callers try again)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SandboxProcess:
+    """``python -m tmapi_crawler.sandbox --port 0`` in a child process; *args*
+    are its flags, *prefix* a command to run it under (``taskset -c 0``)."""
+
+    def __init__(self, *args: str, token: str = TOKEN, prefix: Sequence[str] = ()):
+        cmd = [*prefix, sys.executable, "-m", "tmapi_crawler.sandbox", "--port", "0", "--token", token, *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            raise RuntimeError(f"the sandbox did not start: {line!r} {err}")
+        self.url = line
+        self.token = token
+
+    def admin(self, action: str, method: str = "GET") -> dict[str, Any]:
+        req = urllib.request.Request(f"{self.url}/__admin/{action}", method=method)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc: dict[str, Any] = json.load(resp)
+            return doc
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("stats")
+
+    def reset(self) -> None:
+        self.admin("reset", "POST")
+
+    def topup(self, calls: int) -> None:
+        self.admin(f"topup?calls={calls}", "POST")
+
+    def get(self, path: str, **params: Any) -> tuple[int, dict[str, Any]]:
+        """A raw call: (HTTP status, parsed body)."""
+        params.setdefault("apiToken", self.token)
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        return self._open(urllib.request.Request(f"{self.url}{path}?{query}"))
+
+    def post(self, path: str, body: Any, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"{self.url}{path}?apiToken={token or self.token}",
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        return self._open(req)
+
+    @staticmethod
+    def _open(req: urllib.request.Request) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in memory only."""
+
+    def __init__(self, workdir: Path, *args: str, password: str | None = None):
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed: scripts/test installs it (apt-get install redis-server)")
+        for _ in range(5):
+            self.port = free_port()
+            cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            cmd += ["--dir", str(workdir), "--protected-mode", "yes", *args]
+            if password:
+                cmd += ["--requirepass", password]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:  # its log: wait for "Ready to accept connections"
+                if "Ready to accept connections" in line:
+                    self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
+                    self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+                    self._drain.start()
+                    return
+            self.proc.wait()  # the port was taken meanwhile: another one
+            self.proc.stdout.close()
+        raise RuntimeError("redis-server did not start")
+
+    def client(self) -> Any:
+        import redis  # only where a test or benchmark talks to Redis
+
+        return redis.Redis.from_url(self.url)
+
+    def dump(self) -> dict[bytes, list[bytes]]:
+        """Every key and the values it holds (hashes: their values)."""
+        r = self.client()
+        readers = {
+            b"string": lambda k: [r.get(k)],
+            b"hash": r.hvals,
+            b"set": lambda k: list(r.smembers(k)),
+            b"zset": lambda k: r.zrange(k, 0, -1),
+            b"list": lambda k: r.lrange(k, 0, -1),
+        }
+        return {key: readers[r.type(key)](key) for key in r.scan_iter()}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._drain.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
