@@ -12,6 +12,7 @@ import argparse
 import http.client
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -264,7 +265,46 @@ def workers(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
-SCENARIOS = {"ceiling": ceiling, "cpu": cpu, "memory": memory, "bill": bill, "workers": workers}
+def jobdir(tmp: Path, quick: bool) -> list[Row]:
+    """Crash-safe JOBDIR: CPU per call with it and without (latency 0, no
+    limit); the share of the account's limit with it and without (told the
+    limit of 16, latency 100 ms); and the state's size per pending request
+    (a budget stop leaves the shop's detail requests pending)."""
+    size = 200 if quick else 1000
+    minimum = -(-size // 20) + 2 * size
+    rows: list[Row] = []
+    with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
+        without = measure(sb, "jobdir", "ours, CPU, no JOBDIR", minimum, run_ours(sb, tmp / "jobdir-cpu-0"))
+        run = run_ours(sb, tmp / "jobdir-cpu-1", "JOBDIR=job")
+        with_ = measure(sb, "jobdir", "ours, CPU, JOBDIR", minimum, run)
+        with_.figures["cpu_vs_without"] = round(
+            with_.figures["cpu_ms_per_call"] / without.figures["cpu_ms_per_call"], 2
+        )
+        rows += [without, with_]
+        budget = 2 * -(-size // 20)
+        workdir = tmp / "jobdir-size"
+        run = run_ours(sb, workdir, "JOBDIR=job", f"TMAPI_MAX_CALLS={budget}")
+        row = measure(sb, "jobdir", f"ours, JOBDIR, budget stop after {budget} calls", minimum, run)
+        state = workdir / "job" / "tmapi-crawl.sqlite"
+        db = sqlite3.connect(state)
+        pending = db.execute("SELECT count(*) FROM requests").fetchone()[0]
+        db.close()
+        state_bytes = sum(p.stat().st_size for p in state.parent.glob("tmapi-crawl.sqlite*"))
+        row.figures.update({"pending": pending, "bytes_per_pending": round(state_bytes / max(pending, 1))})
+        rows.append(row)
+    flags = ("--latency-ms", "100", "--concurrency", "16", "--shops", "1", "--shop-size", str(size))
+    with SandboxProcess(*flags) as sb:
+        for name, settings in (("no JOBDIR", ()), ("JOBDIR", ("JOBDIR=job",))):
+            workdir = tmp / f"jobdir-limit-{len(rows)}"
+            run = run_ours(sb, workdir, "TMAPI_CONCURRENCY=16", *settings)
+            row = measure(sb, "jobdir", f"ours, limit 16 told, {name}", minimum, run)
+            rate = row.billed / row.seconds if row.seconds else 0.0
+            row.figures["share_of_ceiling"] = round(rate / 160, 3)
+            rows.append(row)
+    return rows
+
+
+SCENARIOS = {"ceiling": ceiling, "cpu": cpu, "memory": memory, "bill": bill, "workers": workers, "jobdir": jobdir}
 
 
 def table(rows: list[Row]) -> str:

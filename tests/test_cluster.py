@@ -20,7 +20,7 @@ from scrapy.http import JsonRequest
 from scrapy.utils.test import get_crawler
 
 from tests.conftest import SCRAPY, TOKEN, RedisServer, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
-from tmapi_crawler.cluster import codec
+from tmapi_crawler import codec
 from tmapi_crawler.cluster.connection import safe_url
 from tmapi_crawler.records import ProductItem
 from tmapi_crawler.spiders.shop import ShopSpider

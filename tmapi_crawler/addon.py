@@ -12,7 +12,8 @@ this) turns a Scrapy project into a TMAPI crawler.  It only configures:
   pipeline, the gate, the lease tracker, stats and the internals check;
 * the mode, chosen here and only here: with ``REDIS_URL`` the scheduler, the
   dupefilter, the gate and the seeds come from :mod:`tmapi_crawler.cluster`
-  (by class path, so nothing of it is imported otherwise);
+  (by class path, so nothing of it is imported otherwise); with ``JOBDIR``
+  alone, the crash-safe scheduler of :mod:`tmapi_crawler.jobdir`;
 * feeds: every feed the user configured (``-o``, ``-O``, ``FEEDS``) gets the
   product and listing records; failure records go to
   ``TMAPI_FAILURES_FILE``, created only when there is one.
@@ -31,6 +32,7 @@ from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, is_distributed
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
 from tmapi_crawler.handler import TokenDownloadHandler
+from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, FailureItem
@@ -65,7 +67,9 @@ class TmapiAddon:
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiStats, 500)
         settings.set_in_component_priority_dict("EXTENSIONS", TimerCompaction, 0)
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiThrottle, 0)
-        settings.set_in_component_priority_dict("EXTENSIONS", LeaseTracker, 0)
+        # After the feed exports (0): for a record, they write it before the
+        # tracker counts it as safe.
+        settings.set_in_component_priority_dict("EXTENSIONS", LeaseTracker, 100)
         # Built after the feed exports (priority 0), so that it sees their slots.
         settings.set_in_component_priority_dict("EXTENSIONS", InternalsCheck, 1000)
         # The gate decides how many calls are in flight; Scrapy's own limits
@@ -78,6 +82,8 @@ class TmapiAddon:
             for name, path in CLUSTER_COMPONENTS.items():
                 settings.set(name, path, "addon")
             settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", load_object(CLUSTER_SEEDS), 0)
+        elif jobdir_of(settings) is not None:
+            settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
         self._feeds(settings)
 
     @staticmethod
@@ -101,10 +107,15 @@ class TmapiAddon:
     @staticmethod
     def _feeds(settings: BaseSettings) -> None:
         feeds: dict[str, dict[str, Any]] = {}
+        resuming = has_state(settings)
         for uri, given in settings.getdict("FEEDS").items():
             options = dict(given or {})
             options.setdefault("item_classes", [_path(c) for c in RECORD_CLASSES])
             options.setdefault("encoding", "utf-8")
+            if resuming:
+                # The same command again (-O too) resumes: the feed keeps the
+                # first run's records (JobdirScheduler cuts what was not safe).
+                options["overwrite"] = False
             feeds[str(uri)] = options
         failures = settings.get("TMAPI_FAILURES_FILE") or DEFAULTS["TMAPI_FAILURES_FILE"]
         feeds[str(failures)] = {

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import scrapy
 from scrapy import signals
-from scrapy.extensions.feedexport import FeedExporter
+from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
@@ -72,6 +72,22 @@ def feed_files(crawler: Crawler) -> Iterator[IO[bytes]]:
             yield file
 
 
+def local_feed_files(crawler: Crawler) -> Iterator[tuple[str, IO[bytes]]]:
+    """``(absolute path, open file)`` of every feed written to a local file
+    without post-processing (FeedSlot.storage, FileFeedStorage.path)."""
+    exporter = crawler.get_extension(FeedExporter)
+    if exporter is None:
+        return
+    for slot in exporter.slots:
+        file = slot.file
+        storage = slot.storage
+        if file is None or file.closed or not isinstance(storage, FileFeedStorage):
+            continue
+        if "postprocessing" in slot.feed_options:
+            continue
+        yield os.path.abspath(storage.path), file
+
+
 def sync_feeds(crawler: Crawler) -> None:
     """Flush and fsync every feed file this crawl is writing (a feed on
     remote storage is uploaded only when the crawl closes: see the README)."""
@@ -117,8 +133,10 @@ def missing_internals(crawler: Crawler) -> list[str]:
     if exporter is not None:
         if not hasattr(exporter, "slots"):
             missing.append("FeedExporter.slots")
-        elif any(not hasattr(slot, "file") for slot in exporter.slots):
-            missing.append("FeedSlot.file")
+        else:
+            for name in ("file", "storage", "feed_options"):
+                if any(not hasattr(slot, name) for slot in exporter.slots):
+                    missing.append(f"FeedSlot.{name}")
     if is_asyncio_reactor_installed():
         from twisted.internet import reactor  # see compact_timers
 

@@ -40,11 +40,13 @@ PARENT_META = "tmapi_parent"
 
 @dataclass(slots=True)
 class _Lease:
-    """A request in hand: how many of its outputs are not yet safe, and
-    whether its callback has finished yielding them."""
+    """A request in hand: how many of its outputs are not yet safe, whether
+    its callback has finished yielding them, and how many of its records
+    are already in the feed."""
 
     pending: int = 0
     done_yielding: bool = False
+    written: int = 0
 
 
 class LeaseTracker:
@@ -114,6 +116,13 @@ class LeaseTracker:
         return leases
 
     @property
+    def partly_written(self) -> bool:
+        """Some lease in hand has records in the feed already: the feed's
+        end is not a point where every record in it belongs to a lease that
+        can be acknowledged."""
+        return any(state.written for state in self.held.values())
+
+    @property
     def busy(self) -> bool:
         """Something taken here is not acknowledged yet."""
         return bool(self.held or self.safe)
@@ -147,7 +156,9 @@ class LeaseTracker:
         # Scrapy sets its .request.
         request = getattr(response, "request", None)
         lease = request.meta.get(LEASE_META) if request is not None else None
-        if lease:
+        state = self.held.get(lease) if lease else None
+        if lease and state is not None:
+            state.written += 1
             self.settle(lease)
 
     def _check(self, lease: str, state: _Lease) -> None:

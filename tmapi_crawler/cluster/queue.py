@@ -1,7 +1,7 @@
 """The leased JSON queue: scrapy-redis's queue interface over three keys.
 
 * the pending ids: a sorted set, ordered by priority, then age;
-* the requests: a hash, id -> JSON (:mod:`.codec`, never pickle);
+* the requests: a hash, id -> JSON (:mod:`tmapi_crawler.codec`, never pickle);
 * the leases: a sorted set, id -> deadline (ms, Redis clock).
 
 scrapy-redis 0.9.1 pops a request and forgets it; here a popped request
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy_redis.queue import Base
 
-from tmapi_crawler.cluster import codec
+from tmapi_crawler import codec
 from tmapi_crawler.cluster.defaults import DATA_KEY, LEASES_KEY, SEQ_KEY
 from tmapi_crawler.cluster.lua import ACK, POP, PUSH, RENEW, REQUEUE
 
@@ -33,7 +33,7 @@ class LeasedQueue(Base):
     """scrapy-redis's queue interface over three keys: the pending ids (a
     sorted set: priority, then age), the requests (a hash, JSON), and the
     leases (a sorted set: deadline).  ``serializer`` is
-    :mod:`tmapi_crawler.cluster.codec`: JSON, never pickle."""
+    :mod:`tmapi_crawler.codec`: JSON, never pickle."""
 
     def __init__(self, server: Redis, spider: Spider, key: str, serializer: Any = None, lease_ms: int = 60_000):
         super().__init__(server, spider, key, serializer or codec)
@@ -47,6 +47,12 @@ class LeasedQueue(Base):
         self._requeue = server.register_script(REQUEUE)
         self._renew = server.register_script(RENEW)
         self._ack = server.register_script(ACK)
+
+    def _encode_request(self, request: Request) -> bytes:
+        return codec.encode_request(request, self.spider)
+
+    def _decode_request(self, encoded_request: bytes) -> Request:
+        return codec.decode_request(encoded_request, self.spider)
 
     def __len__(self) -> int:
         return int(self.server.zcard(self.key))

@@ -24,7 +24,7 @@ from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.misc import load_object
 from scrapy_redis.scheduler import Scheduler
 
-from tmapi_crawler.cluster import codec
+from tmapi_crawler import codec
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import COMMIT_INTERVAL, DUPEFILTER_KEY, QUEUE_KEY
 from tmapi_crawler.cluster.queue import LeasedQueue

@@ -16,6 +16,7 @@ from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token
+from tmapi_crawler.jobdir import check_jobdir
 
 if TYPE_CHECKING:
     import argparse
@@ -68,6 +69,7 @@ class Command(ScrapyCrawlCommand):
                 problem = check_redis(self.settings)
                 if problem:
                     refuse(problem)
+            check_jobdir(self.settings, spidercls.name)
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
                 check(opts.spargs, self.settings)
