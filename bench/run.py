@@ -304,7 +304,48 @@ def jobdir(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
-SCENARIOS = {"ceiling": ceiling, "cpu": cpu, "memory": memory, "bill": bill, "workers": workers, "jobdir": jobdir}
+def _feed_of(path: Path, products: int) -> None:
+    """A JSON-lines feed of *products* records: the documented product, its
+    id changed."""
+    doc = json.loads((ROOT / "tmapi_crawler" / "sandbox" / "data" / "item_detail.json").read_text("utf-8"))["data"]
+    doc |= {"detail_imgs": [], "detail_html": "<p>...</p>", "listing": None, "language": "zh"}
+    doc |= {"source": {"spider": "item", "input": "1"}, "crawled_at": "2026-11-23T10:00:00Z"}
+    with path.open("w", encoding="utf-8") as out:
+        for n in range(products):
+            out.write(json.dumps({**doc, "item_id": 10**11 + n}, ensure_ascii=False) + "\n")
+
+
+def export(tmp: Path, quick: bool) -> list[Row]:
+    """``scrapy export`` of a saved feed, per format: products per second and
+    peak memory, for 1,000 and 10,000 products (memory must not grow: it
+    streams)."""
+    sizes = (200, 2000) if quick else (1000, 10_000)
+    rows = []
+    for size in sizes:
+        feed = tmp / f"export-{size}.jsonl"
+        _feed_of(feed, size)
+        for name in ("skus", "shopify", "woocommerce"):
+            cmd = [str(BIN / "scrapy"), "export", name, str(feed), "-O", str(tmp / f"out-{name}-{size}.csv")]
+            run = _run(cmd, tmp / f"export-{name}-{size}", project_env())
+            row = Row("export", f"scrapy export {name}, {size:,} products", size, 0, 0, 0, run["wall"])
+            row.figures = {
+                "products_per_second": round(size / run["wall"]),
+                "cpu_seconds": round(run["cpu"], 2),
+                "max_rss_mb": run["max_rss_mb"],
+            }
+            rows.append(row)
+    return rows
+
+
+SCENARIOS = {
+    "ceiling": ceiling,
+    "cpu": cpu,
+    "memory": memory,
+    "bill": bill,
+    "workers": workers,
+    "jobdir": jobdir,
+    "export": export,
+}
 
 
 def table(rows: list[Row]) -> str:

@@ -30,12 +30,13 @@ from scrapy.utils.misc import load_object
 from tmapi_crawler.answers import AnswerMiddleware
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, is_distributed
+from tmapi_crawler.exports import EXPORTERS
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
 from tmapi_crawler.handler import TokenDownloadHandler
 from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.pipelines import ValidationPipeline
-from tmapi_crawler.records import RECORD_CLASSES, FailureItem
+from tmapi_crawler.records import RECORD_CLASSES, FailureItem, ProductItem
 from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ class TmapiAddon:
         resuming = has_state(settings)
         for uri, given in settings.getdict("FEEDS").items():
             options = dict(given or {})
-            options.setdefault("item_classes", [_path(c) for c in RECORD_CLASSES])
+            # A store or SKU export is made of products only.
+            classes = [ProductItem] if options.get("format") in EXPORTERS else RECORD_CLASSES
+            options.setdefault("item_classes", [_path(c) for c in classes])
             options.setdefault("encoding", "utf-8")
             if resuming:
                 # The same command again (-O too) resumes: the feed keeps the

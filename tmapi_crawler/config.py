@@ -82,6 +82,10 @@ class TmapiConfig(BaseModel):
     progress_interval: float = Field(default=10.0, ge=0, alias="TMAPI_PROGRESS_INTERVAL")
     idle_timeout: float = Field(default=30.0, ge=0, alias="TMAPI_IDLE_TIMEOUT")
     lease_timeout: float = Field(default=60.0, gt=0, alias="TMAPI_LEASE_TIMEOUT")
+    #: Exports to stores: CNY x rate x markup (docs/exports.md).
+    price_rate: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_RATE")
+    price_markup: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_MARKUP")
+    shopify_max_variants: int = Field(default=2048, ge=1, alias="TMAPI_SHOPIFY_MAX_VARIANTS")
     #: The handler that really downloads, under the one that adds the token.
     #: The add-on sets it to a DOWNLOAD_HANDLERS entry the user gave for https.
     inner_download_handler: str = Field(

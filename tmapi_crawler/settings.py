@@ -48,5 +48,11 @@ DOWNLOAD_WARNSIZE = 4 * 1024 * 1024
 HTTPCACHE_POLICY = "tmapi_crawler.cache.ApiCachePolicy"
 
 FEED_EXPORT_ENCODING = "utf-8"
+# Formats for spreadsheets and stores (docs/exports.md): -O shop.csv:shopify
+FEED_EXPORTERS = {
+    "skus": "tmapi_crawler.exports.SkusExporter",
+    "shopify": "tmapi_crawler.exports.ShopifyExporter",
+    "woocommerce": "tmapi_crawler.exports.WooCommerceExporter",
+}
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 0

@@ -1,0 +1,522 @@
+"""Feed formats for spreadsheets and stores: ``skus``, ``shopify``,
+``woocommerce`` (docs/exports.md).
+
+Each is a Scrapy item exporter, registered in ``FEED_EXPORTERS`` so that it
+works like ``csv`` (``-O shop.csv:shopify``, several feeds in one crawl, any
+feed storage), and ``scrapy export`` runs the same exporter over a saved
+JSON-lines feed.  A product record becomes several CSV rows: the rows are
+made by pure functions (:func:`sku_rows`, :func:`shopify_rows`,
+:func:`woocommerce_rows`) that also say what they had to adjust to fit a
+store's limits; the exporter reports each adjustment, per product, so that
+nothing is cut silently.
+
+Prices in the store formats are the SKU's own (single-unit) price in CNY x
+``TMAPI_PRICE_RATE`` x ``TMAPI_PRICE_MARKUP``, rounded to cents.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from scrapy.exporters import BaseItemExporter
+
+from tmapi_crawler.config import config_from_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Self
+
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+CENT = Decimal("0.01")
+
+#: ``skus``: one row per SKU.  Properties beyond the third stay in
+#: ``props_names``, which holds them all as 1688 gives them.
+SKU_COLUMNS = [
+    "item_id", "skuid", "specid",
+    "prop_1_name", "prop_1_value", "prop_2_name", "prop_2_value", "prop_3_name", "prop_3_value", "props_names",
+    "price", "original_price", "currency", "stock", "sale_count", "tiered_prices",
+    "weight_kg", "length_cm", "width_cm", "height_cm",
+    "title", "product_url", "shop_name", "shop_url", "main_image", "sku_image",
+]  # fmt: skip
+
+#: Shopify's product CSV, as in its sample ``product_template.csv`` (Shopify
+#: Help, "Using CSV files to import and export products"), without the
+#: optional Google Shopping and per-market price columns.
+SHOPIFY_COLUMNS = [
+    "Handle", "Title", "Body (HTML)", "Vendor", "Product Category", "Type", "Tags", "Published",
+    "Option1 Name", "Option1 Value", "Option2 Name", "Option2 Value", "Option3 Name", "Option3 Value",
+    "Variant SKU", "Variant Grams", "Variant Inventory Tracker", "Variant Inventory Qty", "Variant Inventory Policy",
+    "Variant Fulfillment Service", "Variant Price", "Variant Compare At Price", "Variant Requires Shipping",
+    "Variant Taxable", "Variant Barcode", "Image Src", "Image Position", "Image Alt Text", "Gift Card",
+    "SEO Title", "SEO Description", "Variant Image", "Variant Weight Unit", "Variant Tax Code", "Cost per item",
+    "Status",
+]  # fmt: skip
+SHOPIFY_MAX_OPTIONS = 3
+SHOPIFY_MAX_TITLE = 255
+
+#: The default columns of WooCommerce's built-in product CSV importer (the
+#: names its exporter writes; WooCommerce docs, "Product CSV Importer &
+#: Exporter"), with three attributes.
+WOOCOMMERCE_ATTRIBUTES = 3
+WOOCOMMERCE_COLUMNS = [
+    "ID", "Type", "SKU", "Name", "Published", "Is featured?", "Visibility in catalog", "Short description",
+    "Description", "Date sale price starts", "Date sale price ends", "Tax status", "Tax class", "In stock?", "Stock",
+    "Low stock amount", "Backorders allowed?", "Sold individually?", "Weight (kg)", "Length (cm)", "Width (cm)",
+    "Height (cm)", "Allow customer reviews?", "Purchase note", "Sale price", "Regular price", "Categories", "Tags",
+    "Shipping class", "Images", "Download limit", "Download expiry days", "Parent", "Grouped products", "Upsells",
+    "Cross-sells", "External URL", "Button text", "Position",
+    *(f"Attribute {n} {part}" for n in range(1, WOOCOMMERCE_ATTRIBUTES + 1)
+      for part in ("name", "value(s)", "visible", "global")),
+]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """CNY to the store's currency (``rate``), then the store's margin
+    (``markup``)."""
+
+    rate: Decimal = Decimal(1)
+    markup: Decimal = Decimal(1)
+
+    def cost(self, cny: Any) -> str:
+        """The price in the store's currency, without the markup."""
+        return _money(cny, self.rate)
+
+    def price(self, cny: Any) -> str:
+        return _money(cny, self.rate * self.markup)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool) or value == "":
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() and number >= 0 else None
+
+
+def _money(value: Any, factor: Decimal) -> str:
+    number = _decimal(value)
+    return "" if number is None else str((number * factor).quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# -- what every format reads of a product ---------------------------------------
+
+
+@dataclass(slots=True)
+class Variant:
+    """One SKU (or the product itself, when it has none): its property
+    values in the order of ``sku_props``, its image, its data."""
+
+    sku: dict[str, Any]
+    values: list[str]
+    image: str = ""
+
+
+@dataclass(slots=True)
+class Catalog:
+    """A product's property names and variants."""
+
+    names: list[str]
+    variants: list[Variant]
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Rows:
+    """A product's rows in a format, and what had to be adjusted to fit."""
+
+    rows: list[dict[str, Any]]
+    problems: list[str]
+
+
+def _props(product: dict[str, Any]) -> list[dict[str, Any]]:
+    props = product.get("sku_props")
+    return [p for p in props if isinstance(p, dict)] if isinstance(props, list) else []
+
+
+def catalog_of(product: dict[str, Any]) -> Catalog:
+    """The product's properties and one variant per SKU, values looked up
+    by ``props_ids`` (``pid:vid;...``), or read from ``props_names``."""
+    props = _props(product)
+    names = [_text(p.get("prop_name")) for p in props]
+    lookup: dict[tuple[str, str], tuple[int, str, str]] = {}
+    for index, prop in enumerate(props):
+        for value in prop.get("values") or []:
+            if isinstance(value, dict):
+                key = (_text(prop.get("pid")), _text(value.get("vid")))
+                lookup[key] = (index, _text(value.get("name")), _text(value.get("imageUrl")))
+    skus = product.get("skus")
+    variants = []
+    for sku in skus if isinstance(skus, list) else []:
+        if not isinstance(sku, dict):
+            continue
+        values = [""] * len(names)
+        image = ""
+        for part in _text(sku.get("props_ids")).split(";"):
+            pid, _, vid = part.partition(":")
+            found = lookup.get((pid, vid))
+            if found is not None:
+                index, name, url = found
+                values[index] = name
+                image = image or url
+        if not any(values):  # no ids to go by: the names as given
+            pairs = [p.partition(":") for p in _text(sku.get("props_names")).split(";") if p]
+            by_name = {name: value for name, _, value in pairs}
+            values = [by_name.get(name, "") for name in names]
+        variants.append(Variant(sku, values, image))
+    if not variants:
+        single = {"sale_price": (product.get("price_info") or {}).get("price"), "stock": product.get("stock")}
+        variants.append(Variant(single, [] if not names else [""] * len(names)))
+        names = []
+    return Catalog(names, variants)
+
+
+def _sku_price(product: dict[str, Any], sku: dict[str, Any]) -> Any:
+    price = sku.get("sale_price", sku.get("price"))
+    if _decimal(price) is None:
+        price = (product.get("price_info") or {}).get("price")
+    return price
+
+
+def _package(sku: dict[str, Any]) -> dict[str, Any]:
+    info = sku.get("package_info")
+    return info if isinstance(info, dict) else {}
+
+
+def _positive(value: Any) -> str:
+    number = _decimal(value)
+    return "" if number is None or number == 0 else _text(value)
+
+
+# -- skus -------------------------------------------------------------------------
+
+
+def sku_rows(product: dict[str, Any]) -> Rows:
+    """One row per SKU: its properties, prices in CNY as 1688 gives them,
+    stock, tiered prices, package, and the product's title, URL, shop and
+    images."""
+    catalog = catalog_of(product)
+    shop = product.get("shop_info") or {}
+    tiers = (product.get("tiered_price_info") or {}).get("prices") or []
+    tiered = ";".join(f"{_text(t.get('beginAmount'))}:{_text(t.get('price'))}" for t in tiers if isinstance(t, dict))
+    main = product.get("main_imgs") or []
+    rows = []
+    for variant in catalog.variants:
+        sku, package = variant.sku, _package(variant.sku)
+        row = {
+            "item_id": product.get("item_id"),
+            "skuid": _text(sku.get("skuid")),
+            "specid": _text(sku.get("specid")),
+            "props_names": _text(sku.get("props_names")),
+            "price": _text(_sku_price(product, sku)),
+            "original_price": _text(sku.get("origin_price")),
+            "currency": _text(product.get("currency")),
+            "stock": _text(sku.get("stock")),
+            "sale_count": _text(sku.get("sale_count")),
+            "tiered_prices": tiered,
+            "weight_kg": _positive(package.get("weight")),
+            "length_cm": _positive(package.get("length")),
+            "width_cm": _positive(package.get("width")),
+            "height_cm": _positive(package.get("height")),
+            "title": _text(product.get("title")),
+            "product_url": _text(product.get("product_url")),
+            "shop_name": _text(shop.get("shop_name")),
+            "shop_url": _text(shop.get("shop_url")),
+            "main_image": _text(main[0]) if main else "",
+            "sku_image": variant.image,
+        }
+        for n, (name, value) in enumerate(zip(catalog.names[:3], variant.values[:3], strict=False), start=1):
+            row[f"prop_{n}_name"], row[f"prop_{n}_value"] = name, value
+        rows.append(row)
+    return Rows(rows, catalog.problems)
+
+
+# -- shops: what does not fit -------------------------------------------------------
+
+
+def _fold_options(catalog: Catalog, most: int, store: str) -> tuple[list[str], list[list[str]]]:
+    """At most *most* options: the last ones are folded into one (``A / B``),
+    and the problem is said."""
+    names = catalog.names
+    values = [v.values for v in catalog.variants]
+    if len(names) <= most:
+        return names, values
+    catalog.problems.append(
+        f"{len(names)} properties ({', '.join(names)}), {store} takes {most}: "
+        f"{' / '.join(names[most - 1 :])} are one option"
+    )
+    folded = [*names[: most - 1], " / ".join(names[most - 1 :])]
+    return folded, [[*v[: most - 1], " / ".join(x for x in v[most - 1 :] if x)] for v in values]
+
+
+def _unique(values: list[list[str]], catalog: Catalog) -> list[list[str]]:
+    """Two SKUs with the same option values cannot both be variants: the
+    later one gets its skuid added to its last value."""
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for given, variant in zip(values, catalog.variants, strict=True):
+        row = given
+        if tuple(row) in seen and row:
+            skuid = _text(variant.sku.get("skuid"))
+            row = [*row[:-1], f"{row[-1]} #{skuid}"]
+            catalog.problems.append(f"SKU {skuid} has the same options as another: its last value is marked #{skuid}")
+        seen.add(tuple(row))
+        out.append(row)
+    return out
+
+
+def handle_of(product: dict[str, Any]) -> str:
+    """Lowercase letters, digits and hyphens, unique per product."""
+    return f"1688-{product.get('item_id')}"
+
+
+def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 2048) -> Rows:
+    """Shopify's product CSV rows: one per variant, then one per image not
+    yet placed.  The product's fields are on the first row only."""
+    catalog = catalog_of(product)
+    names, values = _fold_options(catalog, SHOPIFY_MAX_OPTIONS, "Shopify")
+    values = _unique(values, catalog)
+    variants = list(zip(catalog.variants, values, strict=True))
+    if len(variants) > max_variants:
+        catalog.problems.append(
+            f"{len(variants)} SKUs, Shopify takes {max_variants} (TMAPI_SHOPIFY_MAX_VARIANTS): "
+            f"the last {len(variants) - max_variants} are left out"
+        )
+        variants = variants[:max_variants]
+    title = _text(product.get("title"))
+    if len(title) > SHOPIFY_MAX_TITLE:
+        catalog.problems.append(f"the title has {len(title)} characters, Shopify takes {SHOPIFY_MAX_TITLE}: cut")
+        title = title[:SHOPIFY_MAX_TITLE]
+    handle = handle_of(product)
+    images = [_text(i) for i in product.get("main_imgs") or [] if i]
+    rows: list[dict[str, Any]] = []
+    for index, (variant, option_values) in enumerate(variants):
+        sku, package = variant.sku, _package(variant.sku)
+        cny = _sku_price(product, sku)
+        price = pricing.price(cny)
+        if not price:
+            catalog.problems.append(f"SKU {_text(sku.get('skuid')) or handle} has no price")
+        original = _decimal(sku.get("origin_price"))
+        weight = _decimal(package.get("weight"))
+        row = {
+            "Handle": handle,
+            "Variant SKU": _text(sku.get("skuid")) or handle,
+            "Variant Grams": str(int((weight * 1000).to_integral_value(ROUND_HALF_UP))) if weight else "",
+            "Variant Inventory Tracker": "shopify",
+            "Variant Inventory Qty": _text(sku.get("stock")),
+            "Variant Inventory Policy": "deny",
+            "Variant Fulfillment Service": "manual",
+            "Variant Price": price,
+            "Variant Compare At Price": pricing.price(original)
+            if original and _decimal(cny) and original > (_decimal(cny) or 0)
+            else "",
+            "Variant Requires Shipping": "TRUE",
+            "Variant Taxable": "TRUE",
+            "Variant Image": variant.image,
+            "Variant Weight Unit": "kg",
+            "Cost per item": pricing.cost(cny),
+        }
+        if names:
+            for n, value in enumerate(option_values, start=1):
+                row[f"Option{n} Value"] = value
+        else:
+            row["Option1 Value"] = "Default Title"
+        if index == 0:
+            row.update(
+                {
+                    "Title": title,
+                    "Body (HTML)": _text(product.get("detail_html")),
+                    "Vendor": _text((product.get("shop_info") or {}).get("shop_name")),
+                    "Tags": "1688",
+                    "Published": "FALSE",
+                    "Gift Card": "FALSE",
+                    "Status": "draft",
+                }
+            )
+            for n, name in enumerate(names or ["Title"], start=1):
+                row[f"Option{n} Name"] = name
+        rows.append(row)
+    for position, url in enumerate(images, start=1):
+        if position <= len(rows):
+            rows[position - 1].update({"Image Src": url, "Image Position": position, "Image Alt Text": title})
+        else:
+            rows.append({"Handle": handle, "Image Src": url, "Image Position": position, "Image Alt Text": title})
+    return Rows(rows, catalog.problems)
+
+
+def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
+    """WooCommerce's rows: a ``variable`` product and a ``variation`` per SKU
+    (``Parent`` is the product's SKU); a ``simple`` product when it has none."""
+    catalog = catalog_of(product)
+    names, values = _fold_options(catalog, WOOCOMMERCE_ATTRIBUTES, "this CSV")
+    values = _unique(values, catalog)
+    parent_sku = handle_of(product)
+    title = _text(product.get("title"))
+    images = [_text(i) for i in product.get("main_imgs") or [] if i]
+    parent: dict[str, Any] = {
+        "Type": "variable" if names else "simple",
+        "SKU": parent_sku,
+        "Name": title,
+        "Published": -1,  # a draft, to check before it sells
+        "Is featured?": 0,
+        "Visibility in catalog": "visible",
+        "Description": _text(product.get("detail_html")),
+        "Tax status": "taxable",
+        "In stock?": 1,
+        "Allow customer reviews?": 1,
+        "Tags": "1688",
+        "Images": ", ".join(images),
+    }
+    for n, name in enumerate(names, start=1):
+        distinct = list(dict.fromkeys(v[n - 1] for v in values if v[n - 1]))
+        parent.update(
+            {
+                f"Attribute {n} name": name,
+                f"Attribute {n} value(s)": ", ".join(_escape(v) for v in distinct),
+                f"Attribute {n} visible": 1,
+                f"Attribute {n} global": 0,
+            }
+        )
+    rows = [parent]
+    for position, (variant, option_values) in enumerate(zip(catalog.variants, values, strict=True), start=1):
+        sku, package = variant.sku, _package(variant.sku)
+        stock = sku.get("stock")
+        cny = _sku_price(product, sku)
+        price = pricing.price(cny)
+        if not price:
+            catalog.problems.append(f"SKU {_text(sku.get('skuid')) or parent_sku} has no price")
+        fields = {
+            "Stock": _text(stock),
+            "In stock?": 1 if isinstance(stock, int) and stock > 0 else 0,
+            "Regular price": price,
+            "Weight (kg)": _positive(package.get("weight")),
+            "Length (cm)": _positive(package.get("length")),
+            "Width (cm)": _positive(package.get("width")),
+            "Height (cm)": _positive(package.get("height")),
+        }
+        if not names:  # a simple product: its one "variant" is itself
+            parent.update(fields)
+            break
+        row = {
+            "Type": "variation",
+            "SKU": _text(sku.get("skuid")),
+            "Name": f"{title} - {', '.join(v for v in option_values if v)}",
+            "Published": 1,
+            "Tax status": "taxable",
+            "Tax class": "parent",
+            "Images": variant.image,
+            "Parent": parent_sku,
+            "Position": position,
+            **fields,
+        }
+        for n, name in enumerate(names, start=1):
+            row.update({f"Attribute {n} name": name, f"Attribute {n} value(s)": option_values[n - 1]})
+            row[f"Attribute {n} global"] = 0
+        rows.append(row)
+    return Rows(rows, catalog.problems)
+
+
+def _escape(value: str) -> str:
+    """WooCommerce splits attribute values on commas; a comma in a value is
+    written ``\\,``."""
+    return value.replace(",", "\\,")
+
+
+# -- the exporters ------------------------------------------------------------------
+
+
+class RowsExporter(BaseItemExporter):
+    """A CSV whose rows a product makes several of; its header is fixed."""
+
+    format: ClassVar[str]
+    columns: ClassVar[list[str]]
+
+    def __init__(
+        self,
+        file: IO[bytes],
+        *,
+        pricing: Pricing | None = None,
+        shopify_max_variants: int = 2048,
+        report: Callable[[Any, str], None] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(dont_fail=True, **kwargs)
+        self.pricing = pricing or Pricing()
+        self.shopify_max_variants = shopify_max_variants
+        self.report = report or self._log
+        self.stream = io.TextIOWrapper(
+            file, line_buffering=False, write_through=True, encoding=self.encoding or "utf-8", newline=""
+        )
+        self.writer = csv.writer(self.stream)
+        self.rows_written = 0
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, file: IO[bytes], **kwargs: Any) -> Self:
+        config = config_from_settings(crawler.settings)
+        pricing = Pricing(Decimal(str(config.price_rate)), Decimal(str(config.price_markup)))
+        return cls(file, pricing=pricing, shopify_max_variants=config.shopify_max_variants, **kwargs)
+
+    def _log(self, item_id: Any, problem: str) -> None:
+        logger.warning("%s export, product %s: %s", self.format, item_id, problem)
+
+    def start_exporting(self) -> None:
+        self.writer.writerow(self.columns)
+
+    def finish_exporting(self) -> None:
+        self.stream.detach()  # the feed storage closes the file
+
+    def rows(self, product: dict[str, Any]) -> Rows:  # pragma: no cover - each format's own
+        raise NotImplementedError
+
+    def export_item(self, item: Any) -> None:
+        product = dict(item)
+        made = self.rows(product)
+        for problem in made.problems:
+            self.report(product.get("item_id"), problem)
+        columns = self.columns
+        self.writer.writerows([[_text(row.get(c)) for c in columns] for row in made.rows])
+        self.rows_written += len(made.rows)
+
+
+class SkusExporter(RowsExporter):
+    format = "skus"
+    columns = SKU_COLUMNS
+
+    def rows(self, product: dict[str, Any]) -> Rows:
+        return sku_rows(product)
+
+
+class ShopifyExporter(RowsExporter):
+    format = "shopify"
+    columns = SHOPIFY_COLUMNS
+
+    def rows(self, product: dict[str, Any]) -> Rows:
+        return shopify_rows(product, self.pricing, self.shopify_max_variants)
+
+
+class WooCommerceExporter(RowsExporter):
+    format = "woocommerce"
+    columns = WOOCOMMERCE_COLUMNS
+
+    def rows(self, product: dict[str, Any]) -> Rows:
+        return woocommerce_rows(product, self.pricing)
+
+
+#: Format name -> exporter (``FEED_EXPORTERS`` in the project's settings).
+EXPORTERS: dict[str, type[RowsExporter]] = {
+    cls.format: cls for cls in (SkusExporter, ShopifyExporter, WooCommerceExporter)
+}
