@@ -9,7 +9,8 @@ middleware that reads the answers tells the gate how each call went
 
 * finds the account's concurrency limit without being told it.  It starts
   moderate and adds one call in flight per success (so the number of calls
-  in flight doubles every round trip), like TCP's slow start.  A 503 for a
+  in flight doubles every round trip), like TCP's slow start, up to twice
+  the most calls in flight that a success was sent with.  A 503 for a
   call sent while ``k`` of ours were in flight proves the limit is below
   ``k``: the gate sets its limit to ``k - 1`` and remembers it as the
   ceiling.  Because a 503 says where the hard limit is, the gate stays at
@@ -122,6 +123,8 @@ class CallGate:
         self.start = min(start, cap)
         self.limit = float(self.start)
         self.ceiling: int | None = None
+        #: The most calls in flight that a successful call was sent with.
+        self.proven = 0
         self.successes_at_ceiling = 0
         self.in_flight = 0
         self.burst: Burst | None = None
@@ -219,7 +222,7 @@ class CallGate:
             if ticket.probe:
                 self._resume()
             if self.paused_since is None:
-                self._grow()
+                self._grow(ticket.in_flight_when_sent)
         elif ticket.probe:
             self._arm_probe()  # the probe told nothing: another one, as late
         self._wake()
@@ -239,10 +242,16 @@ class CallGate:
 
     # -- concurrency ----------------------------------------------------------
 
-    def _grow(self) -> None:
+    def _grow(self, used: int) -> None:
+        """A call sent with *used* calls in flight succeeded."""
         if self.ceiling is None:
-            # Slow start: one more per success, doubling every round trip.
-            self.limit = min(float(self.cap), self.limit + 1)
+            # Slow start: one more per success, doubling every round trip,
+            # but never beyond twice the most calls a success was sent with:
+            # grown unused (RFC 7661's lesson), the limit would run far past
+            # the account's while a 503 is on its way, and each 503 proves
+            # only that the limit is below its own call's count.
+            self.proven = max(self.proven, used)
+            self.limit = min(float(self.cap), self.limit + 1, 2.0 * max(self.proven, self.start))
         else:
             self.successes_at_ceiling += 1
             if self.successes_at_ceiling < PROBE_AFTER * max(self.ceiling, 1) or self.ceiling >= self.cap:

@@ -22,6 +22,9 @@ SEEDS_KEY = "tmapi:%(spider)s:seeds"
 #: one Redis shares one account's limit).
 GATE_KEY = "tmapi:gate"
 GATE_HOLDERS_KEY = "tmapi:gate:holders"
+#: The calls let through lately, numbered, with the count of calls in flight
+#: each made (a sorted set: number -> number x 10^6 + count).
+GATE_ADMISSIONS_KEY = "tmapi:gate:admissions"
 
 
 def crawl_keys(spider: str) -> dict[str, str]:

@@ -34,7 +34,13 @@ from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import Outcome
 from tmapi_crawler.cluster.connection import redis_from_settings
-from tmapi_crawler.cluster.defaults import GATE_HOLDERS_KEY, GATE_KEY, GATE_POLL, GATE_POLL_PAUSED
+from tmapi_crawler.cluster.defaults import (
+    GATE_ADMISSIONS_KEY,
+    GATE_HOLDERS_KEY,
+    GATE_KEY,
+    GATE_POLL,
+    GATE_POLL_PAUSED,
+)
 from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
@@ -50,6 +56,8 @@ _OUTCOMES = {Outcome.CONCURRENCY: "concurrency", Outcome.QUOTA: "quota", Outcome
 @dataclass(frozen=True, slots=True)
 class SharedTicket(Ticket):
     holder: str = ""
+    #: Its number among the calls let through (their counts are in Redis).
+    number: int = 0
 
 
 class SharedCallGate(CallGate):
@@ -61,7 +69,7 @@ class SharedCallGate(CallGate):
         self.worker = uuid.uuid4().hex[:12]
         self.serial = itertools.count()
         self.holders: set[str] = set()
-        self.keys = [GATE_KEY, GATE_HOLDERS_KEY]
+        self.keys = [GATE_KEY, GATE_HOLDERS_KEY, GATE_ADMISSIONS_KEY]
         self._acquire = self.server.register_script(ACQUIRE)
         self._release = self.server.register_script(RELEASE)
         self._renew = self.server.register_script(RENEW)
@@ -73,7 +81,7 @@ class SharedCallGate(CallGate):
         while True:
             self._may_send()
             holder = f"{self.worker}:{next(self.serial)}"
-            granted, in_flight, probe, paused_ms = self._acquire(
+            granted, in_flight, probe, paused_ms, number = self._acquire(
                 keys=self.keys, args=[holder, self.holder_ms, self.cap, self.start]
             )
             if paused_ms >= 0:
@@ -88,7 +96,7 @@ class SharedCallGate(CallGate):
                 if probe:
                     logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused_ms / 1000)
                 self._wake()  # there was a free place: perhaps there is another
-                return SharedTicket(in_flight, bool(probe), self._burst(in_flight), holder)
+                return SharedTicket(in_flight, bool(probe), self._burst(in_flight), holder, int(number))
             # First come, first served: a new call waits behind the others; one
             # that was woken and still found no place keeps its turn.
             waiter: Deferred[None] = Deferred()
@@ -107,8 +115,8 @@ class SharedCallGate(CallGate):
         name = "none" if outcome is None else _OUTCOMES.get(outcome, "ok")
         sent_with = ticket.in_flight_when_sent
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
-        args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER]
-        limit, ceiling, event, interval_ms = self._release(keys=self.keys, args=args)
+        args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER, ticket.number, ticket.in_flight]
+        limit, ceiling, event, interval_ms, sent_with = self._release(keys=self.keys, args=args)
         if event == b"ceiling":
             logger.info(
                 "TMAPI answered 503 with %d calls in flight in the cluster: at most %d from now on",

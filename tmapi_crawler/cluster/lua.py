@@ -90,11 +90,21 @@ return #ARGV
 
 # -- the shared call gate ---------------------------------------------------------
 
-# KEYS: gate, holders; ARGV: holder, holder ms, cap, start.
-# -> {granted, calls in flight (with this one), probe, ms paused or -1}
+# KEYS: gate, holders, admissions; ARGV: holder, holder ms, cap, start.
+# Each call let through is numbered, and the count of calls in flight it made
+# is kept (admissions: a sorted set, number -> number x 10^6 + count), so that a
+# release can know the most calls that were in flight at any moment of its
+# call's life, whichever worker sent them.  -> {granted, calls in flight
+# (with this one), probe, ms paused or -1, the call's number}
 ACQUIRE = (
     LUA_NOW
     + """
+local function admitted(count)
+  local number = redis.call('HINCRBY', KEYS[1], 'admitted', 1)
+  redis.call('ZADD', KEYS[3], number, string.format('%d', number * 1000000 + count))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', number - 100000)
+  return number
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local g = redis.call('HMGET', KEYS[1], 'limit', 'paused_since', 'probe_at', 'probe_holder')
 local limit = math.min(tonumber(g[1]) or tonumber(ARGV[4]), tonumber(ARGV[3]))
@@ -102,25 +112,37 @@ local n = redis.call('ZCARD', KEYS[2])
 if g[2] then
   local paused = now - tonumber(g[2])
   if (g[4] and redis.call('ZSCORE', KEYS[2], g[4])) or now < tonumber(g[3]) then
-    return {0, n, 0, paused}
+    return {0, n, 0, paused, 0}
   end
   redis.call('HSET', KEYS[1], 'probe_holder', ARGV[1])
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-  return {1, n + 1, 1, paused}
+  return {1, n + 1, 1, paused, admitted(n + 1)}
 end
-if n >= limit then return {0, n, 0, -1} end
+if n >= limit then return {0, n, 0, -1, 0} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-return {1, n + 1, 0, -1}
+return {1, n + 1, 0, -1, admitted(n + 1)}
 """
 )
 
-# KEYS: gate, holders; ARGV: holder, outcome, calls in flight when it was
-# sent, probe, cap, start, first probe ms, longest probe interval ms,
-# PROBE_AFTER.  -> {limit, ceiling or -1, event, probe interval ms or -1}
+# KEYS: gate, holders, admissions; ARGV: holder, outcome, calls in flight
+# when it was sent, probe, cap, start, first probe ms, longest probe interval
+# ms, PROBE_AFTER, the call's number, the calls in flight it made.  A 503 proves the limit below the most
+# calls in flight during its call's life: every call the account had in
+# flight when it refused this one was let through before and not yet
+# released, so it was counted then, whatever order the calls reached it in.
+# -> {limit, ceiling or -1, event, probe interval ms or -1, that most}
 RELEASE = (
     LUA_NOW
     + """
 redis.call('ZREM', KEYS[2], ARGV[1])
+local sent = tonumber(ARGV[3])
+if ARGV[2] == 'concurrency' then
+  local most = sent
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[10], '+inf')) do
+    most = math.max(most, tonumber(entry) % 1000000)
+  end
+  sent = math.min(most, sent + 1)
+end
 local g = redis.call('HMGET', KEYS[1], 'limit', 'ceiling', 'paused_since', 'probe_interval')
 local cap = tonumber(ARGV[5])
 local limit = math.min(tonumber(g[1]) or tonumber(ARGV[6]), cap)
@@ -129,7 +151,7 @@ local outcome = ARGV[2]
 local probe = ARGV[4] == '1'
 local event = ''
 if outcome == 'concurrency' then
-  local new = math.max(1, math.min(limit, tonumber(ARGV[3]) - 1))
+  local new = math.max(1, math.min(limit, sent - 1))
   if new ~= ceiling then event = 'ceiling' end
   limit = new
   ceiling = new
@@ -156,8 +178,10 @@ elseif outcome ~= 'auth' then
       event = 'resumed'
     end
   elseif not ceiling then
-    limit = math.min(cap, limit + 1)
-    redis.call('HSET', KEYS[1], 'limit', limit)
+    -- slow start, up to twice the most calls a success was sent with
+    local proven = math.max(tonumber(redis.call('HGET', KEYS[1], 'proven')) or 0, sent)
+    limit = math.min(cap, limit + 1, 2 * math.max(proven, tonumber(ARGV[6])))
+    redis.call('HSET', KEYS[1], 'limit', limit, 'proven', proven)
   else
     local s = redis.call('HINCRBY', KEYS[1], 'successes', 1)
     if s >= tonumber(ARGV[9]) * math.max(ceiling, 1) and ceiling < cap then
@@ -167,6 +191,6 @@ elseif outcome ~= 'auth' then
     end
   end
 end
-return {limit, ceiling or -1, event, tonumber(redis.call('HGET', KEYS[1], 'probe_interval')) or -1}
+return {limit, ceiling or -1, event, tonumber(redis.call('HGET', KEYS[1], 'probe_interval')) or -1, sent}
 """
 )
