@@ -93,6 +93,9 @@ BAD_SETTINGS = {
     "TMAPI_PRICE_RATE": "0",
     "TMAPI_PRICE_MARKUP": "cheap",
     "TMAPI_SHOPIFY_MAX_VARIANTS": "0",
+    "TMAPI_ALERT_WEBHOOK": "hooks.example.com/tmapi",
+    "TMAPI_ALERT_FAILURE_SHARE": "1.5",
+    "TMAPI_STALL_TIMEOUT": "0",
 }
 
 

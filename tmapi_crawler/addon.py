@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.utils.misc import load_object
+from spidermon.contrib.scrapy.extensions import Spidermon
 
+from tmapi_crawler.alerts import AlertWebhook
 from tmapi_crawler.answers import AnswerMiddleware
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, is_distributed
@@ -35,6 +37,7 @@ from tmapi_crawler.extensions import TimerCompaction, TmapiStats
 from tmapi_crawler.handler import TokenDownloadHandler
 from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
+from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, FailureItem, ProductItem
 from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
@@ -73,6 +76,7 @@ class TmapiAddon:
         settings.set_in_component_priority_dict("EXTENSIONS", LeaseTracker, 100)
         # Built after the feed exports (priority 0), so that it sees their slots.
         settings.set_in_component_priority_dict("EXTENSIONS", InternalsCheck, 1000)
+        self._monitors(settings)
         # The gate decides how many calls are in flight; Scrapy's own limits
         # only need to leave it room.
         cap = settings.getint("TMAPI_CONCURRENCY") or DEFAULT_CAP
@@ -86,6 +90,24 @@ class TmapiAddon:
         elif jobdir_of(settings) is not None:
             settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
         self._feeds(settings)
+
+    @staticmethod
+    def _monitors(settings: BaseSettings) -> None:
+        """spidermon with the crawler's suites (added to any the user has),
+        and the alert webhook after it.  Monitors are on unless the user
+        turns spidermon off, and always when a webhook is set: it reports
+        on them."""
+        if settings.get("TMAPI_ALERT_WEBHOOK"):
+            settings.set("SPIDERMON_ENABLED", True, max(settings.getpriority("SPIDERMON_ENABLED") or 0, 40))
+        elif settings.get("SPIDERMON_ENABLED") is None:
+            settings.set("SPIDERMON_ENABLED", True, "addon")
+        settings.set_in_component_priority_dict("EXTENSIONS", Spidermon, None)  # replaced by:
+        settings.set_in_component_priority_dict("EXTENSIONS", TmapiSpidermon, 500)
+        settings.set_in_component_priority_dict("EXTENSIONS", AlertWebhook, 510)
+        close = list(settings.getlist("SPIDERMON_SPIDER_CLOSE_MONITORS"))
+        settings.set("SPIDERMON_SPIDER_CLOSE_MONITORS", [*close, _path(CrawlMonitors)], "addon")
+        periodic = settings.getdict("SPIDERMON_PERIODIC_MONITORS")
+        settings.set("SPIDERMON_PERIODIC_MONITORS", {**periodic, _path(StallMonitors): STALL_CHECK_INTERVAL}, "addon")
 
     @staticmethod
     def _download_handlers(settings: BaseSettings) -> None:

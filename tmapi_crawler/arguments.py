@@ -229,10 +229,24 @@ def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
                 yield number, text, f"{text[:60]!r} is neither a product id nor a 1688 product URL"
 
 
+def tool_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that tools running a spider add for themselves, which
+    start with ``_`` (scrapyd's ``_job``): not ours to check, kept as the
+    spider's attributes as Scrapy does with every argument."""
+    return {k: v for k, v in kwargs.items() if k.startswith("_")}
+
+
 def parse_arguments(model: type[CommonArgs], kwargs: dict[str, Any], *, require_seed: bool = True) -> CommonArgs:
-    """Validate spider arguments; raises :class:`ConfigError` with one line."""
+    """Validate spider arguments (but for :func:`tool_arguments`); raises
+    :class:`ConfigError` with one line."""
+    if any("token" in name.lower() for name in kwargs):
+        # Refused without its value: a message must never show the token.
+        raise ConfigError(
+            "the token is not a spider argument (it would show in the process list and in scrapyd's jobs): "
+            "set the TMAPI_TOKEN environment variable where the crawl runs"
+        )
     try:
-        args = model.model_validate(kwargs)
+        args = model.model_validate({k: v for k, v in kwargs.items() if not k.startswith("_")})
     except ValidationError as exc:
         raise ConfigError("invalid argument: " + describe_validation_error(exc)) from None
     if require_seed:

@@ -86,6 +86,10 @@ class TmapiConfig(BaseModel):
     price_rate: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_RATE")
     price_markup: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_MARKUP")
     shopify_max_variants: int = Field(default=2048, ge=1, alias="TMAPI_SHOPIFY_MAX_VARIANTS")
+    #: Monitors and alerts (docs/operations.md).
+    alert_webhook: str | None = Field(default=None, alias="TMAPI_ALERT_WEBHOOK")
+    alert_failure_share: float = Field(default=0.05, ge=0, le=1, alias="TMAPI_ALERT_FAILURE_SHARE")
+    stall_timeout: float = Field(default=900.0, gt=0, alias="TMAPI_STALL_TIMEOUT")
     #: The handler that really downloads, under the one that adds the token.
     #: The add-on sets it to a DOWNLOAD_HANDLERS entry the user gave for https.
     inner_download_handler: str = Field(
@@ -109,6 +113,16 @@ class TmapiConfig(BaseModel):
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if text is not None and (not isinstance(text, str) or not text.strip() or any(c.isspace() for c in text)):
             raise ValueError("must be a non-empty string without spaces")
+        return value
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("is not an http(s) URL such as https://hooks.example.com/tmapi")
         return value
 
     @field_validator("inner_download_handler", "gate_class")

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
+from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token
@@ -60,6 +62,17 @@ class Command(ScrapyCrawlCommand):
             spidercls = loader.load(args[0])
         except KeyError:
             refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
+        if "_job" in opts.spargs and self.settings.getpriority("TMAPI_TOKEN") == SETTINGS_PRIORITIES["cmdline"]:
+            # A job of scrapyd: its settings are in scrapyd's process list,
+            # its job list and its logs.
+            refuse(
+                "scrapyd was given the token as a setting (setting=TMAPI_TOKEN=... in schedule.json), where "
+                "scrapyd shows it: start scrapyd with the TMAPI_TOKEN environment variable instead"
+            )
+        job = opts.spargs.get("_job")
+        if job and re.fullmatch(r"[\w-]{1,100}", job) and self.settings.getpriority("TMAPI_FAILURES_FILE") is None:
+            # scrapyd's jobs share its directory: each its own failures file.
+            self.settings.set("TMAPI_FAILURES_FILE", f"failures-{job}.jsonl", "project")
         try:
             require_token(config_from_settings(self.settings))
             if is_distributed(self.settings):

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -155,3 +156,66 @@ class RedisServer:
         self._drain.join(timeout=10)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+
+
+class ScrapydServer:
+    """A real scrapyd on a free loopback port, every directory of its own in
+    *workdir*; *env* is its environment (where the token goes)."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        workdir.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            self.port = free_port()
+            conf = [
+                "[scrapyd]",
+                "bind_address = 127.0.0.1",
+                f"http_port = {self.port}",
+                "poll_interval = 0.2",
+                "max_proc = 2",
+            ]
+            for name in ("eggs_dir", "logs_dir", "items_dir", "dbs_dir", "jobs_dir"):
+                (workdir / name).mkdir(exist_ok=True)
+                conf.append(f"{name} = {workdir / name}")
+            (workdir / "scrapyd.conf").write_text("\n".join(conf) + "\n")
+            self.workdir = workdir
+            self.url = f"http://127.0.0.1:{self.port}/"
+            scrapyd = Path(sys.executable).parent / "scrapyd"
+            self.log = (workdir / "scrapyd.log").open("wb")
+            self.proc = subprocess.Popen(
+                [str(scrapyd)], cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if self.call("daemonstatus.json").get("status") == "ok":
+                        return
+                except OSError:
+                    time.sleep(0.1)
+            self.stop()  # the port was taken meanwhile, or it failed: again
+        raise RuntimeError(f"scrapyd did not start: {(workdir / 'scrapyd.log').read_text()[-2000:]}")
+
+    def call(self, endpoint: str, data: dict[str, str] | list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        with urllib.request.urlopen(self.url + endpoint, data=body, timeout=10) as resp:
+            doc: dict[str, Any] = json.load(resp)
+            return doc
+
+    def wait(self, project: str, job: str, timeout: float = 120) -> dict[str, Any]:
+        """The job once it is finished."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for done in self.call(f"listjobs.json?project={project}").get("finished", []):
+                if done["id"] == job:
+                    return done
+            time.sleep(0.2)
+        raise TimeoutError(f"scrapyd job {job} did not finish in {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

@@ -11,7 +11,7 @@ from scrapy import Request, Spider
 
 from tmapi_crawler import api
 from tmapi_crawler.api import ApiError, Endpoint, attempts_of, envelope_of
-from tmapi_crawler.arguments import CommonArgs, check_seed, parse_arguments
+from tmapi_crawler.arguments import CommonArgs, check_seed, parse_arguments, tool_arguments
 from tmapi_crawler.compat import wait_for_room
 from tmapi_crawler.config import config_from_settings, is_distributed
 from tmapi_crawler.leases import LeaseTracker, tracker_of
@@ -80,7 +80,7 @@ class TmapiSpider(Spider):
         # command checks them even earlier to print one line and exit 2.
         # Whether a seed is needed depends on the settings (from_crawler).
         self.args = parse_arguments(self.args_model, kwargs, require_seed=False)
-        super().__init__(*args)
+        super().__init__(*args, **tool_arguments(kwargs))
 
     @classmethod
     def check_arguments(cls, kwargs: dict[str, Any], settings: BaseSettings) -> CommonArgs:
