@@ -60,32 +60,31 @@ def wake_engine(crawler: Crawler) -> None:
         slot.nextcall.schedule()
 
 
-def feed_files(crawler: Crawler) -> Iterator[IO[bytes]]:
-    """The open files of every feed this crawl writes (FeedExporter.slots,
-    FeedSlot.file: both internal)."""
+def _open_feeds(crawler: Crawler) -> Iterator[tuple[Any, IO[bytes]]]:
+    """``(slot, open file)`` of every feed this crawl writes
+    (FeedExporter.slots, FeedSlot.file: both internal)."""
     exporter = crawler.get_extension(FeedExporter)
     if exporter is None:
         return
     for slot in exporter.slots:
         file = slot.file
         if file is not None and not file.closed:
-            yield file
+            yield slot, file
+
+
+def feed_files(crawler: Crawler) -> Iterator[IO[bytes]]:
+    """The open files of every feed this crawl writes."""
+    for _, file in _open_feeds(crawler):
+        yield file
 
 
 def local_feed_files(crawler: Crawler) -> Iterator[tuple[str, IO[bytes]]]:
     """``(absolute path, open file)`` of every feed written to a local file
-    without post-processing (FeedSlot.storage, FileFeedStorage.path)."""
-    exporter = crawler.get_extension(FeedExporter)
-    if exporter is None:
-        return
-    for slot in exporter.slots:
-        file = slot.file
-        storage = slot.storage
-        if file is None or file.closed or not isinstance(storage, FileFeedStorage):
-            continue
-        if "postprocessing" in slot.feed_options:
-            continue
-        yield os.path.abspath(storage.path), file
+    without post-processing (FeedSlot.storage and feed_options, internal;
+    FileFeedStorage.path)."""
+    for slot, file in _open_feeds(crawler):
+        if isinstance(slot.storage, FileFeedStorage) and "postprocessing" not in slot.feed_options:
+            yield os.path.abspath(slot.storage.path), file
 
 
 def sync_feeds(crawler: Crawler) -> None:

@@ -180,8 +180,7 @@ def catalog_of(product: dict[str, Any]) -> Catalog:
         variants.append(Variant(sku, values, image))
     if not variants:
         single = {"sale_price": (product.get("price_info") or {}).get("price"), "stock": product.get("stock")}
-        variants.append(Variant(single, [] if not names else [""] * len(names)))
-        names = []
+        return Catalog([], [Variant(single, [])])
     return Catalog(names, variants)
 
 
@@ -279,6 +278,26 @@ def _unique(values: list[list[str]], catalog: Catalog) -> list[list[str]]:
     return out
 
 
+def _shop_options(product: dict[str, Any], most: int, store: str) -> tuple[Catalog, list[str], list[list[str]]]:
+    """What both store formats start from: the catalog, its option names
+    (at most *most*) and each variant's option values, made unique."""
+    catalog = catalog_of(product)
+    names, values = _fold_options(catalog, most, store)
+    return catalog, names, _unique(values, catalog)
+
+
+def _store_price(product: dict[str, Any], sku: dict[str, Any], pricing: Pricing, catalog: Catalog) -> str:
+    """The SKU's price in the store's currency; a SKU without one is said."""
+    price = pricing.price(_sku_price(product, sku))
+    if not price:
+        catalog.problems.append(f"SKU {_text(sku.get('skuid')) or handle_of(product)} has no price")
+    return price
+
+
+def _images(product: dict[str, Any]) -> list[str]:
+    return [_text(i) for i in product.get("main_imgs") or [] if i]
+
+
 def handle_of(product: dict[str, Any]) -> str:
     """Lowercase letters, digits and hyphens, unique per product."""
     return f"1688-{product.get('item_id')}"
@@ -287,9 +306,7 @@ def handle_of(product: dict[str, Any]) -> str:
 def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 2048) -> Rows:
     """Shopify's product CSV rows: one per variant, then one per image not
     yet placed.  The product's fields are on the first row only."""
-    catalog = catalog_of(product)
-    names, values = _fold_options(catalog, SHOPIFY_MAX_OPTIONS, "Shopify")
-    values = _unique(values, catalog)
+    catalog, names, values = _shop_options(product, SHOPIFY_MAX_OPTIONS, "Shopify")
     variants = list(zip(catalog.variants, values, strict=True))
     if len(variants) > max_variants:
         catalog.problems.append(
@@ -302,15 +319,12 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
         catalog.problems.append(f"the title has {len(title)} characters, Shopify takes {SHOPIFY_MAX_TITLE}: cut")
         title = title[:SHOPIFY_MAX_TITLE]
     handle = handle_of(product)
-    images = [_text(i) for i in product.get("main_imgs") or [] if i]
+    images = _images(product)
     rows: list[dict[str, Any]] = []
     for index, (variant, option_values) in enumerate(variants):
         sku, package = variant.sku, _package(variant.sku)
         cny = _sku_price(product, sku)
-        price = pricing.price(cny)
-        if not price:
-            catalog.problems.append(f"SKU {_text(sku.get('skuid')) or handle} has no price")
-        original = _decimal(sku.get("origin_price"))
+        own, original = _decimal(cny), _decimal(sku.get("origin_price"))
         weight = _decimal(package.get("weight"))
         row = {
             "Handle": handle,
@@ -320,10 +334,8 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
             "Variant Inventory Qty": _text(sku.get("stock")),
             "Variant Inventory Policy": "deny",
             "Variant Fulfillment Service": "manual",
-            "Variant Price": price,
-            "Variant Compare At Price": pricing.price(original)
-            if original and _decimal(cny) and original > (_decimal(cny) or 0)
-            else "",
+            "Variant Price": _store_price(product, sku, pricing, catalog),
+            "Variant Compare At Price": pricing.price(original) if original and own and original > own else "",
             "Variant Requires Shipping": "TRUE",
             "Variant Taxable": "TRUE",
             "Variant Image": variant.image,
@@ -361,12 +373,10 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
 def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
     """WooCommerce's rows: a ``variable`` product and a ``variation`` per SKU
     (``Parent`` is the product's SKU); a ``simple`` product when it has none."""
-    catalog = catalog_of(product)
-    names, values = _fold_options(catalog, WOOCOMMERCE_ATTRIBUTES, "this CSV")
-    values = _unique(values, catalog)
+    catalog, names, values = _shop_options(product, WOOCOMMERCE_ATTRIBUTES, "this CSV")
     parent_sku = handle_of(product)
     title = _text(product.get("title"))
-    images = [_text(i) for i in product.get("main_imgs") or [] if i]
+    images = _images(product)
     parent: dict[str, Any] = {
         "Type": "variable" if names else "simple",
         "SKU": parent_sku,
@@ -395,14 +405,10 @@ def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
     for position, (variant, option_values) in enumerate(zip(catalog.variants, values, strict=True), start=1):
         sku, package = variant.sku, _package(variant.sku)
         stock = sku.get("stock")
-        cny = _sku_price(product, sku)
-        price = pricing.price(cny)
-        if not price:
-            catalog.problems.append(f"SKU {_text(sku.get('skuid')) or parent_sku} has no price")
         fields = {
             "Stock": _text(stock),
             "In stock?": 1 if isinstance(stock, int) and stock > 0 else 0,
-            "Regular price": price,
+            "Regular price": _store_price(product, sku, pricing, catalog),
             "Weight (kg)": _positive(package.get("weight")),
             "Length (cm)": _positive(package.get("length")),
             "Width (cm)": _positive(package.get("width")),
@@ -423,9 +429,8 @@ def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
             "Position": position,
             **fields,
         }
-        for n, name in enumerate(names, start=1):
-            row.update({f"Attribute {n} name": name, f"Attribute {n} value(s)": option_values[n - 1]})
-            row[f"Attribute {n} global"] = 0
+        for n, (name, value) in enumerate(zip(names, option_values, strict=True), start=1):
+            row.update({f"Attribute {n} name": name, f"Attribute {n} value(s)": value, f"Attribute {n} global": 0})
         rows.append(row)
     return Rows(rows, catalog.problems)
 

@@ -316,26 +316,31 @@ class JobdirScheduler(BaseScheduler):
         length of the feed files this crawl will add to."""
         db = self.state.db
         for path, size in db.execute("SELECT path, size FROM feeds").fetchall():
-            with_size = Path(path)
-            if with_size.is_file() and with_size.stat().st_size > size:
-                cut = with_size.stat().st_size - size
-                os.truncate(with_size, size)
-                logger.info("%s: cut %d bytes written after the last commit (their requests are sent again)", path, cut)
-        for path in self._local_feed_paths():
-            size = Path(path).stat().st_size if Path(path).is_file() else 0
-            db.execute("INSERT OR IGNORE INTO feeds VALUES (?, ?)", (path, size))
+            now = _size(path)
+            if now > size:
+                os.truncate(path, size)
+                logger.info(
+                    "%s: cut %d bytes written after the last commit (their requests are sent again)", path, now - size
+                )
+        db.executemany("INSERT OR IGNORE INTO feeds VALUES (?, ?)", self._feed_starts())
 
-    def _local_feed_paths(self) -> list[str]:
-        """The local files of the feeds configured (plain paths, no
-        template), as they will be opened; an overwritten one starts empty."""
-        paths = []
+    def _feed_starts(self) -> list[tuple[str, int]]:
+        """``(path, length)`` of the local files of the feeds configured
+        (plain paths, no template) as this crawl starts writing them: an
+        overwritten one (-O on the first run) starts empty."""
+        starts = []
         for given, options in self.crawler.settings.getdict("FEEDS").items():
             uri = str(given)
             if "%(" in uri or ("://" in uri and not uri.startswith("file://")):
                 continue
             path = os.path.abspath(uri.removeprefix("file://"))
-            if (options or {}).get("overwrite") and Path(path).is_file():
-                # -O on the first run: Scrapy empties the file when it opens it.
-                self.state.db.execute("INSERT OR IGNORE INTO feeds VALUES (?, 0)", (path,))
-            paths.append(path)
-        return paths
+            starts.append((path, 0 if (options or {}).get("overwrite") else _size(path)))
+        return starts
+
+
+def _size(path: str) -> int:
+    """The length of the file at *path* (0 when there is none)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
