@@ -337,6 +337,70 @@ def export(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+def store(tmp: Path, quick: bool) -> list[Row]:
+    """The catalog store on a 1,000-product shop: the calls of a first crawl,
+    of the same crawl again, after 5% of the prices changed, and with
+    TMAPI_DETAIL_MAX_AGE=0; CPU per call of a first crawl with each store
+    against none (latency 0, no limit); and the share of the account's limit
+    with and without a store (told the limit of 16, latency 100 ms)."""
+    from tmapi_crawler.sandbox.harness import PostgresServer
+
+    size = 200 if quick else 1000
+    pages = -(-size // 20)
+    minimum = pages + 2 * size
+    rows: list[Row] = []
+    pg = PostgresServer()
+    try:
+        stores = {"SQLite": str(tmp / "catalog.sqlite"), "PostgreSQL": pg.database("bench_calls")}
+        with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
+            for name, url in stores.items():
+                runs = [
+                    ("first crawl", (), None),
+                    ("the same crawl again", (), None),
+                    ("after 5% of prices changed", (), 0.05),
+                    ("TMAPI_DETAIL_MAX_AGE=0", ("TMAPI_DETAIL_MAX_AGE=0",), None),
+                ]
+                for label, extra, revise in runs:
+                    if revise is not None:
+                        changed = sb.revise(revise)["changed"]
+                    workdir = tmp / f"store-{name}-{len(rows)}"
+                    run = run_ours(sb, workdir, f"TMAPI_STORE={url}", *extra)
+                    row = measure(sb, "store", f"{name}: {label}", minimum, run)
+                    if revise is not None:
+                        row.figures["products_changed"] = changed
+                    changes = workdir / "changes.jsonl"
+                    row.figures["change_records"] = sum(1 for _ in changes.open()) if changes.exists() else 0
+                    rows.append(row)
+        with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
+            base = measure(sb, "store", "CPU, first crawl, no store", minimum, run_ours(sb, tmp / "store-cpu-0"))
+            rows.append(base)
+            cpu_stores = {"SQLite": str(tmp / "cpu.sqlite"), "PostgreSQL": pg.database("bench_cpu")}
+            for name, url in cpu_stores.items():
+                run = run_ours(sb, tmp / f"store-cpu-{name}", f"TMAPI_STORE={url}")
+                row = measure(sb, "store", f"CPU, first crawl, {name}", minimum, run)
+                row.figures["cpu_vs_no_store"] = round(
+                    row.figures["cpu_ms_per_call"] / base.figures["cpu_ms_per_call"], 2
+                )
+                rows.append(row)
+        flags = ("--latency-ms", "100", "--concurrency", "16", "--shops", "1", "--shop-size", str(size))
+        with SandboxProcess(*flags) as sb:
+            limit_stores: dict[str, str | None] = {
+                "no store": None,
+                "SQLite": str(tmp / "limit.sqlite"),
+                "PostgreSQL": pg.database("bench_l"),
+            }
+            for name, where in limit_stores.items():
+                settings = ("TMAPI_CONCURRENCY=16", *((f"TMAPI_STORE={where}",) if where else ()))
+                run = run_ours(sb, tmp / f"store-limit-{name}", *settings)
+                row = measure(sb, "store", f"limit 16 told, first crawl, {name}", minimum, run)
+                rate = row.billed / row.seconds if row.seconds else 0.0
+                row.figures["share_of_ceiling"] = round(rate / 160, 3)
+                rows.append(row)
+    finally:
+        pg.stop()
+    return rows
+
+
 SCENARIOS = {
     "ceiling": ceiling,
     "cpu": cpu,
@@ -345,6 +409,7 @@ SCENARIOS = {
     "workers": workers,
     "jobdir": jobdir,
     "export": export,
+    "store": store,
 }
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tmapi_crawler.sandbox.harness import ROOT, TOKEN, RedisServer, SandboxProcess
+from tmapi_crawler.sandbox.harness import ROOT, TOKEN, PostgresServer, RedisServer, SandboxProcess
 
 os.environ.setdefault("SCRAPY_SETTINGS_MODULE", "tmapi_crawler.settings")
-__all__ = ["ROOT", "TOKEN", "RedisServer", "SandboxProcess"]
+__all__ = ["ROOT", "TOKEN", "PostgresServer", "RedisServer", "SandboxProcess"]
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +154,21 @@ def redis_server(redis_session: RedisServer) -> RedisServer:
     """The shared redis-server, emptied for this test."""
     redis_session.client().flushall()
     return redis_session
+
+
+@pytest.fixture(scope="session")
+def postgres_session():
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres(postgres_session: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the shared throwaway cluster."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-50:]
+    postgres_session.psql(f"DROP DATABASE IF EXISTS {name}")
+    return postgres_session.database(name)
 
 
 def minimum_calls(pages: int, products: int, follow: str = "detail+desc") -> int:

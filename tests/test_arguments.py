@@ -96,6 +96,10 @@ BAD_SETTINGS = {
     "TMAPI_ALERT_WEBHOOK": "hooks.example.com/tmapi",
     "TMAPI_ALERT_FAILURE_SHARE": "1.5",
     "TMAPI_STALL_TIMEOUT": "0",
+    "TMAPI_STORE": "mysql://catalog.example/db",
+    "TMAPI_DETAIL_MAX_AGE": "-1",
+    "TMAPI_DESC_MAX_AGE": "a month",
+    "TMAPI_CHANGES_FILE": "",
 }
 
 

@@ -52,7 +52,9 @@ async def test_shop_crawl_writes_one_record_per_product(sandbox, tmp_path):
     datetime.fromisoformat(record["crawled_at"])
     # Stable key order: the API's fields first, then ours.
     assert list(record)[:2] == ["item_id", "product_url"]
-    assert list(record)[-6:] == ["detail_imgs", "detail_html", "listing", "source", "language", "crawled_at"]
+    ours = ["detail_imgs", "detail_html", "detail_fetched_at", "desc_fetched_at", "listing", "source", "language"]
+    assert list(record)[-8:] == [*ours, "crawled_at"]
+    assert record["detail_fetched_at"] <= record["desc_fetched_at"]
 
 
 @deferred_f_from_coro_f

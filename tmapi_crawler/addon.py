@@ -3,8 +3,9 @@
 ``ADDONS = {"tmapi_crawler.addon.TmapiAddon": 0}`` (the project's settings do
 this) turns a Scrapy project into a TMAPI crawler.  It only configures:
 
-* the token setting is wrapped as a secret (``SecretStr``), so that the
-  settings Scrapy logs show ``**********``; the download handler is the one
+* the token setting (and ``TMAPI_STORE``, whose URL may hold a password) is
+  wrapped as a secret (``SecretStr``), so that the settings Scrapy logs show
+  ``**********``; the download handler is the one
   component that reads its value;
 * the components: the download handler that adds the token (a handler the
   user set for https becomes the one it wraps), the middleware that acts on
@@ -16,7 +17,9 @@ this) turns a Scrapy project into a TMAPI crawler.  It only configures:
   alone, the crash-safe scheduler of :mod:`tmapi_crawler.jobdir`;
 * feeds: every feed the user configured (``-o``, ``-O``, ``FEEDS``) gets the
   product and listing records; failure records go to
-  ``TMAPI_FAILURES_FILE``, created only when there is one.
+  ``TMAPI_FAILURES_FILE``, created only when there is one;
+* with ``TMAPI_STORE``, the catalog store (:mod:`tmapi_crawler.store`), and
+  its change records in ``TMAPI_CHANGES_FILE``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
 from tmapi_crawler.pipelines import ValidationPipeline
-from tmapi_crawler.records import RECORD_CLASSES, FailureItem, ProductItem
+from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
+from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline
 from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
 
 if TYPE_CHECKING:
@@ -61,9 +65,10 @@ def _path(cls: type) -> str:
 
 class TmapiAddon:
     def update_settings(self, settings: BaseSettings) -> None:
-        token = settings.get("TMAPI_TOKEN")
-        if isinstance(token, str) and token:
-            settings.set("TMAPI_TOKEN", SecretStr(token), settings.getpriority("TMAPI_TOKEN") or 0)
+        for secret in ("TMAPI_TOKEN", "TMAPI_STORE"):  # a store URL may hold a password
+            value = settings.get(secret)
+            if isinstance(value, str) and value:
+                settings.set(secret, SecretStr(value), settings.getpriority(secret) or 0)
         self._download_handlers(settings)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", RetryMiddleware, None)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", AnswerMiddleware, 550)
@@ -77,6 +82,11 @@ class TmapiAddon:
         # Built after the feed exports (priority 0), so that it sees their slots.
         settings.set_in_component_priority_dict("EXTENSIONS", InternalsCheck, 1000)
         self._monitors(settings)
+        if settings.get("TMAPI_STORE"):
+            # Before AnswerMiddleware (550) and the gate: a stored answer is no call.
+            settings.set_in_component_priority_dict("EXTENSIONS", CatalogStore, 0)
+            settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", StoreMiddleware, 540)
+            settings.set_in_component_priority_dict("ITEM_PIPELINES", StorePipeline, 200)
         # The gate decides how many calls are in flight; Scrapy's own limits
         # only need to leave it room.
         cap = settings.getint("TMAPI_CONCURRENCY") or DEFAULT_CAP
@@ -151,4 +161,7 @@ class TmapiAddon:
             # A resumed crawl (JOBDIR) adds to the failures of its first run.
             "overwrite": not settings.get("JOBDIR"),
         }
+        if settings.get("TMAPI_STORE"):
+            changes = settings.get("TMAPI_CHANGES_FILE") or DEFAULTS["TMAPI_CHANGES_FILE"]
+            feeds[str(changes)] = {**feeds[str(failures)], "item_classes": [_path(ChangeItem)]}
         settings.set("FEEDS", feeds, settings.getpriority("FEEDS") or 0)

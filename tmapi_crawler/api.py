@@ -197,6 +197,18 @@ def parse_envelope(status: int, body: bytes) -> Envelope:
 _parsed: weakref.WeakKeyDictionary[Response, Envelope | MalformedAnswer] = weakref.WeakKeyDictionary()
 
 
+#: meta key: when the stored answer given for this request was fetched (set
+#: by the catalog store, which answers it without a call).
+FETCHED_AT_META = "tmapi_fetched_at"
+#: The flag of a response that the catalog store gave: no call was made.
+STORED_FLAG = "tmapi_store"
+
+
+def remember_envelope(response: Response, envelope: Envelope) -> None:
+    """Give *response* its parsed envelope (an answer made here, not parsed)."""
+    _parsed[response] = envelope
+
+
 def envelope_of(response: Response) -> Envelope:
     """The response's envelope, parsed once per response (the middleware that
     classifies the answer and the callback that uses its data share it)."""

@@ -26,6 +26,7 @@ from pydantic import (
 from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
+from tmapi_crawler.store.url import StoreError, hide_password, parse_store_url
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -90,6 +91,12 @@ class TmapiConfig(BaseModel):
     alert_webhook: str | None = Field(default=None, alias="TMAPI_ALERT_WEBHOOK")
     alert_failure_share: float = Field(default=0.05, ge=0, le=1, alias="TMAPI_ALERT_FAILURE_SHARE")
     stall_timeout: float = Field(default=900.0, gt=0, alias="TMAPI_STALL_TIMEOUT")
+    #: The catalog store (docs/catalog.md): a SQLite file or a PostgreSQL URL.
+    #: A secret like the token: a PostgreSQL URL may hold a password.
+    store: SecretStr | None = Field(default=None, alias="TMAPI_STORE")
+    detail_max_age: float = Field(default=86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
+    desc_max_age: float = Field(default=2592000.0, ge=0, alias="TMAPI_DESC_MAX_AGE")
+    changes_file: str = Field(default="changes.jsonl", min_length=1, alias="TMAPI_CHANGES_FILE")
     #: The handler that really downloads, under the one that adds the token.
     #: The add-on sets it to a DOWNLOAD_HANDLERS entry the user gave for https.
     inner_download_handler: str = Field(
@@ -123,6 +130,20 @@ class TmapiConfig(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("is not an http(s) URL such as https://hooks.example.com/tmapi")
+        return value
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _store(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or not str(value).strip():
+            return None
+        try:
+            parse_store_url(value)
+        except StoreError as exc:
+            shown = f"TMAPI_STORE={hide_password(value)!r}"
+            raise ValueError(str(exc).removeprefix(shown).lstrip(": ")) from None
         return value
 
     @field_validator("inner_download_handler", "gate_class")
@@ -165,7 +186,8 @@ def describe_validation_error(exc: ValidationError, names: dict[str, str] | None
         if err["type"] in ("model_type", "missing") or not loc:
             parts.append(f"{name}: {msg}" if name else msg)
             continue
-        parts.append(f"{name}={err['input']!r}: {msg}")
+        shown = hide_password(err["input"]) if isinstance(err["input"], str) else err["input"]
+        parts.append(f"{name}={shown!r}: {msg}")
     return "; ".join(parts)
 
 

@@ -184,7 +184,9 @@ def catalog_of(product: dict[str, Any]) -> Catalog:
     return Catalog(names, variants)
 
 
-def _sku_price(product: dict[str, Any], sku: dict[str, Any]) -> Any:
+def sku_price(product: dict[str, Any], sku: dict[str, Any]) -> Any:
+    """A SKU's price as the API wrote it (its ``sale_price``; the product's
+    price when the SKU has none)."""
     price = sku.get("sale_price", sku.get("price"))
     if _decimal(price) is None:
         price = (product.get("price_info") or {}).get("price")
@@ -221,7 +223,7 @@ def sku_rows(product: dict[str, Any]) -> Rows:
             "skuid": _text(sku.get("skuid")),
             "specid": _text(sku.get("specid")),
             "props_names": _text(sku.get("props_names")),
-            "price": _text(_sku_price(product, sku)),
+            "price": _text(sku_price(product, sku)),
             "original_price": _text(sku.get("origin_price")),
             "currency": _text(product.get("currency")),
             "stock": _text(sku.get("stock")),
@@ -288,7 +290,7 @@ def _shop_options(product: dict[str, Any], most: int, store: str) -> tuple[Catal
 
 def _store_price(product: dict[str, Any], sku: dict[str, Any], pricing: Pricing, catalog: Catalog) -> str:
     """The SKU's price in the store's currency; a SKU without one is said."""
-    price = pricing.price(_sku_price(product, sku))
+    price = pricing.price(sku_price(product, sku))
     if not price:
         catalog.problems.append(f"SKU {_text(sku.get('skuid')) or handle_of(product)} has no price")
     return price
@@ -323,7 +325,7 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
     rows: list[dict[str, Any]] = []
     for index, (variant, option_values) in enumerate(variants):
         sku, package = variant.sku, _package(variant.sku)
-        cny = _sku_price(product, sku)
+        cny = sku_price(product, sku)
         own, original = _decimal(cny), _decimal(sku.get("origin_price"))
         weight = _decimal(package.get("weight"))
         row = {

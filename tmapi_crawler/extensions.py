@@ -13,7 +13,7 @@ from scrapy.utils.reactor import is_asyncio_reactor_installed
 from tmapi_crawler.api import Endpoint, endpoint_of
 from tmapi_crawler.compat import compact_timers
 from tmapi_crawler.config import config_from_settings
-from tmapi_crawler.records import FailureItem, ListingItem, ProductItem
+from tmapi_crawler.records import ChangeItem, FailureItem, ListingItem, ProductItem
 
 if TYPE_CHECKING:
     from typing import Self
@@ -71,6 +71,9 @@ class TmapiStats:
             inc(f"tmapi/failures/{item['endpoint']}")
             if item["endpoint"] in PRODUCT_ENDING:
                 inc("tmapi/products_failed")
+        elif isinstance(item, ChangeItem):
+            inc("tmapi/changes")
+            inc(f"tmapi/changes/{item['change']}")
 
     def request_dropped(self, request: Request) -> None:
         endpoint = endpoint_of(request)

@@ -41,11 +41,21 @@ class FailureItem(dict[str, Any]):
     """A failure record; it goes to ``TMAPI_FAILURES_FILE``, not the feed."""
 
 
+class ChangeItem(dict[str, Any]):
+    """A change record (catalog store); it goes to ``TMAPI_CHANGES_FILE``."""
+
+
 RECORD_CLASSES = (ProductItem, ListingItem)
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def now_precise() -> str:
+    """Now to the microsecond: when an answer was fetched (``detail_fetched_at``,
+    ``desc_fetched_at``), which the catalog store compares exactly."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class BadAnswer(ValueError):
@@ -75,6 +85,7 @@ def product_record(
     listing: dict[str, Any] | None,
     source: dict[str, Any],
     language: str,
+    fetched_at: str | None = None,
 ) -> ProductItem:
     """The product record from ``item_detail``'s data; the description fields
     stay ``None`` until :func:`add_description` fills them."""
@@ -86,6 +97,8 @@ def product_record(
             record[key] = value
     record["detail_imgs"] = None
     record["detail_html"] = None
+    record["detail_fetched_at"] = fetched_at or now_precise()
+    record["desc_fetched_at"] = None
     record["listing"] = listing
     record["source"] = source
     record["language"] = language
@@ -93,7 +106,7 @@ def product_record(
     return record
 
 
-def add_description(record: ProductItem, desc: Any) -> ProductItem:
+def add_description(record: ProductItem, desc: Any, fetched_at: str | None = None) -> ProductItem:
     if not isinstance(desc, dict):
         raise BadAnswer(f"item_desc data is not an object but {type(desc).__name__}")
     imgs, html = desc.get("detail_imgs"), desc.get("detail_html")
@@ -103,6 +116,7 @@ def add_description(record: ProductItem, desc: Any) -> ProductItem:
         raise BadAnswer("item_desc detail_html is not a string")
     record["detail_imgs"] = imgs
     record["detail_html"] = html
+    record["desc_fetched_at"] = fetched_at or now_precise()
     record["crawled_at"] = now_iso()
     return record
 
@@ -172,6 +186,10 @@ class ProductRecord(BaseModel):
     shop_info: dict[str, Any] | None = None
     detail_imgs: list[StrictStr] | None
     detail_html: StrictStr | None
+    #: When the detail and the description were fetched: this crawl, or an
+    #: earlier one whose answer the catalog store kept.
+    detail_fetched_at: datetime | None = None
+    desc_fetched_at: datetime | None = None
     listing: dict[str, Any] | None
     source: Source
     language: Literal[LANGUAGES]  # type: ignore[valid-type]
@@ -205,10 +223,33 @@ class FailureRecord(BaseModel):
     failed_at: datetime
 
 
+ChangeKind = Literal[
+    "new", "price", "stock", "sold_out", "back_in_stock", "sku_added", "sku_removed", "title", "delisted"
+]
+
+
+class ChangeRecord(BaseModel):
+    """What changed in the catalog store since a product was last fetched
+    (docs/catalog.md): per SKU for ``price``, ``stock``, ``sku_added`` and
+    ``sku_removed`` (``skuid`` set), per product for the others."""
+
+    model_config = ConfigDict(extra="forbid", title="tmapi_crawler change record")
+
+    change: ChangeKind
+    item_id: StrictInt = Field(gt=0)
+    skuid: StrictStr | None
+    field: StrictStr | None
+    old: StrictStr | StrictInt | None
+    new: StrictStr | StrictInt | None
+    detected_at: datetime
+    source: Source | None
+
+
 MODELS: dict[type[dict[str, Any]], type[BaseModel]] = {
     ProductItem: ProductRecord,
     ListingItem: ListingRecord,
     FailureItem: FailureRecord,
+    ChangeItem: ChangeRecord,
 }
 
 
@@ -230,7 +271,12 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 def schemas() -> dict[str, str]:
     """File name -> JSON Schema text, for every record."""
     out = {}
-    for name, model in (("product", ProductRecord), ("listing", ListingRecord), ("failure", FailureRecord)):
+    for name, model in (
+        ("product", ProductRecord),
+        ("listing", ListingRecord),
+        ("failure", FailureRecord),
+        ("change", ChangeRecord),
+    ):
         schema = model.model_json_schema()
         out[f"{name}.schema.json"] = json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
     return out

@@ -19,6 +19,7 @@ from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token
 from tmapi_crawler.jobdir import check_jobdir
+from tmapi_crawler.store.crawl import check_store, store_url
 
 if TYPE_CHECKING:
     import argparse
@@ -31,6 +32,7 @@ EXIT_CODES = {
     "tmapi_budget_exhausted": 0,  # the crawl did what it was allowed to
     "tmapi_auth_failed": 3,
     "tmapi_quota_exhausted": 4,
+    "tmapi_store_failed": 5,  # the catalog store failed (disk full...); run again when fixed
     "shutdown": 130,  # stopped by Ctrl-C or SIGTERM; resume with JOBDIR
 }
 EXIT_BAD_INPUT = 2
@@ -70,11 +72,14 @@ class Command(ScrapyCrawlCommand):
                 "scrapyd shows it: start scrapyd with the TMAPI_TOKEN environment variable instead"
             )
         job = opts.spargs.get("_job")
-        if job and re.fullmatch(r"[\w-]{1,100}", job) and self.settings.getpriority("TMAPI_FAILURES_FILE") is None:
-            # scrapyd's jobs share its directory: each its own failures file.
-            self.settings.set("TMAPI_FAILURES_FILE", f"failures-{job}.jsonl", "project")
+        if job and re.fullmatch(r"[\w-]{1,100}", job):
+            # scrapyd's jobs share its directory: each its own failures and changes.
+            for name, stem in (("TMAPI_FAILURES_FILE", "failures"), ("TMAPI_CHANGES_FILE", "changes")):
+                if self.settings.getpriority(name) is None:
+                    self.settings.set(name, f"{stem}-{job}.jsonl", "project")
         try:
             require_token(config_from_settings(self.settings))
+            store_url(self.settings)  # SQLite with REDIS_URL: refused before Redis is asked
             if is_distributed(self.settings):
                 # Redis's client loads only in distributed mode (start-up time).
                 from tmapi_crawler.cluster.connection import check_redis
@@ -83,6 +88,7 @@ class Command(ScrapyCrawlCommand):
                 if problem:
                     refuse(problem)
             check_jobdir(self.settings, spidercls.name)
+            check_store(self.settings)
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
                 check(opts.spargs, self.settings)

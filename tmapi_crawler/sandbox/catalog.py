@@ -183,6 +183,37 @@ class Catalog:
         self.n_categories = categories
         self._doc_listing: dict[int, dict[str, Any]] = {int(e["item_id"]): e for e in docs["shop_items"]["items"]}
         self._doc_listing.update({int(e["item_id"]): e for e in docs["category_items"]["items"]})
+        #: How many times each generated product changed (``revise``), and
+        #: the products no listing names any more.
+        self.revisions: dict[int, int] = {}
+        self.delisted: set[int] = set()
+        self.generation = 0
+
+    # -- changes between crawls ------------------------------------------------
+
+    def revise(self, share: float, delist: float = 0.0) -> dict[str, int]:
+        """A day on 1688: *share* of the generated products change their price
+        (and so their listing entry) and their stock, some selling out; a
+        *delist* share leaves every listing.  Deterministic for a seed."""
+        self.generation += 1
+        rng = _rng(self.seed, "revise", self.generation)
+        changed = delisted = 0
+        for shop in self.shops:
+            for index in range(len(shop.first_ids), shop.size if shop.index != 1 else 0):
+                item_id = self.shop_item_id(shop, index)
+                if item_id in self.delisted:
+                    continue
+                draw = rng.random()
+                if draw < share:
+                    self.revisions[item_id] = self.revisions.get(item_id, 0) + 1
+                    changed += 1
+                elif draw < share + delist:
+                    self.delisted.add(item_id)
+                    delisted += 1
+        self.summary.cache_clear()
+        self.shop_items.cache_clear()
+        self.category_items.cache_clear()
+        return {"generation": self.generation, "changed": changed, "delisted": delisted}
 
     # -- products -----------------------------------------------------------
 
@@ -220,6 +251,9 @@ class Catalog:
             price_cents = round(float(doc["price_info"]["sale_price"]) * 100)
         else:
             price_cents = rng.randint(150, 30000)
+        revision = self.revisions.get(item_id, 0)
+        if revision:
+            price_cents = max(100, price_cents * _rng(self.seed, "price", item_id, revision).randint(70, 130) // 100)
         shop_cat_ids = self.shops[shop_index].shop_cat_ids if shop_index >= 0 else ["1000"]
         return Summary(
             item_id=item_id,
@@ -272,6 +306,8 @@ class Catalog:
         ids = [seq[(start + i) % len(seq)] for i in range(min(self.category_size, len(seq)))]
         if cat_id == DOC_CATEGORY:
             ids = [int(e["item_id"]) for e in documented()["category_items"]["items"]] + ids
+        if self.delisted:
+            ids = [item_id for item_id in ids if item_id not in self.delisted]
         if self.repeat_every:
             # 1688 sometimes lists a product twice as rankings shift.
             out: list[int] = []
@@ -298,6 +334,8 @@ class Catalog:
         if shop is None:
             return None
         ids = [self.shop_item_id(shop, i) for i in range(shop.size)]
+        if self.delisted:
+            ids = [item_id for item_id in ids if item_id not in self.delisted]
         if shop_cat_id or price_start is not None or price_end is not None:
             kept = []
             for item_id in ids:
@@ -405,6 +443,10 @@ class Catalog:
     def _generated_detail(self, item_id: int, language: str) -> dict[str, Any]:
         s = self.summary(item_id)
         rng = _rng(self.seed, "detail", item_id)
+        revision = self.revisions.get(item_id, 0)
+        # A revised product's stock changes; now and then it sells out.
+        stock_rng = _rng(self.seed, "stock", item_id, revision) if revision else rng
+        sold_out = bool(revision) and stock_rng.random() < 0.2
         w = words(language)
         member = self.member_id_of(s.shop)
         colours = rng.sample(w["color"], rng.randint(1, 3))
@@ -436,7 +478,7 @@ class Catalog:
                         "specid": hashlib.md5(f"{item_id}:{ci}:{si}".encode(), usedforsecurity=False).hexdigest(),
                         "sale_price": top_price,
                         "origin_price": None,
-                        "stock": rng.randint(0, 5000),
+                        "stock": 0 if sold_out else stock_rng.randint(0, 5000),
                         "props_ids": f"0:{ci};1:{si}",
                         "props_names": f"{w['colour_prop']}:{colour};{w['size_prop']}:{size}",
                         "sale_count": rng.randint(0, 50),

@@ -69,6 +69,11 @@ class SandboxProcess:
     def topup(self, calls: int) -> None:
         self.admin(f"topup?calls={calls}", "POST")
 
+    def revise(self, share: float, delist: float = 0.0) -> dict[str, Any]:
+        """Change *share* of the generated products' prices and stock, and
+        delist a *delist* share of them (the catalog between two crawls)."""
+        return self.admin(f"revise?share={share}&delist={delist}", "POST")
+
     def get(self, path: str, **params: Any) -> tuple[int, dict[str, Any]]:
         """A raw call: (HTTP status, parsed body)."""
         params.setdefault("apiToken", self.token)
@@ -219,3 +224,83 @@ class ScrapydServer:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def _postgres_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, or where Debian puts it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for version in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (version / name).exists():
+            return str(version / name)
+    raise RuntimeError(f"PostgreSQL's {name} is not installed: scripts/test installs it (apt-get install postgresql)")
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: ``initdb`` and ``pg_ctl`` run as the
+    ``postgres`` user (when run as root) in a temporary directory, listening
+    on a free loopback port with password authentication; removed by
+    :meth:`stop`.  ``url`` is a database ``tmapi`` owned by user ``tmapi``."""
+
+    USER = "tmapi"
+    PASSWORD = "catalog-pw-31d8"
+
+    def __init__(self) -> None:
+        import os
+        import pwd
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="tmapi-pg-"))
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self.data = self.root / "data"
+        pwfile = self.root / "pw"
+        self._run(["sh", "-c", f"umask 077 && echo {self.PASSWORD} > {pwfile}"])
+        initdb = [_postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--pwfile", str(pwfile)]
+        self._run([*initdb, "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+        for _ in range(5):
+            self.port = free_port()
+            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            pg_ctl = [*self._as, _postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60"]
+            started = subprocess.run(
+                [*pg_ctl, "-l", str(self.root / "log"), "start"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if started.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"PostgreSQL did not start: {(self.root / 'log').read_text()[-2000:]}")
+        self.psql(f"CREATE USER {self.USER} PASSWORD '{self.PASSWORD}'")
+        self.psql(f"CREATE DATABASE {self.USER} OWNER {self.USER}")
+        self.url = f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{self.USER}"
+
+    def _run(self, cmd: list[str]) -> str:
+        done = subprocess.run([*self._as, *cmd], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run *sql* as the superuser over the cluster's socket."""
+        psql = _postgres_bin("psql")
+        where = ["-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-d", database]
+        return self._run([psql, *where, "-v", "ON_ERROR_STOP=1", "-Atqc", sql])
+
+    def database(self, name: str) -> str:
+        """A new empty database owned by the test user: its URL."""
+        self.psql(f"CREATE DATABASE {name} OWNER {self.USER}")
+        return f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self._as, _postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)

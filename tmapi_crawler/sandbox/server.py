@@ -270,6 +270,13 @@ class Sandbox:
         if self.balance > 0:
             self.exhausted_at = None
 
+    def revise(self, share: float, delist: float) -> dict[str, int]:
+        """Change the catalog as a day on 1688 would (:meth:`Catalog.revise`)."""
+        summary = self.catalog.revise(share, delist)
+        self.detail_bytes.cache_clear()
+        self.desc_bytes.cache_clear()
+        return summary
+
     def reset(self) -> None:
         self.counters = Counters(in_flight=self.counters.in_flight)
         self.balance = self.faults.quota
@@ -514,6 +521,17 @@ class ApiResource(resource.Resource):
                 return _dumps({"ok": False, "error": "calls must be a positive integer"})
             sb.topup(calls)
             return _dumps({"ok": True, "balance": sb.balance})
+        if action == "revise" and method == "POST":
+            args = parse_qs(request.uri.decode().partition("?")[2])
+            try:
+                share = float(args.get("share", ["0.05"])[-1])
+                delist = float(args.get("delist", ["0"])[-1])
+            except ValueError:
+                share = delist = -1.0
+            if not (0 <= share <= 1 and 0 <= delist <= 1 and share + delist <= 1):
+                request.setResponseCode(400)
+                return _dumps({"ok": False, "error": "share and delist must be fractions that add up to at most 1"})
+            return _dumps({"ok": True, **sb.revise(share, delist)})
         request.setResponseCode(404)
         return _dumps({"ok": False, "error": f"no such admin action: {method} {action}"})
 

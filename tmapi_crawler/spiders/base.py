@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy import Request, Spider
 
 from tmapi_crawler import api
-from tmapi_crawler.api import ApiError, Endpoint, attempts_of, envelope_of
+from tmapi_crawler.api import FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
 from tmapi_crawler.arguments import CommonArgs, check_seed, parse_arguments, tool_arguments
 from tmapi_crawler.compat import wait_for_room
 from tmapi_crawler.config import config_from_settings, is_distributed
@@ -25,6 +26,8 @@ from tmapi_crawler.records import (
     listing_record,
     product_record,
 )
+from tmapi_crawler.store.crawl import store_of
+from tmapi_crawler.store.db import PageNote
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from tmapi_crawler.config import TmapiConfig
+    from tmapi_crawler.store.crawl import CatalogStore
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +105,39 @@ class TmapiSpider(Spider):
         # Looked up on first use: extensions are built after the spider.
         return tracker_of(self.crawler)
 
+    @functools.cached_property
+    def catalog(self) -> CatalogStore | None:
+        """The catalog store, when ``TMAPI_STORE`` is set."""
+        return store_of(self.crawler)
+
+    def note_page(self, request: Request | None, item_ids: list[int] | None, pages_total: int | None = None) -> None:
+        """Tell the catalog store that a listing page was read (the products
+        it named, and the number of pages when the page says it) or failed
+        (*item_ids* ``None``): a listing read completely tells which stored
+        products it no longer names."""
+        assert request is not None
+        read = request.cb_kwargs.get("opts", {}).get("read")
+        if self.catalog is None or read is None:
+            return
+        info = request.meta["tmapi"]
+        params = {k: v for k, v in sorted(info["params"].items()) if k != "page" and v is not None}
+        key = info["endpoint"] + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        self.catalog.note_page(
+            PageNote(key, read, info["params"]["page"], item_ids or [], pages_total, failed=item_ids is None)
+        )
+
+    @staticmethod
+    def listed_ids(entries: list[Any]) -> list[int]:
+        """The item ids a listing page names (entries that are not products are
+        failure records of their own)."""
+        ids = []
+        for entry in entries:
+            try:
+                ids.append(as_item_id(entry.get("item_id") if isinstance(entry, dict) else None))
+            except BadAnswer:
+                continue
+        return ids
+
     # -- seeds ----------------------------------------------------------------
 
     async def start(self) -> AsyncIterator[Any]:
@@ -112,8 +149,10 @@ class TmapiSpider(Spider):
         raise NotImplementedError
 
     def options(self, args: CommonArgs) -> dict[str, Any]:
-        """The ``opts`` that a seed's requests carry."""
+        """The ``opts`` that a seed's requests carry; ``read`` names this
+        crawl's read of a listing (:meth:`note_page`): a copy per seed."""
         return {
+            "read": uuid.uuid4().hex,
             "follow": args.follow,
             "language": args.language or self.config.language,
             "scene": args.scene,
@@ -178,7 +217,11 @@ class TmapiSpider(Spider):
     ) -> Iterator[Any]:
         try:
             record = product_record(
-                envelope_of(response).data, listing=listing, source=source, language=opts["language"]
+                envelope_of(response).data,
+                listing=listing,
+                source=source,
+                language=opts["language"],
+                fetched_at=response.meta.get(FETCHED_AT_META),
             )
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
@@ -203,7 +246,7 @@ class TmapiSpider(Spider):
     @tracked
     def parse_desc(self, response: Response, *, product: ProductItem, **_: Any) -> Iterator[Any]:
         try:
-            add_description(product, envelope_of(response).data)
+            add_description(product, envelope_of(response).data, fetched_at=response.meta.get(FETCHED_AT_META))
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
         yield product
@@ -224,8 +267,11 @@ class TmapiSpider(Spider):
                 msg = f"{msg}; the body began: {exc.snippet}"
         else:
             code, msg = None, f"{type(exc).__name__}: {exc}"
-        if request.meta["tmapi"]["endpoint"] == Endpoint.ITEM_DESC.value:
+        endpoint = request.meta["tmapi"]["endpoint"]
+        if endpoint == Endpoint.ITEM_DESC.value:
             yield request.cb_kwargs["product"]
+        elif endpoint in (Endpoint.SHOP_ITEMS.value, Endpoint.CATEGORY_ITEMS.value):
+            self.note_page(request, None)
         yield self.failure(request, code, msg)
 
     def failure(

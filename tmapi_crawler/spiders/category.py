@@ -22,8 +22,8 @@ class CategorySpider(TmapiSpider):
     args: CategoryArgs
 
     def seed_requests(self, args: CategoryArgs) -> Iterator[Any]:
-        opts = self.options(args)
         for cat_id in args.cat_id:
+            opts = self.options(args)
             params = {
                 "cat_id": cat_id,
                 "page": 1,
@@ -49,6 +49,7 @@ class CategorySpider(TmapiSpider):
             if not isinstance(data.get("has_next_page"), bool):
                 raise BadAnswer(f"category_items has_next_page is not a boolean: {data.get('has_next_page')!r}")
         except BadAnswer as exc:
+            self.note_page(response.request, None)
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             return
         stats = self.crawler.stats
@@ -56,6 +57,8 @@ class CategorySpider(TmapiSpider):
         stats.inc_value("tmapi/pages")
         if page == 1:
             stats.inc_value("tmapi/pages_known")
+        # The last page tells how many there are.
+        self.note_page(response.request, self.listed_ids(data["items"]), None if data["has_next_page"] else page)
         # A category says only whether there is a next page: one at a time.
         if data["has_next_page"] and (not opts["max_pages"] or page < opts["max_pages"]):
             stats.inc_value("tmapi/pages_known")

@@ -32,8 +32,8 @@ class ShopSpider(TmapiSpider):
     args: ShopArgs
 
     def seed_requests(self, args: ShopArgs) -> Iterator[Any]:
-        opts = {**self.options(args), "page_size": args.page_size}
         for member_id in args.member_id:
+            opts = {**self.options(args), "page_size": args.page_size}
             params = {
                 "member_id": member_id,
                 "page": 1,
@@ -79,6 +79,7 @@ class ShopSpider(TmapiSpider):
             if not (isinstance(total, int) or (isinstance(total, str) and total.isdigit())):
                 raise BadAnswer(f"shop_items total_count is not a number: {total!r}")
         except BadAnswer as exc:
+            self.note_page(response.request, None)
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             yield from self.page_ahead(response.request)
             return
@@ -96,7 +97,11 @@ class ShopSpider(TmapiSpider):
             stats.inc_value("tmapi/products_expected", min(int(total), pages * page_size))
             for next_page in range(2, min(pages, 1 + PAGES_AHEAD) + 1):
                 yield self.page_request({**params, "page": next_page}, opts, pages)
+            # The listing's own number of pages, not max_pages': a read cut
+            # short by max_pages is not complete.
+            self.note_page(response.request, self.listed_ids(data["items"]), max(1, math.ceil(int(total) / page_size)))
         else:
+            self.note_page(response.request, self.listed_ids(data["items"]))
             yield from self.page_ahead(response.request)
         for position, entry in enumerate(data["items"]):
             source = {"spider": "shop", "member_id": member_id, "page": page, "position": position}

@@ -1,0 +1,529 @@
+"""The catalog store: recurring crawls that bill only what changed, and say
+what changed.  Real SQLite files in temporary directories and a real
+PostgreSQL cluster (a throwaway ``initdb``); the sandbox over HTTP, whose
+catalog changes between two crawls (``/__admin/revise``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from tests.conftest import TOKEN, PostgresServer, SandboxProcess, crawl, read_jsonl, run_scrapy
+from tmapi_crawler.records import ChangeItem, validate
+from tmapi_crawler.store.changes import diff, listing_signature, state_of
+from tmapi_crawler.store.db import SCHEMA_VERSION, CatalogDB, PageNote
+from tmapi_crawler.store.url import StoreError, parse_store_url
+
+SHOP = "b2b-sandbox0000"
+PRODUCTS, PAGES = 60, 3
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL: a SQLite file, or a new database on the test cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.sqlite")
+    url: str = request.getfixturevalue("postgres")
+    return url
+
+
+def calls(sb: SandboxProcess) -> dict[str, int]:
+    stats = sb.stats()
+    return {"total": stats["calls"], **stats["calls_per_endpoint"]}
+
+
+async def store_crawl(sb: SandboxProcess, tmp_path: Path, store: str, run: str, spider: str = "shop", **kw: Any):
+    settings = {
+        "TMAPI_STORE": store,
+        "TMAPI_CHANGES_FILE": str(tmp_path / f"changes-{run}.jsonl"),
+        "TMAPI_FAILURES_FILE": str(tmp_path / f"failures-{run}.jsonl"),
+        "FEEDS": {str(tmp_path / f"products-{run}.jsonl"): {"format": "jsonlines", "overwrite": True}},
+        **kw.pop("settings", {}),
+    }
+    if spider == "shop":
+        kw.setdefault("member_id", SHOP)
+    sb.reset()
+    result = await crawl(spider, sb, tmp_path, settings, **kw)
+    result.extra["changes"] = read_jsonl(tmp_path / f"changes-{run}.jsonl")
+    result.extra["calls"] = calls(sb)
+    return result
+
+
+# -- what counts as a change ------------------------------------------------------------
+
+
+def _detail(**over: Any) -> dict[str, Any]:
+    detail = {
+        "title": "Jacket",
+        "price_info": {"price": "25.90"},
+        "stock": 15,
+        "skus": [
+            {"skuid": "1", "sale_price": "25.90", "stock": 10, "props_names": "colour:red"},
+            {"skuid": "2", "sale_price": "27.00", "stock": 5, "props_names": "colour:blue"},
+        ],
+    }
+    detail.update(over)
+    return detail
+
+
+def _changes(old: dict[str, Any] | None, new: dict[str, Any], language: str = "en") -> list[tuple[Any, ...]]:
+    before = state_of(old, "en") if old is not None else None
+    found = diff(7, before, state_of(new, language), detected_at="2026-11-23T00:00:00.000000Z", source=None)
+    for change in found:
+        assert validate(ChangeItem(change)) is None, change
+    return [(c["change"], c["skuid"], c["old"], c["new"]) for c in found]
+
+
+def test_a_product_first_seen_is_new_and_an_unchanged_one_has_no_change():
+    assert _changes(None, _detail()) == [("new", None, None, "Jacket")]
+    assert _changes(_detail(), _detail()) == []
+    # The same price written otherwise is the same price.
+    same = _detail(skus=[{**s, "sale_price": s["sale_price"].rstrip("0")} for s in _detail()["skus"]])
+    assert _changes(_detail(), same) == []
+
+
+def test_price_and_stock_per_sku_title_and_skus_added_or_removed():
+    new = _detail(
+        title="Warm jacket",
+        skus=[
+            {"skuid": "1", "sale_price": "23.50", "stock": 7, "props_names": "colour:red"},
+            {"skuid": "3", "sale_price": "30.00", "stock": 1, "props_names": "colour:green"},
+        ],
+        stock=8,
+    )
+    assert sorted(_changes(_detail(), new), key=str) == sorted(
+        [
+            ("title", None, "Jacket", "Warm jacket"),
+            ("price", "1", "25.90", "23.50"),
+            ("stock", "1", 10, 7),
+            ("sku_added", "3", None, "colour:green"),
+            ("sku_removed", "2", "colour:blue", None),
+        ],
+        key=str,
+    )
+    # A title in another language is not a change of title.
+    assert _changes(_detail(), _detail(title="夹克"), language="zh") == []
+
+
+def test_sold_out_and_back_in_stock_are_the_product_s():
+    empty = _detail(stock=0, skus=[{**s, "stock": 0} for s in _detail()["skus"]])
+    assert ("sold_out", None, 15, 0) in _changes(_detail(), empty)
+    assert ("back_in_stock", None, 0, 15) in _changes(empty, _detail())
+    # A product without SKUs is one SKU of its own.
+    bare = {"title": "Mug", "price_info": {"price": "3.00"}, "stock": 4}
+    assert _changes(bare, {**bare, "price_info": {"price": "2.50"}}) == [("price", None, "3.00", "2.50")]
+
+
+def test_the_listing_signature_is_title_and_price_fields_not_sales():
+    entry = {"item_id": "1", "title": "Jacket", "price": "3.90", "price_info": {"wholesale_price": "3.90"}}
+    busier = {**entry, "sale_info": {"sale_quantity_90days": "999"}, "sales_count": "5", "primary_rank_score": "3"}
+    assert listing_signature(entry) == listing_signature(busier)
+    assert listing_signature(entry) != listing_signature({**entry, "price_info": {"wholesale_price": "3.50"}})
+    assert listing_signature(entry) != listing_signature({**entry, "title": "Jacket!"})
+    assert listing_signature(None) is None
+
+
+def test_store_urls():
+    assert parse_store_url("catalog.sqlite").target == "catalog.sqlite"
+    assert parse_store_url("sqlite:///rel/catalog.sqlite").target == "rel/catalog.sqlite"
+    assert parse_store_url("sqlite:////abs/catalog.sqlite").target == "/abs/catalog.sqlite"
+    pg = parse_store_url("postgres://me:s3cret@db.example:5433/shop")
+    assert (pg.kind, pg.display) == ("postgresql", "postgresql://me@db.example:5433/shop")
+    for bad in ("", "mysql://me:s3cret@h/db", "postgresql://me:s3cret@h", "postgresql://h:notaport/db", "sqlite://"):
+        with pytest.raises(StoreError) as info:
+            parse_store_url(bad)
+        assert "s3cret" not in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+# -- the database ----------------------------------------------------------------------
+
+
+def _record(item_id: int, at: str, **over: Any) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        **_detail(**over),
+        "detail_imgs": ["a.jpg"],
+        "detail_html": "<p/>",
+        "detail_fetched_at": at,
+        "desc_fetched_at": at,
+        "listing": {"item_id": str(item_id), "title": "Jacket", "price": "25.90"},
+        "source": {"spider": "shop", "member_id": SHOP, "page": 1, "position": 0},
+        "language": "en",
+        "crawled_at": at,
+    }
+
+
+def test_a_batch_is_one_transaction_never_a_half_written_product(store):
+    url = parse_store_url(store)
+    db = CatalogDB(url)
+    try:
+        first = db.write([_record(1, "2026-11-20T00:00:00.000000Z")])
+        assert [c["change"] for c in first.changes] == ["new"]
+        # The second product of a batch cannot be stored (an id out of the
+        # database's range): nothing of the batch is, not even the first
+        # product's new SKUs.
+        bad = _record(2**70, "2026-11-21T00:00:00.000000Z")
+        changed = _record(1, "2026-11-21T00:00:00.000000Z", skus=[{"skuid": "9", "sale_price": "1.00", "stock": 1}])
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's own error
+            db.write([changed, bad])
+        assert db.query("SELECT COUNT(*) FROM products")[0][0] == 1
+        assert sorted(r[0] for r in db.query("SELECT skuid FROM skus")) == ["1", "2"]
+        assert db.query("SELECT COUNT(*) FROM changes")[0][0] == 1
+        stored = db.lookup(1)
+        assert stored is not None and stored.detail_fetched_at == "2026-11-20T00:00:00.000000Z"
+        # The same record again is no write and no change.
+        assert db.write([_record(1, "2026-11-20T00:00:00.000000Z")]).written == 0
+    finally:
+        db.close()
+
+
+def _set_version(url: Any, version: int) -> None:
+    """Write another schema version into a store, as another release would."""
+    if url.kind == "sqlite":
+        with contextlib.closing(sqlite3.connect(url.target)) as conn, conn:
+            conn.execute("UPDATE tmapi_schema SET version = ?", (version,))
+        return
+    import psycopg
+
+    with psycopg.connect(url.target, autocommit=True) as pg:
+        pg.execute("UPDATE tmapi_schema SET version = %s", (version,))
+
+
+def test_another_schema_version_or_a_foreign_table_is_refused_in_one_line(store):
+    url = parse_store_url(store)
+    CatalogDB(url).close()
+    _set_version(url, SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError, match=r"schema version \d+, newer than this tmapi_crawler's \(1\): upgrade"):
+        CatalogDB(url)
+    _set_version(url, 0)  # older than any migration this release has
+    with pytest.raises(StoreError, match="schema version 0, which this tmapi_crawler cannot migrate"):
+        CatalogDB(url)
+    if url.kind == "sqlite":
+        other = Path(store).with_name("other.sqlite")
+        with contextlib.closing(sqlite3.connect(other)) as conn:
+            conn.execute("CREATE TABLE products (id INTEGER)")
+        with pytest.raises(StoreError, match="products table that tmapi_crawler did not create"):
+            CatalogDB(parse_store_url(str(other)))
+
+
+def test_delisted_only_when_the_same_listing_was_read_completely(store):
+    db = CatalogDB(parse_store_url(store))
+    try:
+        db.write([_record(i, "2026-11-20T00:00:00.000000Z") for i in (1, 2, 3, 4)])
+        key = "shop_items?member_id=x"
+
+        def read(read_id: str, pages: list[PageNote]) -> list[int]:
+            changes = db.write([], [PageNote(key, read_id, n.page, n.item_ids, n.pages_total, n.failed) for n in pages])
+            return [c["item_id"] for c in changes.changes if c["change"] == "delisted"]
+
+        assert read("r1", [PageNote(key, "", 1, [1, 2], 2), PageNote(key, "", 2, [3, 4])]) == []
+        # Pages in any order, from any worker: 4 is gone once both are read.
+        assert read("r2", [PageNote(key, "", 2, [3])]) == []
+        assert read("r2", [PageNote(key, "", 1, [1, 2], 2)]) == [4]
+        # A failed page: the read is not complete, nothing is delisted.
+        assert read("r3", [PageNote(key, "", 1, [1], 2), PageNote(key, "", 2, [], failed=True)]) == []
+        # The number of pages unknown (a category cut short by max_pages): neither.
+        assert read("r4", [PageNote(key, "", 1, [1])]) == []
+        assert db.query("SELECT item_id FROM products WHERE delisted_at IS NOT NULL") == [(4,)]
+    finally:
+        db.close()
+
+
+# -- crawls -------------------------------------------------------------------------------
+
+
+@deferred_f_from_coro_f
+async def test_the_same_crawl_again_bills_only_the_listing_pages(make_sandbox, tmp_path, store):
+    sb = make_sandbox()
+    first = await store_crawl(sb, tmp_path, store, "1")
+    assert first.extra["calls"]["total"] == PAGES + 2 * PRODUCTS
+    assert Counter(c["change"] for c in first.extra["changes"]) == {"new": PRODUCTS}
+    second = await store_crawl(sb, tmp_path, store, "2")
+    assert second.extra["calls"] == {"total": PAGES, "shop_items": PAGES}
+    assert second.reason == "finished"
+    assert not second.failures and not second.extra["changes"]
+    # Every listed product once, as the first crawl wrote it, with when it was fetched.
+    assert sorted(second.ids()) == sorted(first.ids())
+    before = {r["item_id"]: r for r in first.records}
+    for record in second.records:
+        old = before[record["item_id"]]
+        assert record["detail_fetched_at"] == old["detail_fetched_at"]
+        assert record["desc_fetched_at"] == old["desc_fetched_at"]
+        assert (record["title"], record["skus"], record["detail_html"]) == (
+            old["title"],
+            old["skus"],
+            old["detail_html"],
+        )
+        assert record["listing"] is not None and record["crawled_at"] >= old["crawled_at"]
+
+
+@deferred_f_from_coro_f
+async def test_changed_prices_cost_one_detail_each_and_say_what_changed(make_sandbox, tmp_path, store):
+    sb = make_sandbox()
+    first = await store_crawl(sb, tmp_path, store, "1")
+    revised = sb.revise(0.15, delist=0.1)
+    before = {r["item_id"]: r for r in first.records}
+    third = await store_crawl(sb, tmp_path, store, "2")
+    listed = set(third.ids())
+    delisted = set(before) - listed
+    assert delisted and len(listed) == PRODUCTS - len(delisted)
+    # The products whose listing entry changed, and only those, are fetched again.
+    changed = {
+        r["item_id"] for r in third.records if r["detail_fetched_at"] != before[r["item_id"]]["detail_fetched_at"]
+    }
+    assert changed and revised["changed"] >= len(changed)
+    assert {r["item_id"] for r in third.records if r["price_info"] != before[r["item_id"]]["price_info"]} == changed
+    assert third.extra["calls"] == {"total": PAGES + len(changed), "shop_items": PAGES, "item_detail": len(changed)}
+    assert all(r["desc_fetched_at"] == before[r["item_id"]]["desc_fetched_at"] for r in third.records)
+    kinds = Counter(c["change"] for c in third.extra["changes"])
+    assert kinds["delisted"] == len(delisted)
+    assert {c["item_id"] for c in third.extra["changes"] if c["change"] == "delisted"} == delisted
+    prices = [c for c in third.extra["changes"] if c["change"] == "price"]
+    assert {c["item_id"] for c in prices} == changed
+    for change in prices:  # per SKU, old and new as the API wrote them
+        old_sku = next(s for s in before[change["item_id"]]["skus"] if s["skuid"] == change["skuid"])
+        assert change["old"] == old_sku["sale_price"] and change["new"] != change["old"]
+    for change in third.extra["changes"]:
+        assert validate(ChangeItem(change)) is None
+    # The store keeps every change with its time; the command reads them out.
+    out = tmp_path / "all-changes.jsonl"
+    done = run_scrapy("catalog", "changes", "--store", store, "--since", "2026-01-01", "-O", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    history = read_jsonl(out)
+    assert len(history) == len(first.extra["changes"]) + len(third.extra["changes"])
+
+    def order(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(changes, key=lambda c: (c["detected_at"], c["item_id"], str(c["skuid"]), c["change"]))
+
+    assert history == order(history)  # oldest first
+    assert history[len(first.extra["changes"]) :] == order(third.extra["changes"])
+    exported = tmp_path / "catalog.jsonl"
+    done = run_scrapy("catalog", "export", "--store", store, "-O", str(exported), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    catalog = {r["item_id"]: r for r in read_jsonl(exported)}
+    assert set(catalog) == listed
+    for record in third.records:
+        assert catalog[record["item_id"]]["skus"] == record["skus"]
+        assert catalog[record["item_id"]]["detail_fetched_at"] == record["detail_fetched_at"]
+
+
+@deferred_f_from_coro_f
+async def test_a_zero_max_age_fetches_every_detail_and_no_description(make_sandbox, tmp_path, store):
+    sb = make_sandbox()
+    await store_crawl(sb, tmp_path, store, "1")
+    again = await store_crawl(sb, tmp_path, store, "2", settings={"TMAPI_DETAIL_MAX_AGE": 0})
+    assert again.extra["calls"] == {"total": PAGES + PRODUCTS, "shop_items": PAGES, "item_detail": PRODUCTS}
+    assert not again.extra["changes"]  # fetched again, and nothing changed
+    assert len(again.records) == PRODUCTS
+
+
+@deferred_f_from_coro_f
+async def test_the_item_spider_uses_the_same_ages(make_sandbox, tmp_path):
+    sb = make_sandbox()
+    store = str(tmp_path / "catalog.sqlite")
+    ids = "700020000001,700020000002"
+    first = await store_crawl(sb, tmp_path, store, "1", spider="item", item_ids=ids)
+    assert first.extra["calls"]["total"] == 4
+    second = await store_crawl(sb, tmp_path, store, "2", spider="item", item_ids=ids)
+    assert second.extra["calls"]["total"] == 0
+    assert sorted(second.ids()) == [700020000001, 700020000002]
+    aged = await store_crawl(sb, tmp_path, store, "3", spider="item", item_ids=ids, settings={"TMAPI_DESC_MAX_AGE": 0})
+    assert aged.extra["calls"] == {"total": 2, "item_desc": 2}
+
+
+@deferred_f_from_coro_f
+async def test_no_delisting_from_a_failed_page_or_a_listing_cut_short(make_sandbox, tmp_path):
+    store = str(tmp_path / "catalog.sqlite")
+    await store_crawl(make_sandbox(), tmp_path, store, "1")
+    broken = make_sandbox("--broken", f"shop:{SHOP}:2:truncated")
+    broken.revise(0.0, delist=0.3)
+    failed = await store_crawl(broken, tmp_path, store, "2")
+    assert [f["endpoint"] for f in failed.failures] == ["shop_items"]
+    assert not [c for c in failed.extra["changes"] if c["change"] == "delisted"]
+    cut = await store_crawl(broken, tmp_path, store, "3", max_pages=1)
+    assert not [c for c in cut.extra["changes"] if c["change"] == "delisted"]
+
+
+@deferred_f_from_coro_f
+async def test_a_category_read_completely_delists(make_sandbox, tmp_path):
+    store = str(tmp_path / "catalog.sqlite")
+    sb = make_sandbox("--categories", "1")
+    first = await store_crawl(sb, tmp_path, store, "1", spider="category", cat_id="1032001")
+    sb.revise(0.0, delist=0.2)
+    again = await store_crawl(sb, tmp_path, store, "2", spider="category", cat_id="1032001")
+    gone = set(first.ids()) - set(again.ids())
+    assert gone
+    assert {c["item_id"] for c in again.extra["changes"] if c["change"] == "delisted"} == gone
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def crawl_command(sb: SandboxProcess, tmp_path: Path, store: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_scrapy(
+        "crawl", "shop", "-a", f"member_id={SHOP}", "-O", str(tmp_path / "products.jsonl"),
+        "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_STORE={store}", *extra,
+        cwd=tmp_path, env={"TMAPI_TOKEN": TOKEN}, timeout=180,
+    )  # fmt: skip
+
+
+def assert_one_line(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert done.returncode == code, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "ERROR" in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def test_bad_store_urls_and_sqlite_with_redis_are_one_line(sandbox, tmp_path):
+    assert_one_line(crawl_command(sandbox, tmp_path, "mysql://me:pw@h/db"), 2, "mysql:// is not a store")
+    assert_one_line(crawl_command(sandbox, tmp_path, "/no/such/dir/c.sqlite"), 2, "/no/such/dir does not exist")
+    (tmp_path / "notes.txt").write_text("not a database " * 100)
+    assert_one_line(crawl_command(sandbox, tmp_path, str(tmp_path / "notes.txt")), 2, "is not a SQLite database")
+    done = crawl_command(sandbox, tmp_path, "c.sqlite", "-s", "REDIS_URL=redis://127.0.0.1:1/0")
+    assert_one_line(done, 2, "workers of a distributed crawl cannot share", "postgresql://")
+    assert sandbox.stats()["calls"] == 0
+
+
+def test_postgres_refusing_the_password_is_one_line(sandbox, tmp_path, postgres_session: PostgresServer, postgres):
+    wrong = postgres.replace(PostgresServer.PASSWORD, "not-the-password")
+    done = crawl_command(sandbox, tmp_path, wrong)
+    assert_one_line(done, 2, "refused the login", "check the user and password")
+    assert "not-the-password" not in done.stderr
+    assert sandbox.stats()["calls"] == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A directory on a file system of its own, 1 MB, that a test can make
+    read-only or fill (a tmpfs; root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_read_only_store_is_one_line(sandbox, tmp_path, small_disk):
+    store = small_disk / "catalog.sqlite"
+    CatalogDB(parse_store_url(str(store))).close()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert_one_line(crawl_command(sandbox, tmp_path, str(store)), 2, "read-only")
+    assert sandbox.stats()["calls"] == 0
+
+
+def test_a_full_disk_mid_crawl_stops_cleanly_loses_nothing_and_resumes(make_sandbox, tmp_path, small_disk):
+    """The store fills its disk mid-crawl: one line, the crawl stops (exit 5)
+    with every product it fetched in the feed; once there is room, the same
+    command (JOBDIR) finishes, and the store holds every product whole."""
+    sb = make_sandbox("--shop-size", "400")
+    store, jobdir = small_disk / "catalog.sqlite", tmp_path / "job"
+    feed = tmp_path / "products.jsonl"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return run_scrapy(
+            "crawl", "shop", "-a", f"member_id={SHOP}", "-o", str(feed), "-s", f"JOBDIR={jobdir}",
+            "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_STORE={store}",
+            "-s", f"TMAPI_CHANGES_FILE={tmp_path / 'changes.jsonl'}",
+            cwd=tmp_path, env={"TMAPI_TOKEN": TOKEN}, timeout=180,
+        )  # fmt: skip
+
+    full = run()
+    assert full.returncode == 5, full.stderr[-3000:]
+    # One line from the store (the monitors then report the finish reason).
+    errors = [line for line in full.stderr.splitlines() if "ERROR: " in line and "finish reason" not in line]
+    assert len(errors) == 1 and "out of disk space" in errors[0], errors
+    assert "Traceback" not in full.stderr
+    subprocess.run(["mount", "-o", "remount,size=50m", str(small_disk)], check=True)
+    done = run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = [r["item_id"] for r in read_jsonl(feed)]
+    assert len(ids) == len(set(ids)) == 400
+    db = CatalogDB(parse_store_url(str(store)))
+    try:
+        stored = db.query("SELECT item_id, detail FROM products")
+        skus = Counter(row[0] for row in db.query("SELECT item_id FROM skus"))
+    finally:
+        db.close()
+    # Every stored product whole: its SKUs are its detail's.
+    for item_id, detail in stored:
+        assert skus[item_id] == len(json.loads(detail)["skus"])
+    # What the full disk kept out of the store is fetched again by the next crawl.
+    again = run_scrapy(
+        "crawl", "shop", "-a", f"member_id={SHOP}", "-O", str(tmp_path / "again.jsonl"),
+        "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_STORE={store}",
+        cwd=tmp_path, env={"TMAPI_TOKEN": TOKEN}, timeout=180,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(read_jsonl(tmp_path / "again.jsonl")) == 400
+
+
+def test_catalog_commands_check_their_arguments(tmp_path):
+    store = tmp_path / "catalog.sqlite"
+    assert_one_line(run_scrapy("catalog", "export", "--store", str(store), cwd=tmp_path), 2, "no catalog store at")
+    CatalogDB(parse_store_url(str(store))).close()
+    assert_one_line(run_scrapy("catalog", "changes", "--store", str(store), cwd=tmp_path), 2, "give --since")
+    done = run_scrapy("catalog", "changes", "--store", str(store), "--since", "last week", cwd=tmp_path)
+    assert_one_line(done, 2, "is not a date")
+    done = run_scrapy(
+        "catalog", "changes", "--store", str(store), "--since", "2026-11-01", "--change", "cheaper", cwd=tmp_path
+    )
+    assert_one_line(done, 2, "unknown cheaper")
+    assert_one_line(run_scrapy("catalog", "export", cwd=tmp_path), 2, "no catalog store")
+    done = run_scrapy("catalog", "export", "--store", str(store), "-O", str(tmp_path / "c.jsonl"), cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "c.jsonl").read_text() == ""
+
+
+def test_two_workers_share_one_postgresql_store(make_sandbox, redis_server, tmp_path, postgres):
+    """Two workers over Redis, one PostgreSQL store: the second crawl of the
+    shop bills only its pages, and after a day of changes each change is
+    said once, by whichever worker fetched the product."""
+    from tests.test_cluster import Worker
+
+    products, pages = 200, 10
+    sb = make_sandbox("--shop-size", str(products), "--latency-ms", "5")
+
+    def run(tag: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        redis_server.client().flushall()  # a new crawl of the same seed (scrapy cluster reset)
+        sb.reset()
+        workers = [
+            Worker(f"{tag}{n}", "shop", *(("-a", f"member_id={SHOP}") if n == 0 else ()), sandbox=sb,
+                   redis=redis_server, cwd=tmp_path,
+                   settings={"TMAPI_STORE": postgres, "TMAPI_CHANGES_FILE": tmp_path / f"{tag}{n}-changes.jsonl"})
+            for n in range(2)
+        ]  # fmt: skip
+        assert [w.wait() for w in workers] == [0, 0], [w.log.read_text()[-2000:] for w in workers]
+        records = [r for w in workers for r in w.records()]
+        changes = [c for n in range(2) for c in read_jsonl(tmp_path / f"{tag}{n}-changes.jsonl")]
+        return records, changes
+
+    first, new = run("a")
+    assert len(first) == len({r["item_id"] for r in first}) == products
+    assert sb.stats()["billed"] == pages + 2 * products
+    assert Counter(c["change"] for c in new) == {"new": products}
+    again, none = run("b")
+    assert sorted(r["item_id"] for r in again) == sorted(r["item_id"] for r in first)
+    assert sb.stats()["calls"] == pages and not none
+    sb.revise(0.1, delist=0.05)
+    third, changes = run("c")
+    gone = {r["item_id"] for r in first} - {r["item_id"] for r in third}
+    fetched = {r["item_id"] for r in third if r["detail_fetched_at"] > max(x["crawled_at"] for x in first)}
+    assert gone and fetched
+    assert sb.stats()["calls"] == pages + len(fetched)
+    assert {c["item_id"] for c in changes if c["change"] == "delisted"} == gone
+    assert {c["item_id"] for c in changes if c["change"] == "price"} == fetched
+    keys = [(c["change"], c["item_id"], c["skuid"]) for c in changes]
+    assert len(keys) == len(set(keys))  # each said once

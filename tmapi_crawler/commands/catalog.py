@@ -1,0 +1,158 @@
+"""``scrapy catalog export`` and ``scrapy catalog changes``: what the catalog
+store holds, without a call.
+
+* ``scrapy catalog export [-O products.jsonl] [--delisted]``: the current
+  catalog, one product record a line (as the crawl's feed writes them, with
+  ``detail_fetched_at`` and ``desc_fetched_at``); ``--delisted`` adds the
+  products no listing names any more, with ``delisted_at``.
+* ``scrapy catalog changes --since 2026-11-01 [--until ...] [--item-id N]
+  [--change price,stock] [-O changes.jsonl]``: the change records the store
+  kept, oldest first.
+
+The store is ``TMAPI_STORE`` (``-s TMAPI_STORE=catalog.sqlite``, or
+``--store``).  Without ``-O`` the records go to standard output; with it,
+to a temporary file renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+from pydantic import SecretStr
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+
+from tmapi_crawler.commands.crawl import refuse
+from tmapi_crawler.store.changes import CHANGE_KINDS
+from tmapi_crawler.store.db import CatalogDB, iso
+from tmapi_crawler.store.url import StoreError, parse_store_url
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+
+ACTIONS = ("export", "changes")
+
+
+def parse_time(name: str, text: str) -> str:
+    """A date (``2026-11-01``) or a time (``2026-11-01T08:00:00Z``) as the
+    store compares them; refuses anything else in one line."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        refuse(f"--{name}={text!r} is not a date: write 2026-11-01 or 2026-11-01T08:00:00Z")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return str(iso(value))
+
+
+class Command(ScrapyCommand):
+    requires_project = True
+    requires_crawler_process = False  # it crawls nothing
+
+    def syntax(self) -> str:
+        return "export|changes [options]"
+
+    def short_desc(self) -> str:
+        return "Write the catalog store's products or changes as JSON lines, without a call"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument("-O", "--overwrite-output", dest="output", metavar="FILE", help="the file to write")
+        parser.add_argument("--store", help="the store (default: the TMAPI_STORE setting)")
+        parser.add_argument("--delisted", action="store_true", help="export: the delisted products too")
+        parser.add_argument("--since", help="changes: from this date or time on (UTC)")
+        parser.add_argument("--until", help="changes: before this date or time (UTC)")
+        parser.add_argument("--item-id", type=int, help="changes: of one product")
+        parser.add_argument("--change", help="changes: of these kinds only (" + ",".join(CHANGE_KINDS) + ")")
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        if len(args) != 1 or args[0] not in ACTIONS:
+            raise UsageError("scrapy catalog export [-O products.jsonl] | scrapy catalog changes --since 2026-11-01")
+        action = args[0]
+        given = opts.store or self.settings.get("TMAPI_STORE")
+        if isinstance(given, SecretStr):
+            given = given.get_secret_value()
+        if not given:
+            refuse("no catalog store: give --store catalog.sqlite (or -s TMAPI_STORE=...), the crawl's TMAPI_STORE")
+        records: Iterable[dict[str, Any]]
+        try:
+            db = CatalogDB(parse_store_url(str(given)), create=False)
+        except StoreError as exc:
+            refuse(str(exc))
+        try:
+            if action == "export":
+                records = db.products(delisted=opts.delisted)
+            else:
+                if not opts.since:
+                    refuse("give --since: scrapy catalog changes --since 2026-11-01")
+                kinds = [k.strip() for k in (opts.change or "").split(",") if k.strip()]
+                unknown = [k for k in kinds if k not in CHANGE_KINDS]
+                if unknown:
+                    kinds_known = ", ".join(CHANGE_KINDS)
+                    refuse(f"--change={opts.change!r}: unknown {', '.join(unknown)}; the kinds are {kinds_known}")
+                records = db.changes(
+                    parse_time("since", opts.since),
+                    until=parse_time("until", opts.until) if opts.until else None,
+                    item_id=opts.item_id,
+                    kinds=kinds,
+                )
+            count = write_lines(records, opts.output, db)
+        finally:
+            close = getattr(records, "close", None) if "records" in locals() else None
+            if close is not None:
+                close()  # a generator stopped early: its cursor before the connection
+            db.close()
+        what = "products" if action == "export" else "changes"
+        print(f"{count} {what} written to {opts.output or 'standard output'}", file=sys.stderr)
+
+
+def write_lines(records: Iterable[dict[str, Any]], output: str | None, db: CatalogDB) -> int:
+    """Write *records* as JSON lines to *output* (standard output when
+    ``None``): to a temporary file renamed when complete, so that a file is
+    never half-written."""
+    if output is None:
+        return _dump(records, sys.stdout.buffer, db)
+    path = Path(output)
+    if not path.parent.is_dir():
+        refuse(f"cannot write {output}: the directory {path.parent} does not exist")
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            count = _dump(records, out, db)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)  # as a file the user wrote (mkstemp made it private)
+    os.replace(temp, path)
+    return count
+
+
+def _dump(records: Iterable[dict[str, Any]], out: IO[bytes], db: CatalogDB) -> int:
+    count = 0
+    try:
+        for record in records:
+            out.write(orjson.dumps(record) + b"\n")
+            count += 1
+    except BrokenPipeError:
+        # The reader stopped (| head): as other command-line tools, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except OSError as exc:
+        refuse(f"cannot write the records: {exc}")
+    except Exception as exc:
+        if isinstance(exc, (StoreError, SystemExit)):
+            raise
+        refuse(str(db.error(exc)))
+    return count

@@ -1,0 +1,330 @@
+"""The catalog store in a crawl: which calls are needed, and what is kept.
+
+* :class:`CatalogStore` (an extension) owns the database: a reader and a
+  writer, each a connection in a thread of its own, so that the reactor
+  never waits for the disk or for PostgreSQL.  Product records and listing
+  pages are written in batches (:data:`BATCH_SIZE` records, or every
+  :data:`FLUSH_INTERVAL` seconds), one transaction each; the change records
+  a batch found are then written to ``TMAPI_CHANGES_FILE`` through the feed
+  exports.
+* :class:`StoreMiddleware` (a downloader middleware, before the gate)
+  answers an ``item_detail`` or ``item_desc`` call from the store when the
+  stored answer is still good (see :meth:`StoreMiddleware.fresh_detail`):
+  such an answer never reaches the API, the gate or the bill, and the spider
+  handles it as any other answer.
+* :class:`StorePipeline` hands each product record to the store and passes
+  it on once it is stored, so that a record in the feed (and a request
+  acknowledged in ``JOBDIR`` or Redis) is a product in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+from scrapy.http import Response
+from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.defer import deferred_from_coro
+
+from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
+from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.records import ChangeItem, ProductItem
+from tmapi_crawler.store.changes import listing_signature
+from tmapi_crawler.store.db import CatalogDB, PageNote
+from tmapi_crawler.store.url import StoreError, parse_store_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Self, TypeVar
+
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+
+    from tmapi_crawler.store.db import Stored, WriteResult
+    from tmapi_crawler.store.url import StoreURL
+
+    T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+#: Records in one write transaction at most.
+BATCH_SIZE = 200
+#: Seconds between two writes of what is pending.
+FLUSH_INTERVAL = 0.2
+#: The finish reason of a crawl stopped because the store failed.
+STORE_FAILED = "tmapi_store_failed"
+
+
+def store_url(settings: BaseSettings) -> StoreURL | None:
+    """``TMAPI_STORE`` parsed, or ``None`` without a store; raises
+    :class:`ConfigError` for a URL that does not parse, or for SQLite in
+    distributed mode."""
+    config = config_from_settings(settings)
+    if config.store is None:
+        return None
+    try:
+        url = parse_store_url(config.store.get_secret_value())
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    if url.kind == "sqlite" and is_distributed(settings):
+        raise ConfigError(
+            f"TMAPI_STORE={url.display!r} is a SQLite file, which the workers of a distributed crawl cannot share: "
+            "use PostgreSQL (postgresql://user:pass@host:5432/db)"
+        )
+    return url
+
+
+def check_store(settings: BaseSettings) -> None:
+    """Open the store once before the crawl (created or migrated on first
+    use), so that a wrong URL, password or permission is one line before
+    any call; raises :class:`ConfigError`."""
+    url = store_url(settings)
+    if url is None:
+        return
+    try:
+        CatalogDB(url).close()
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def stored_response(request: Request, data: bytes, fetched_at: str) -> Response:
+    """The answer the store gives for *request*: the API's envelope around
+    the stored ``data``, already parsed for :func:`tmapi_crawler.api.envelope_of`."""
+    request.meta[FETCHED_AT_META] = fetched_at
+    body = b'{"code":200,"msg":"success","data":' + data + b"}"
+    response = Response(request.url, status=200, body=body, request=request, flags=[STORED_FLAG])
+    remember_envelope(response, Envelope(200, "success", orjson.loads(data)))
+    return response
+
+
+class CatalogStore:
+    """The store during a crawl (see the module's docstring)."""
+
+    def __init__(self, crawler: Crawler, url: StoreURL):
+        self.crawler = crawler
+        self.url = url
+        self.config = config_from_settings(crawler.settings)
+        self.stats = crawler.stats
+        try:
+            self.reader = CatalogDB(url)
+            self.writer = CatalogDB(url)
+        except StoreError as exc:
+            raise ConfigError(str(exc)) from None
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-read")
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-write")
+        self._records: list[tuple[ProductItem, asyncio.Future[ProductItem]]] = []
+        self._pages: list[PageNote] = []
+        self._writing: asyncio.Task[None] | None = None
+        self.failed: StoreError | None = None
+        self._loop = create_looping_call(self._flush)
+        crawler.signals.connect(self._opened, signal=signals.spider_opened)
+        crawler.signals.connect(self._closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        url = store_url(crawler.settings)
+        if url is None:
+            raise NotConfigured("no TMAPI_STORE")
+        return cls(crawler, url)
+
+    # -- threads ---------------------------------------------------------------------
+
+    @staticmethod
+    async def _in(thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(thread, call, *args)
+
+    async def lookup(self, item_id: int) -> Stored | None:
+        try:
+            return await self._in(self._read_thread, self.reader.lookup, item_id)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self.reader.error(exc) from None
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def save(self, record: ProductItem) -> ProductItem:
+        """*record* once it is in the store (or the store failed: then the
+        record still goes to the feed, and the crawl stops)."""
+        if self.failed is not None:
+            return record
+        future: asyncio.Future[ProductItem] = asyncio.get_running_loop().create_future()
+        self._records.append((record, future))
+        if len(self._records) >= BATCH_SIZE:
+            self._flush()
+        return await future
+
+    def note_page(self, note: PageNote) -> None:
+        """A listing page read or failed, for ``delisted`` (written with the
+        next batch)."""
+        if self.failed is None:
+            self._pages.append(note)
+
+    def _flush(self) -> None:
+        if self._writing is None and (self._records or self._pages):
+            self._writing = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._records or self._pages:
+                batch, self._records = self._records[:BATCH_SIZE], self._records[BATCH_SIZE:]
+                pages, self._pages = self._pages, []
+                try:
+                    result = await self._in(self._write_thread, self.writer.write, [r for r, _ in batch], pages)
+                except Exception as exc:
+                    self._fail(exc)
+                    result = None
+                if result is not None:
+                    self._written(result, len(batch))
+                for record, future in batch:
+                    if not future.done():
+                        future.set_result(record)
+                if self.failed is not None:
+                    for record, future in self._records:
+                        if not future.done():
+                            future.set_result(record)
+                    self._records, self._pages = [], []
+        finally:
+            self._writing = None
+
+    def _written(self, result: WriteResult, records: int) -> None:
+        self.stats.inc_value("tmapi/store/batches")
+        self.stats.inc_value("tmapi/store/written", result.written)
+        self.stats.inc_value("tmapi/store/unchanged", records - result.written)
+        for change in result.changes:
+            # Written to TMAPI_CHANGES_FILE by the feed exports, as records are.
+            self.crawler.signals.send_catch_log(
+                signal=signals.item_scraped, item=ChangeItem(change), response=None, spider=self.crawler.spider
+            )
+
+    def _fail(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, StoreError) else self.writer.error(exc)
+        if self.failed is not None:
+            return
+        self.failed = error
+        self.stats.set_value("tmapi/store/error", str(error))
+        logger.error("%s; the crawl stops (records keep going to the feed)", error)
+        deferred_from_coro(self.crawler.engine.close_spider_async(reason=STORE_FAILED))
+
+    async def drain(self) -> None:
+        """Write all that is pending."""
+        self._flush()
+        while self._writing is not None:
+            await self._writing
+            self._flush()
+
+    # -- the crawl -------------------------------------------------------------------
+
+    def _opened(self) -> None:
+        logger.info("Catalog store: %s", self.url.display)
+        self._loop.start(FLUSH_INTERVAL, now=False)
+
+    def _closed(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        self._read_thread.shutdown()
+        self._write_thread.shutdown()
+        self.reader.close()
+        self.writer.close()
+
+
+def store_of(crawler: Crawler) -> CatalogStore | None:
+    return crawler.get_extension(CatalogStore)
+
+
+class StoreMiddleware:
+    """Answers ``item_detail`` and ``item_desc`` from the store when the
+    stored answer is still good; any other call goes on to the API."""
+
+    def __init__(self, crawler: Crawler):
+        store = store_of(crawler)
+        if store is None:
+            raise NotConfigured("no TMAPI_STORE")
+        self.store = store
+        self.stats = crawler.stats
+        self.config = config_from_settings(crawler.settings)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    async def process_request(self, request: Request) -> Response | None:
+        info = request.meta.get("tmapi")
+        if info is None or request.cb_kwargs.get("item_id") is None:
+            return None
+        endpoint = info["endpoint"]
+        if endpoint not in _STORED_ENDPOINTS:
+            return None
+        try:
+            stored = await self.store.lookup(request.cb_kwargs["item_id"])
+        except StoreError as exc:
+            # The store cannot be read: the call is made (it costs, but nothing is lost).
+            self.stats.inc_value("tmapi/store/read_errors")
+            logger.warning("%s; calling the API instead", exc)
+            return None
+        now = datetime.now(UTC)
+        if endpoint == Endpoint.ITEM_DESC.value:
+            if stored is not None and stored.description is not None and self._young(stored.desc_age(now), "desc"):
+                self.stats.inc_value("tmapi/store/desc_from_store")
+                return stored_response(request, stored.description, str(stored.desc_fetched_at))
+            return None
+        reason = self.fresh_detail(stored, info["params"].get("language"), request.cb_kwargs.get("listing"), now)
+        if reason is None:
+            assert stored is not None
+            self.stats.inc_value("tmapi/store/detail_from_store")
+            return stored_response(request, stored.detail, stored.detail_fetched_at)
+        self.stats.inc_value(f"tmapi/store/detail_fetched/{reason}")
+        return None
+
+    def fresh_detail(
+        self, stored: Stored | None, language: str | None, listing: dict[str, Any] | None, now: datetime
+    ) -> str | None:
+        """``None`` when the stored detail can be used, else why it cannot:
+        ``new`` (not stored), ``language`` (stored in another one),
+        ``listing`` (the listing entry's title or price fields differ from
+        the stored entry's), ``age`` (older than ``TMAPI_DETAIL_MAX_AGE``)."""
+        if stored is None:
+            return "new"
+        if language is not None and language != stored.language:
+            return "language"
+        if listing is not None and listing_signature(listing) != stored.listing_sig:
+            return "listing"
+        if not self._young(stored.detail_age(now), "detail"):
+            return "age"
+        return None
+
+    def _young(self, age: float | None, what: str) -> bool:
+        most = self.config.detail_max_age if what == "detail" else self.config.desc_max_age
+        return age is not None and most > 0 and age <= most
+
+
+_STORED_ENDPOINTS = frozenset(e.value for e in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL, Endpoint.ITEM_DESC))
+
+
+class StorePipeline:
+    """Each product record into the store before it goes on to the feed."""
+
+    def __init__(self, crawler: Crawler):
+        store = store_of(crawler)
+        if store is None:
+            raise NotConfigured("no TMAPI_STORE")
+        self.store = store
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    async def process_item(self, item: Any) -> Any:
+        if isinstance(item, ProductItem):
+            return await self.store.save(item)
+        return item
+
+    async def close_spider(self) -> None:
+        await self.store.drain()

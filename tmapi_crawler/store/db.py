@@ -1,0 +1,762 @@
+"""The catalog store's database: SQLite or PostgreSQL behind one small class.
+
+Why the standard ``sqlite3`` plus ``psycopg`` 3 rather than an ORM or
+SQLAlchemy Core: the store is a dozen statements, and the two dialects agree
+on nearly all of them (``INSERT ... ON CONFLICT DO UPDATE``, ``?``/``%s``
+being the one spelling that differs).  Where they differ (timestamps, the
+change id) :class:`Dialect` says so in one place.  SQLite needs nothing
+installed; psycopg 3 is PostgreSQL's maintained driver, and is imported only
+when a ``postgresql://`` store is used.
+
+A :class:`CatalogDB` is one connection, used from one thread at a time
+(:mod:`tmapi_crawler.store.crawl` runs a reader and a writer, each in a
+thread of its own).  Every write goes through :meth:`CatalogDB.write`: one
+transaction for a batch of products and listing pages, so that a product is
+never half-written (its row, its SKUs and its changes land together or not at
+all).  The tables are documented in docs/catalog.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tmapi_crawler.records import now_precise
+from tmapi_crawler.store.changes import Sku, State, change_record, diff, listing_signature, state_of
+from tmapi_crawler.store.url import StoreError, StoreURL
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+#: The store's schema version; a store written by a newer version is refused,
+#: an older one is migrated (:data:`MIGRATIONS`).
+SCHEMA_VERSION = 1
+#: The PostgreSQL advisory lock taken while the tables are created or migrated.
+SCHEMA_LOCK = 0x746D617069  # "tmapi"
+
+#: The product record's fields that are ours, not ``item_detail``'s.
+RECORD_FIELDS = frozenset(
+    {
+        "detail_imgs",
+        "detail_html",
+        "listing",
+        "source",
+        "language",
+        "crawled_at",
+        "detail_fetched_at",
+        "desc_fetched_at",
+        "media",
+    }
+)
+
+
+def iso(value: Any) -> str | None:
+    """A timestamp as the records write it: ISO 8601, UTC, microseconds, ``Z``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+# -- dialects -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    timestamp: str
+    serial: str
+    #: Prices, exact as the API wrote them ("25.90"): SQLite would make a
+    #: NUMERIC column a float ("25.9").
+    decimal: str
+
+    def sql(self, text: str) -> str:
+        return text
+
+
+SQLITE = Dialect(timestamp="TEXT", serial="INTEGER PRIMARY KEY AUTOINCREMENT", decimal="TEXT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Postgres(Dialect):
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+
+POSTGRES = _Postgres(
+    timestamp="TIMESTAMPTZ", serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", decimal="NUMERIC"
+)
+
+
+def _schema(d: Dialect) -> list[str]:
+    ts = d.timestamp
+    return [
+        "CREATE TABLE tmapi_schema (version INTEGER NOT NULL)",
+        f"""CREATE TABLE products (
+            item_id BIGINT PRIMARY KEY,
+            title TEXT NOT NULL,
+            language TEXT NOT NULL,
+            shop TEXT,
+            price {d.decimal},
+            stock BIGINT,
+            sold_out BOOLEAN NOT NULL,
+            listing_sig TEXT,
+            listing TEXT,
+            source TEXT,
+            detail TEXT NOT NULL,
+            detail_fetched_at {ts} NOT NULL,
+            description TEXT,
+            desc_fetched_at {ts},
+            first_seen_at {ts} NOT NULL,
+            delisted_at {ts}
+        )""",
+        f"""CREATE TABLE skus (
+            item_id BIGINT NOT NULL REFERENCES products (item_id) ON DELETE CASCADE,
+            skuid TEXT NOT NULL,
+            props_names TEXT,
+            price {d.decimal},
+            stock BIGINT,
+            updated_at {ts} NOT NULL,
+            PRIMARY KEY (item_id, skuid)
+        )""",
+        f"""CREATE TABLE changes (
+            id {d.serial},
+            detected_at {ts} NOT NULL,
+            item_id BIGINT NOT NULL,
+            skuid TEXT,
+            change TEXT NOT NULL,
+            field TEXT,
+            old TEXT,
+            new TEXT,
+            source TEXT
+        )""",
+        "CREATE INDEX changes_by_item ON changes (item_id, detected_at)",
+        "CREATE INDEX changes_by_time ON changes (detected_at, change)",
+        f"""CREATE TABLE listing_reads (
+            listing_key TEXT PRIMARY KEY,
+            read_id TEXT NOT NULL,
+            started_at {ts} NOT NULL,
+            pages_total INTEGER,
+            failed BOOLEAN NOT NULL,
+            completed_at {ts}
+        )""",
+        """CREATE TABLE listing_pages (
+            listing_key TEXT NOT NULL,
+            page INTEGER NOT NULL,
+            PRIMARY KEY (listing_key, page)
+        )""",
+        """CREATE TABLE listing_members (
+            listing_key TEXT NOT NULL,
+            item_id BIGINT NOT NULL,
+            read_id TEXT NOT NULL,
+            PRIMARY KEY (listing_key, item_id)
+        )""",
+        f"INSERT INTO tmapi_schema (version) VALUES ({SCHEMA_VERSION})",  # noqa: S608 - a constant
+    ]
+
+
+#: version -> the statements that bring a store of that version to the next.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+# -- what is read and written -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the store has of a product, for the refresh decision."""
+
+    detail: bytes
+    detail_fetched_at: str
+    description: bytes | None
+    desc_fetched_at: str | None
+    listing_sig: str | None
+    language: str
+
+    def detail_age(self, now: datetime) -> float:
+        return (now - datetime.fromisoformat(self.detail_fetched_at)).total_seconds()
+
+    def desc_age(self, now: datetime) -> float | None:
+        if self.desc_fetched_at is None:
+            return None
+        return (now - datetime.fromisoformat(self.desc_fetched_at)).total_seconds()
+
+
+@dataclass(slots=True)
+class PageNote:
+    """A listing page read (or failed): which listing (seed and filters),
+    which read of it (one crawl's), the page, the products it named, and how many pages the listing has when
+    this page tells (``None`` when it does not)."""
+
+    listing_key: str
+    read_id: str
+    page: int
+    item_ids: list[int] = field(default_factory=list)
+    pages_total: int | None = None
+    failed: bool = False
+    at: str = field(default_factory=now_precise)
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a batch did: the change records it stored, and how many
+    products it wrote."""
+
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    written: int = 0
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _detail_of(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in RECORD_FIELDS}
+
+
+def _shop(detail: dict[str, Any]) -> str | None:
+    info = detail.get("shop_info")
+    if isinstance(info, dict):
+        for key in ("seller_member_id", "seller_login_id", "login_id"):
+            if isinstance(info.get(key), str) and info[key]:
+                return str(info[key])
+    return None
+
+
+def _price_of(detail: dict[str, Any]) -> str | None:
+    info = detail.get("price_info")
+    price = info.get("price") if isinstance(info, dict) else None
+    return _number(str(price)) if price not in (None, "") else None
+
+
+def _number(value: str | None) -> str | None:
+    """A price for a NUMERIC column, or ``None`` when it is not a number."""
+    if value is None:
+        return None
+    try:
+        float(value)
+    except ValueError:
+        return None
+    return value
+
+
+# -- the database -----------------------------------------------------------------------
+
+
+class CatalogDB:
+    """One connection to the store (see the module's docstring)."""
+
+    def __init__(self, url: StoreURL, *, create: bool = True):
+        self.url = url
+        self.dialect: Dialect
+        if url.kind == "sqlite":
+            self.dialect = SQLITE
+            self.conn: Any = self._sqlite(url.target, create)
+        else:
+            self.dialect = POSTGRES
+            self.conn = self._postgres(url.target)
+        try:
+            self._prepare(create)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connecting ---------------------------------------------------------------------
+
+    def _sqlite(self, path: str, create: bool) -> sqlite3.Connection:
+        file = Path(path)
+        if not create and not file.exists():
+            raise StoreError(f"no catalog store at {path}: run a crawl with -s TMAPI_STORE={path} first")
+        if file.is_dir():
+            raise StoreError(f"TMAPI_STORE={path} is a directory: give a file, such as {file / 'catalog.sqlite'}")
+        if not file.parent.is_dir():
+            raise StoreError(f"cannot create the catalog store {path}: the directory {file.parent} does not exist")
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
+        return conn
+
+    def _postgres(self, target: str) -> Any:
+        try:
+            import psycopg  # only for a postgresql:// store
+        except ImportError:  # pragma: no cover - psycopg is in requirements.txt
+            raise StoreError("a PostgreSQL store needs psycopg: pip install 'psycopg[binary]'") from None
+        try:
+            return psycopg.connect(target, autocommit=True, connect_timeout=10, application_name="tmapi_crawler")
+        except psycopg.Error as exc:
+            raise self.error(exc) from None
+
+    def _prepare(self, create: bool) -> None:
+        """Create the tables on first use, migrate an older store, refuse a
+        newer one or a database whose tables are not ours.  With *create*,
+        all of it in one transaction under the store's lock (SQLite's write
+        lock, a PostgreSQL advisory lock), so that workers starting together
+        create the tables once; and a store that cannot be written is
+        refused now, not mid-crawl."""
+        try:
+            if not create:
+                self._check_schema(self.conn, create=False)
+                return
+            with self.transaction() as cur:
+                if self.dialect is not SQLITE:
+                    cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                self._check_schema(cur, create=True)
+                cur.execute("UPDATE tmapi_schema SET version = version")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self.error(exc) from None
+
+    def _check_schema(self, cur: Any, *, create: bool) -> None:
+        tables = self._tables(cur)
+        if "tmapi_schema" not in tables:
+            if "products" in tables:
+                raise StoreError(
+                    f"the database {self.url.display} has a products table that tmapi_crawler did not create: "
+                    "give TMAPI_STORE a database (or file) of its own"
+                )
+            if not create:
+                raise StoreError(f"{self.url.display} is not a catalog store: run a crawl with TMAPI_STORE first")
+            for statement in _schema(self.dialect):
+                cur.execute(statement)
+            return
+        version = cur.execute("SELECT version FROM tmapi_schema").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the catalog store {self.url.display} has schema version {version}, newer than this "
+                f"tmapi_crawler's ({SCHEMA_VERSION}): upgrade tmapi_crawler"
+            )
+        if version < SCHEMA_VERSION and not create:
+            raise StoreError(
+                f"the catalog store {self.url.display} has schema version {version}: "
+                "run a crawl with it once to migrate it"
+            )
+        while version < SCHEMA_VERSION:
+            steps = MIGRATIONS.get(version)
+            if steps is None:
+                raise StoreError(
+                    f"the catalog store {self.url.display} has schema version {version}, which this "
+                    "tmapi_crawler cannot migrate: export it with the version that wrote it"
+                )
+            for statement in steps:
+                cur.execute(statement)
+            version += 1
+            cur.execute("UPDATE tmapi_schema SET version = version + 1")
+
+    def _tables(self, cur: Any) -> set[str]:
+        if self.dialect is SQLITE:
+            rows = cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        else:
+            rows = cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def error(self, exc: BaseException) -> StoreError:
+        """*exc* from the driver as one line that says what to do."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = self.url.display
+        low = text.lower()
+        if self.url.kind == "sqlite" and "unable to open" in low:
+            file = Path(self.url.target)
+            if not os.access(file.parent, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+                low = "readonly"  # SQLite's WAL needs to write beside the file
+        if "readonly" in low or "read-only" in low or "read only" in low:
+            return StoreError(
+                f"the catalog store {where} is read-only: make it writable, or point TMAPI_STORE elsewhere"
+            )
+        if "disk is full" in low or "no space left" in low or "disk full" in low:
+            return StoreError(
+                f"the catalog store {where} is out of disk space: free some and run the same command again "
+                "(nothing is lost: what was not stored is fetched again)"
+            )
+        if "unable to open" in low:
+            return StoreError(
+                f"cannot open the catalog store {where}: check that the file and its directory are writable"
+            )
+        if "password authentication failed" in low or "no password supplied" in low:
+            return StoreError(
+                f"PostgreSQL refused the login to {where} ({text}): check the user and password in TMAPI_STORE"
+            )
+        if "connection refused" in low or "could not connect" in low or "timeout expired" in low:
+            return StoreError(
+                f"cannot reach PostgreSQL at {where} ({text}): is the server running and the address right?"
+            )
+        if "does not exist" in low and "database" in low:
+            return StoreError(f"{text} at {where}: create it (createdb) or fix the database name in TMAPI_STORE")
+        if "not a database" in low or "malformed" in low:
+            return StoreError(f"{where} is not a SQLite database ({text}): point TMAPI_STORE at a file of its own")
+        return StoreError(f"the catalog store {where} failed: {text}")
+
+    # -- transactions --------------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        cur = self.conn.execute(self.dialect.sql(sql), tuple(params))
+        rows: list[Any] = cur.fetchall()
+        return rows
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing what failed: nothing more to say
+            self.conn.close()
+
+    # -- the refresh decision -------------------------------------------------------------
+
+    def lookup(self, item_id: int) -> Stored | None:
+        rows = self.query(
+            "SELECT detail, detail_fetched_at, description, desc_fetched_at, listing_sig, language "
+            "FROM products WHERE item_id = ?",
+            (item_id,),
+        )
+        if not rows:
+            return None
+        detail, detail_at, desc, desc_at, sig, language = rows[0]
+        return Stored(
+            detail=detail.encode(),
+            detail_fetched_at=str(iso(detail_at)),
+            description=desc.encode() if desc is not None else None,
+            desc_fetched_at=iso(desc_at),
+            listing_sig=sig,
+            language=language,
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, records: Sequence[dict[str, Any]], pages: Sequence[PageNote] = ()) -> WriteResult:
+        """Store a batch of product records and listing pages in one
+        transaction: the products fetched anew (their detail or their
+        description is newer than the stored one), their SKUs and the
+        changes from the stored state; then each listing page, and the
+        ``delisted`` changes of a listing read completely.  Returns the
+        change records."""
+        result = WriteResult()
+        with self.transaction() as cur:
+            if records:
+                self._write_products(cur, records, result)
+            for note in pages:
+                self._write_page(cur, note, result)
+        return result
+
+    def _old_states(self, cur: Any, ids: list[int]) -> dict[int, tuple[State, str, str | None]]:
+        marks = ",".join("?" * len(ids))
+        rows = cur.execute(
+            self.dialect.sql(
+                f"SELECT item_id, title, language, stock, detail_fetched_at, desc_fetched_at "  # noqa: S608
+                f"FROM products WHERE item_id IN ({marks})"
+            ),
+            ids,
+        ).fetchall()
+        old: dict[int, tuple[State, str, str | None]] = {}
+        for item_id, title, language, stock, detail_at, desc_at in rows:
+            old[item_id] = (State(title, language, stock), str(iso(detail_at)), iso(desc_at))
+        if old:
+            found = list(old)
+            sku_rows = cur.execute(
+                self.dialect.sql(
+                    "SELECT item_id, skuid, props_names, price, stock FROM skus "  # noqa: S608
+                    f"WHERE item_id IN ({','.join('?' * len(found))})"
+                ),
+                found,
+            ).fetchall()
+            for item_id, skuid, props, price, stock in sku_rows:
+                old[item_id][0].skus[skuid] = Sku(props, None if price is None else str(price), stock)
+        return old
+
+    def _write_products(self, cur: Any, records: Sequence[dict[str, Any]], result: WriteResult) -> None:
+        sql = self.dialect.sql
+        old = self._old_states(cur, sorted({int(r["item_id"]) for r in records}))
+        for record in records:
+            item_id = int(record["item_id"])
+            before = old.get(item_id)
+            detail_at, desc_at = record.get("detail_fetched_at"), record.get("desc_fetched_at")
+            detail_new = before is None or detail_at != before[1]
+            desc_new = desc_at is not None and (before is None or desc_at != before[2])
+            if not detail_new and not desc_new:
+                continue  # answered from the store: nothing new
+            result.written += 1
+            description = (
+                _json({"detail_imgs": record.get("detail_imgs"), "detail_html": record.get("detail_html")})
+                if desc_new
+                else None
+            )
+            if detail_new:
+                detail = _detail_of(record)
+                state = state_of(detail, record["language"])
+                cur.execute(
+                    sql(
+                        "INSERT INTO products (item_id, title, language, shop, price, stock, sold_out, listing_sig, "
+                        "listing, source, detail, detail_fetched_at, description, desc_fetched_at, first_seen_at, "
+                        "delisted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+                        "ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, language = excluded.language, "
+                        "shop = excluded.shop, price = excluded.price, stock = excluded.stock, "
+                        "sold_out = excluded.sold_out, "
+                        "listing_sig = COALESCE(excluded.listing_sig, products.listing_sig), "
+                        "listing = COALESCE(excluded.listing, products.listing), source = excluded.source, "
+                        "detail = excluded.detail, detail_fetched_at = excluded.detail_fetched_at, "
+                        "description = COALESCE(excluded.description, products.description), "
+                        "desc_fetched_at = COALESCE(excluded.desc_fetched_at, products.desc_fetched_at), "
+                        "delisted_at = NULL"
+                    ),
+                    (
+                        item_id,
+                        state.title,
+                        record["language"],
+                        _shop(detail),
+                        _price_of(detail),
+                        state.stock,
+                        state.sold_out,
+                        listing_signature(record.get("listing")),
+                        _json(record.get("listing")),
+                        _json(record.get("source")),
+                        orjson.dumps(detail).decode(),
+                        detail_at,
+                        description,
+                        desc_at if desc_new else None,
+                        detail_at,
+                    ),
+                )
+                cur.execute(sql("DELETE FROM skus WHERE item_id = ?"), (item_id,))
+                cur.executemany(
+                    sql(
+                        "INSERT INTO skus (item_id, skuid, props_names, price, stock, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)"
+                    ),
+                    [
+                        (item_id, skuid, sku.props, _number(sku.price), sku.stock, detail_at)
+                        for skuid, sku in state.skus.items()
+                    ],
+                )
+                changes = diff(
+                    item_id,
+                    before[0] if before else None,
+                    state,
+                    detected_at=str(detail_at),
+                    source=record.get("source"),
+                )
+                self._insert_changes(cur, changes)
+                result.changes += changes
+            else:
+                cur.execute(
+                    sql("UPDATE products SET description = ?, desc_fetched_at = ? WHERE item_id = ?"),
+                    (description, desc_at, item_id),
+                )
+
+    def _insert_changes(self, cur: Any, changes: Iterable[dict[str, Any]]) -> None:
+        rows = [
+            (
+                c["detected_at"],
+                c["item_id"],
+                c["skuid"],
+                c["change"],
+                c["field"],
+                None if c["old"] is None else str(c["old"]),
+                None if c["new"] is None else str(c["new"]),
+                _json(c["source"]),
+            )
+            for c in changes
+        ]
+        if rows:
+            cur.executemany(
+                self.dialect.sql(
+                    "INSERT INTO changes (detected_at, item_id, skuid, change, field, old, new, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                rows,
+            )
+
+    def _write_page(self, cur: Any, note: PageNote, result: WriteResult) -> None:
+        """One listing page.  Each crawl of a listing is a *read* with an id
+        of its own (given with the seed), so that pages may arrive in any
+        order and from any worker: a page of a new read replaces the stored
+        one.  A read is complete when every page of it was read, none failed,
+        and the number of pages is known."""
+        sql = self.dialect.sql
+        lock = "" if self.dialect is SQLITE else " FOR UPDATE"
+        key = note.listing_key
+        row = cur.execute(
+            sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{lock}"),  # noqa: S608
+            (key,),
+        ).fetchone()
+        if row is None or row[0] != note.read_id:
+            cur.execute(
+                sql(
+                    "INSERT INTO listing_reads (listing_key, read_id, started_at, pages_total, failed, completed_at) "
+                    "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT (listing_key) DO UPDATE SET "
+                    "read_id = excluded.read_id, started_at = excluded.started_at, pages_total = NULL, "
+                    "failed = excluded.failed, completed_at = NULL"
+                ),
+                (key, note.read_id, note.at, False),
+            )
+            cur.execute(sql("DELETE FROM listing_pages WHERE listing_key = ?"), (key,))
+        elif row[1] is not None:
+            return  # that read is over (a page delivered again after it)
+        if note.failed:
+            cur.execute(sql("UPDATE listing_reads SET failed = ? WHERE listing_key = ?"), (True, key))
+            return
+        cur.execute(
+            sql("INSERT INTO listing_pages (listing_key, page) VALUES (?, ?) ON CONFLICT DO NOTHING"),
+            (key, note.page),
+        )
+        cur.executemany(
+            sql(
+                "INSERT INTO listing_members (listing_key, item_id, read_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (listing_key, item_id) DO UPDATE SET read_id = excluded.read_id"
+            ),
+            [(key, item_id, note.read_id) for item_id in dict.fromkeys(note.item_ids)],
+        )
+        if note.pages_total is not None:
+            cur.execute(sql("UPDATE listing_reads SET pages_total = ? WHERE listing_key = ?"), (note.pages_total, key))
+        total, failed = cur.execute(
+            sql("SELECT pages_total, failed FROM listing_reads WHERE listing_key = ?"), (key,)
+        ).fetchone()
+        if failed or total is None:
+            return
+        read = cur.execute(
+            sql("SELECT COUNT(*) FROM listing_pages WHERE listing_key = ? AND page <= ?"), (key, total)
+        ).fetchone()[0]
+        if read < total:
+            return
+        # Read completely: a stored product it no longer names was delisted.
+        gone = cur.execute(
+            sql(
+                "SELECT m.item_id, p.source FROM listing_members m JOIN products p ON p.item_id = m.item_id "
+                "WHERE m.listing_key = ? AND m.read_id <> ? AND p.delisted_at IS NULL ORDER BY m.item_id"
+            ),
+            (key, note.read_id),
+        ).fetchall()
+        changes = [
+            change_record(
+                "delisted",
+                item_id,
+                detected_at=note.at,
+                source=orjson.loads(source) if source else None,
+                field="listing",
+                old=key,
+            )
+            for item_id, source in gone
+        ]
+        self._insert_changes(cur, changes)
+        result.changes += changes
+        cur.executemany(
+            sql("UPDATE products SET delisted_at = ? WHERE item_id = ?"), [(note.at, c["item_id"]) for c in changes]
+        )
+        cur.execute(sql("DELETE FROM listing_members WHERE listing_key = ? AND read_id <> ?"), (key, note.read_id))
+        cur.execute(sql("UPDATE listing_reads SET completed_at = ? WHERE listing_key = ?"), (note.at, key))
+
+    # -- reading it out ---------------------------------------------------------------------
+
+    def products(self, *, delisted: bool = False) -> Iterator[dict[str, Any]]:
+        """Every stored product as a product record (those delisted too when
+        asked, with ``delisted_at``), by item id."""
+        where = "" if delisted else " WHERE delisted_at IS NULL"
+        sql = (
+            "SELECT item_id, detail, description, listing, source, language, detail_fetched_at, "  # noqa: S608
+            f"desc_fetched_at, delisted_at FROM products{where} ORDER BY item_id"
+        )
+        for row in self._stream(sql, ()):
+            item_id, detail, desc, listing, source, language, detail_at, desc_at, delisted_at = row
+            record: dict[str, Any] = {"item_id": item_id, **orjson.loads(detail)}
+            record["item_id"] = item_id
+            described = orjson.loads(desc) if desc else {}
+            record["detail_imgs"] = described.get("detail_imgs")
+            record["detail_html"] = described.get("detail_html")
+            record["listing"] = orjson.loads(listing) if listing else None
+            record["source"] = orjson.loads(source) if source else None
+            record["language"] = language
+            record["crawled_at"] = iso(detail_at)
+            record["detail_fetched_at"] = iso(detail_at)
+            record["desc_fetched_at"] = iso(desc_at)
+            if delisted:
+                record["delisted_at"] = iso(delisted_at)
+            yield record
+
+    def changes(
+        self, since: str, *, until: str | None = None, item_id: int | None = None, kinds: Sequence[str] = ()
+    ) -> Iterator[dict[str, Any]]:
+        """The stored changes detected at or after *since* (and before
+        *until*), oldest first."""
+        where, params = ["detected_at >= ?"], list[Any]([since])
+        if until is not None:
+            where.append("detected_at < ?")
+            params.append(until)
+        if item_id is not None:
+            where.append("item_id = ?")
+            params.append(item_id)
+        if kinds:
+            where.append(f"change IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        sql = (
+            "SELECT change, item_id, skuid, field, old, new, detected_at, source FROM changes "  # noqa: S608
+            f"WHERE {' AND '.join(where)} ORDER BY detected_at, id"
+        )
+        for change, item, skuid, fld, old, new, at, source in self._stream(sql, params):
+            yield {
+                "change": change,
+                "item_id": item,
+                "skuid": skuid,
+                "field": fld,
+                "old": _typed(fld, old),
+                "new": _typed(fld, new),
+                "detected_at": iso(at),
+                "source": orjson.loads(source) if source else None,
+            }
+
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+        if self.dialect is SQLITE:
+            yield from self.conn.execute(sql, tuple(params))
+            return
+        with self.conn.transaction(), self.conn.cursor(name="tmapi_export") as cur:
+            cur.execute(self.dialect.sql(sql), tuple(params))
+            yield from cur
+
+
+def _typed(field_name: str | None, value: str | None) -> Any:
+    """A change's old or new value as the change record writes it: stock as a
+    number, the rest as text."""
+    if value is not None and field_name == "stock":
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
+
+
+class _Transaction:
+    """``with db.transaction() as cur``: one transaction, committed on
+    success, rolled back on error; SQLite's takes the write lock at once
+    (``BEGIN IMMEDIATE``), so that two writers wait rather than fail."""
+
+    def __init__(self, db: CatalogDB):
+        self.db = db
+
+    def __enter__(self) -> Any:
+        if self.db.dialect is SQLITE:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            return self.db.conn.cursor()
+        self._tx = self.db.conn.transaction()
+        self._tx.__enter__()
+        return self.db.conn.cursor()
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.db.dialect is SQLITE:
+            if kind is None:
+                self.db.conn.execute("COMMIT")
+            elif self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            return
+        self._tx.__exit__(kind, exc, tb)

@@ -1,0 +1,67 @@
+"""Where the catalog store is: ``TMAPI_STORE`` parsed, with no database
+driver imported (the settings check uses it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message is one line that says what
+    happened and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    """``TMAPI_STORE`` parsed: ``kind`` is ``sqlite`` or ``postgresql``,
+    ``target`` the file or the connection URL, ``display`` the URL without
+    its password (for messages and logs)."""
+
+    kind: str
+    target: str
+    display: str
+
+
+def parse_store_url(text: str) -> StoreURL:
+    """``sqlite:///path``, a bare path, or ``postgresql://user:pass@host:port/db``."""
+    text = text.strip()
+    if not text:
+        raise StoreError("TMAPI_STORE is empty: give a file (catalog.sqlite) or postgresql://user:pass@host/db")
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if scheme in ("postgresql", "postgres"):
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise StoreError(f"TMAPI_STORE={hide_password(text)!r} is not a PostgreSQL URL ({exc})") from None
+        if not parts.hostname or not parts.path.strip("/"):
+            raise StoreError(
+                f"TMAPI_STORE={hide_password(text)!r} needs a host and a database: postgresql://user:pass@host:5432/db"
+            )
+        shown = f"postgresql://{parts.username + '@' if parts.username else ''}{parts.hostname}"
+        shown += f"{':' + str(port) if port else ''}{parts.path}"
+        return StoreURL("postgresql", text, shown)
+    if scheme == "sqlite":
+        path = unquote(text[len("sqlite://") :])
+        if not path.startswith("/") or path == "/":
+            raise StoreError(f"TMAPI_STORE={text!r}: write sqlite:///relative.sqlite or sqlite:////absolute/path")
+        path = path[1:]
+        return StoreURL("sqlite", path, path)
+    if scheme:
+        raise StoreError(
+            f"TMAPI_STORE={hide_password(text)!r}: {scheme}:// is not a store; use a file (catalog.sqlite), "
+            "sqlite:///catalog.sqlite or postgresql://user:pass@host:5432/db"
+        )
+    return StoreURL("sqlite", text, text)
+
+
+def hide_password(text: str) -> str:
+    """*text* with the password of a URL replaced."""
+    try:
+        parts = urlsplit(text)
+        if parts.password:
+            return text.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        pass
+    return text
