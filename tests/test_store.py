@@ -179,7 +179,7 @@ def test_a_batch_is_one_transaction_never_a_half_written_product(store):
         assert db.query("SELECT COUNT(*) FROM products")[0][0] == 1
         assert sorted(r[0] for r in db.query("SELECT skuid FROM skus")) == ["1", "2"]
         assert db.query("SELECT COUNT(*) FROM changes")[0][0] == 1
-        stored = db.lookup(1)
+        stored = db.lookup([1]).get(1)
         assert stored is not None and stored.detail_fetched_at == "2026-11-20T00:00:00.000000Z"
         # The same record again is no write and no change.
         assert db.write([_record(1, "2026-11-20T00:00:00.000000Z")]).written == 0

@@ -122,6 +122,8 @@ class CatalogStore:
         self._records: list[tuple[ProductItem, asyncio.Future[ProductItem]]] = []
         self._pages: list[PageNote] = []
         self._writing: asyncio.Task[None] | None = None
+        self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
+        self._reading: asyncio.Task[None] | None = None
         self.failed: StoreError | None = None
         self._loop = create_looping_call(self._flush)
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
@@ -141,12 +143,31 @@ class CatalogStore:
         return await asyncio.get_running_loop().run_in_executor(thread, call, *args)
 
     async def lookup(self, item_id: int) -> Stored | None:
+        """What the store has of *item_id*.  Lookups that arrive while one
+        is under way are answered together, with one query."""
+        future: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+        self._lookups.setdefault(item_id, []).append(future)
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+        return await future
+
+    async def _read(self) -> None:
         try:
-            return await self._in(self._read_thread, self.reader.lookup, item_id)
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self.reader.error(exc) from None
+            while self._lookups:
+                batch, self._lookups = self._lookups, {}
+                try:
+                    found = await self._in(self._read_thread, self.reader.lookup, list(batch))
+                except Exception as exc:
+                    error = exc if isinstance(exc, StoreError) else self.reader.error(exc)
+                    for futures in batch.values():
+                        for future in futures:
+                            future.set_exception(error)
+                    continue
+                for item_id, futures in batch.items():
+                    for future in futures:
+                        future.set_result(found.get(item_id))
+        finally:
+            self._reading = None
 
     # -- writing ---------------------------------------------------------------------
 

@@ -417,23 +417,24 @@ class CatalogDB:
 
     # -- the refresh decision -------------------------------------------------------------
 
-    def lookup(self, item_id: int) -> Stored | None:
+    def lookup(self, item_ids: Sequence[int]) -> dict[int, Stored]:
+        """What the store has of each of *item_ids* (one query)."""
         rows = self.query(
-            "SELECT detail, detail_fetched_at, description, desc_fetched_at, listing_sig, language "
-            "FROM products WHERE item_id = ?",
-            (item_id,),
+            "SELECT item_id, detail, detail_fetched_at, description, desc_fetched_at, listing_sig, language "  # noqa: S608
+            f"FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
+            item_ids,
         )
-        if not rows:
-            return None
-        detail, detail_at, desc, desc_at, sig, language = rows[0]
-        return Stored(
-            detail=detail.encode(),
-            detail_fetched_at=str(iso(detail_at)),
-            description=desc.encode() if desc is not None else None,
-            desc_fetched_at=iso(desc_at),
-            listing_sig=sig,
-            language=language,
-        )
+        return {
+            item_id: Stored(
+                detail=detail.encode(),
+                detail_fetched_at=str(iso(detail_at)),
+                description=desc.encode() if desc is not None else None,
+                desc_fetched_at=iso(desc_at),
+                listing_sig=sig,
+                language=language,
+            )
+            for item_id, detail, detail_at, desc, desc_at, sig, language in rows
+        }
 
     # -- writing -----------------------------------------------------------------------------
 
