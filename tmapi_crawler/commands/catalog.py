@@ -16,10 +16,8 @@ to a temporary file renamed when complete.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from tmapi_crawler.commands.crawl import refuse
+from tmapi_crawler.commands.export import whole_file
 from tmapi_crawler.store.changes import CHANGE_KINDS
 from tmapi_crawler.store.db import CatalogDB, iso
 from tmapi_crawler.store.url import StoreError, parse_store_url
@@ -83,33 +82,29 @@ class Command(ScrapyCommand):
             given = given.get_secret_value()
         if not given:
             refuse("no catalog store: give --store catalog.sqlite (or -s TMAPI_STORE=...), the crawl's TMAPI_STORE")
-        records: Iterable[dict[str, Any]]
+        if action == "changes":
+            if not opts.since:
+                refuse("give --since: scrapy catalog changes --since 2026-11-01")
+            kinds = [k.strip() for k in (opts.change or "").split(",") if k.strip()]
+            unknown = [k for k in kinds if k not in CHANGE_KINDS]
+            if unknown:
+                kinds_known = ", ".join(CHANGE_KINDS)
+                refuse(f"--change={opts.change!r}: unknown {', '.join(unknown)}; the kinds are {kinds_known}")
+            since = parse_time("since", opts.since)
+            until = parse_time("until", opts.until) if opts.until else None
         try:
             db = CatalogDB(parse_store_url(str(given)), create=False)
         except StoreError as exc:
             refuse(str(exc))
+        records = (
+            db.products(delisted=opts.delisted)
+            if action == "export"
+            else db.changes(since, until=until, item_id=opts.item_id, kinds=kinds)
+        )
         try:
-            if action == "export":
-                records = db.products(delisted=opts.delisted)
-            else:
-                if not opts.since:
-                    refuse("give --since: scrapy catalog changes --since 2026-11-01")
-                kinds = [k.strip() for k in (opts.change or "").split(",") if k.strip()]
-                unknown = [k for k in kinds if k not in CHANGE_KINDS]
-                if unknown:
-                    kinds_known = ", ".join(CHANGE_KINDS)
-                    refuse(f"--change={opts.change!r}: unknown {', '.join(unknown)}; the kinds are {kinds_known}")
-                records = db.changes(
-                    parse_time("since", opts.since),
-                    until=parse_time("until", opts.until) if opts.until else None,
-                    item_id=opts.item_id,
-                    kinds=kinds,
-                )
             count = write_lines(records, opts.output, db)
         finally:
-            close = getattr(records, "close", None) if "records" in locals() else None
-            if close is not None:
-                close()  # a generator stopped early: its cursor before the connection
+            records.close()  # a generator stopped early: its cursor before the connection
             db.close()
         what = "products" if action == "export" else "changes"
         print(f"{count} {what} written to {opts.output or 'standard output'}", file=sys.stderr)
@@ -117,26 +112,14 @@ class Command(ScrapyCommand):
 
 def write_lines(records: Iterable[dict[str, Any]], output: str | None, db: CatalogDB) -> int:
     """Write *records* as JSON lines to *output* (standard output when
-    ``None``): to a temporary file renamed when complete, so that a file is
-    never half-written."""
+    ``None``), a file written whole or not at all."""
     if output is None:
         return _dump(records, sys.stdout.buffer, db)
     path = Path(output)
     if not path.parent.is_dir():
         refuse(f"cannot write {output}: the directory {path.parent} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            count = _dump(records, out, db)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)  # as a file the user wrote (mkstemp made it private)
-    os.replace(temp, path)
-    return count
+    with whole_file(path) as out:
+        return _dump(records, out, db)
 
 
 def _dump(records: Iterable[dict[str, Any]], out: IO[bytes], db: CatalogDB) -> int:

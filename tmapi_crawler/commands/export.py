@@ -29,6 +29,8 @@ from tmapi_crawler.records import ProductItem, validate
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Iterator
+    from typing import IO
 
 #: Bad lines reported before the rest are only counted.
 MOST_REPORTED = 20
@@ -81,9 +83,8 @@ class Command(ScrapyCommand):
         exporter = EXPORTERS[name]
         adjusted: list[str] = []
         output.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
         try:
-            with os.fdopen(handle, "wb") as out:
+            with whole_file(output) as out:
                 written = exporter(
                     out,
                     pricing=Pricing(Decimal(str(config.price_rate)), Decimal(str(config.price_markup))),
@@ -91,25 +92,38 @@ class Command(ScrapyCommand):
                     report=lambda item_id, problem: adjusted.append(f"product {item_id}: {problem}"),
                 )
                 products, bad = export_lines(path, written)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            if isinstance(exc, (OSError, UnicodeDecodeError)):
-                refuse(f"cannot export {source} to {output}: {exc}")
-            raise
-        if bad:
-            os.unlink(temp)
-            for problem in bad[:MOST_REPORTED]:
-                print(f"Error: {source}, {problem}", file=sys.stderr)
-            more = f" ({len(bad) - MOST_REPORTED} more not shown)" if len(bad) > MOST_REPORTED else ""
-            refuse(f"{len(bad)} lines of {source} are not product records{more}: nothing was written to {output}")
+                if bad:
+                    for problem in bad[:MOST_REPORTED]:
+                        print(f"Error: {source}, {problem}", file=sys.stderr)
+                    more = f" ({len(bad) - MOST_REPORTED} more not shown)" if len(bad) > MOST_REPORTED else ""
+                    refuse(
+                        f"{len(bad)} lines of {source} are not product records{more}: nothing was written to {output}"
+                    )
+        except (OSError, UnicodeDecodeError) as exc:
+            refuse(f"cannot export {source} to {output}: {exc}")
+        for problem in adjusted:
+            print(f"Adjusted: {problem}", file=sys.stderr)
+        print(f"{products} products, {written.rows_written} rows written to {output} ({name})")
+
+
+@contextlib.contextmanager
+def whole_file(output: Path) -> Iterator[IO[bytes]]:
+    """A file to write *output* through: a temporary file beside it, renamed
+    to *output* when the ``with`` block ends well and removed when it does
+    not (an exception, ``SystemExit`` included), so that *output* is never
+    half-written."""
+    handle, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            yield out
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)  # as a file the user wrote (mkstemp made it private)
         os.replace(temp, output)
-        for problem in adjusted:
-            print(f"Adjusted: {problem}", file=sys.stderr)
-        print(f"{products} products, {written.rows_written} rows written to {output} ({name})")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def export_lines(path: Path, exporter: RowsExporter) -> tuple[int, list[str]]:

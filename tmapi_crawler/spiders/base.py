@@ -3,6 +3,7 @@ detail and description, and turning every failure into a failure record."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -110,11 +111,11 @@ class TmapiSpider(Spider):
         """The catalog store, when ``TMAPI_STORE`` is set."""
         return store_of(self.crawler)
 
-    def note_page(self, request: Request | None, item_ids: list[int] | None, pages_total: int | None = None) -> None:
-        """Tell the catalog store that a listing page was read (the products
-        it named, and the number of pages when the page says it) or failed
-        (*item_ids* ``None``): a listing read completely tells which stored
-        products it no longer names."""
+    def note_page(self, request: Request | None, entries: list[Any] | None, pages_total: int | None = None) -> None:
+        """Tell the catalog store that a listing page was read (the entries
+        it listed, and the number of pages when the page says it) or failed
+        (*entries* ``None``): a listing read completely tells which stored
+        products it no longer names.  Nothing to do without a store."""
         assert request is not None
         read = request.cb_kwargs.get("opts", {}).get("read")
         if self.catalog is None or read is None:
@@ -122,21 +123,14 @@ class TmapiSpider(Spider):
         info = request.meta["tmapi"]
         params = {k: v for k, v in sorted(info["params"].items()) if k != "page" and v is not None}
         key = info["endpoint"] + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        item_ids = []
+        for entry in entries or ():
+            # An entry that is not a product is a failure record of its own.
+            with contextlib.suppress(BadAnswer):
+                item_ids.append(as_item_id(entry.get("item_id") if isinstance(entry, dict) else None))
         self.catalog.note_page(
-            PageNote(key, read, info["params"]["page"], item_ids or [], pages_total, failed=item_ids is None)
+            PageNote(key, read, info["params"]["page"], item_ids, pages_total, failed=entries is None)
         )
-
-    @staticmethod
-    def listed_ids(entries: list[Any]) -> list[int]:
-        """The item ids a listing page names (entries that are not products are
-        failure records of their own)."""
-        ids = []
-        for entry in entries:
-            try:
-                ids.append(as_item_id(entry.get("item_id") if isinstance(entry, dict) else None))
-            except BadAnswer:
-                continue
-        return ids
 
     # -- seeds ----------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class CategorySpider(TmapiSpider):
         if page == 1:
             stats.inc_value("tmapi/pages_known")
         # The last page tells how many there are.
-        self.note_page(response.request, self.listed_ids(data["items"]), None if data["has_next_page"] else page)
+        self.note_page(response.request, data["items"], None if data["has_next_page"] else page)
         # A category says only whether there is a next page: one at a time.
         if data["has_next_page"] and (not opts["max_pages"] or page < opts["max_pages"]):
             stats.inc_value("tmapi/pages_known")

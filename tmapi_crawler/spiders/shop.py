@@ -90,18 +90,17 @@ class ShopSpider(TmapiSpider):
             # Page 1 says how many there are: the next PAGES_AHEAD now, each
             # of the others when the page PAGES_AHEAD before it is done.
             page_size = opts["page_size"]
-            pages = math.ceil(int(total) / page_size)
-            if opts["max_pages"]:
-                pages = min(pages, opts["max_pages"])
+            listed_pages = max(1, math.ceil(int(total) / page_size))
+            pages = min(listed_pages, opts["max_pages"]) if opts["max_pages"] else listed_pages
             stats.inc_value("tmapi/pages_known", max(pages, 1))
             stats.inc_value("tmapi/products_expected", min(int(total), pages * page_size))
             for next_page in range(2, min(pages, 1 + PAGES_AHEAD) + 1):
                 yield self.page_request({**params, "page": next_page}, opts, pages)
             # The listing's own number of pages, not max_pages': a read cut
             # short by max_pages is not complete.
-            self.note_page(response.request, self.listed_ids(data["items"]), max(1, math.ceil(int(total) / page_size)))
+            self.note_page(response.request, data["items"], listed_pages)
         else:
-            self.note_page(response.request, self.listed_ids(data["items"]))
+            self.note_page(response.request, data["items"])
             yield from self.page_ahead(response.request)
         for position, entry in enumerate(data["items"]):
             source = {"spider": "shop", "member_id": member_id, "page": page, "position": position}

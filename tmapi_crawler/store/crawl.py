@@ -270,7 +270,7 @@ class StoreMiddleware:
             raise NotConfigured("no TMAPI_STORE")
         self.store = store
         self.stats = crawler.stats
-        self.config = config_from_settings(crawler.settings)
+        self.config = store.config
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:

@@ -33,7 +33,7 @@ from tmapi_crawler.store.changes import Sku, State, change_record, diff, listing
 from tmapi_crawler.store.url import StoreError, StoreURL
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Generator, Iterable, Iterator, Sequence
 
 #: The store's schema version; a store written by a newer version is refused,
 #: an older one is migrated (:data:`MIGRATIONS`).
@@ -661,7 +661,7 @@ class CatalogDB:
 
     # -- reading it out ---------------------------------------------------------------------
 
-    def products(self, *, delisted: bool = False) -> Iterator[dict[str, Any]]:
+    def products(self, *, delisted: bool = False) -> Generator[dict[str, Any]]:
         """Every stored product as a product record (those delisted too when
         asked, with ``delisted_at``), by item id."""
         where = "" if delisted else " WHERE delisted_at IS NULL"
@@ -688,7 +688,7 @@ class CatalogDB:
 
     def changes(
         self, since: str, *, until: str | None = None, item_id: int | None = None, kinds: Sequence[str] = ()
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any]]:
         """The stored changes detected at or after *since* (and before
         *until*), oldest first."""
         where, params = ["detected_at >= ?"], list[Any]([since])
