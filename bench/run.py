@@ -47,19 +47,27 @@ def project_env() -> dict[str, str]:
 
 
 def ours_command(
-    sandbox: SandboxProcess, *settings: str, member_id: str = "b2b-sandbox0000", follow: str = ""
+    sandbox: SandboxProcess,
+    *settings: str,
+    member_id: str = "b2b-sandbox0000",
+    follow: str = "",
+    media: str = "",
 ) -> list[str]:
     cmd = [str(BIN / "scrapy"), "crawl", "shop", "-a", f"member_id={member_id}", "-O", "out.jsonl"]
     if follow:
         cmd += ["-a", f"follow={follow}"]
+    if media:
+        cmd += ["-a", f"media={media}", "-s", "FILES_STORE=files"]
     cmd += ["-s", f"TMAPI_BASE_URL={sandbox.url}", "-s", f"TMAPI_TOKEN={TOKEN}", "-s", "LOG_LEVEL=WARNING"]
     for s in settings:
         cmd += ["-s", s]
     return cmd
 
 
-def run_ours(sandbox: SandboxProcess, workdir: Path, *settings: str, follow: str = "") -> dict[str, Any]:
-    return _run(ours_command(sandbox, *settings, follow=follow), workdir, project_env())
+def run_ours(
+    sandbox: SandboxProcess, workdir: Path, *settings: str, follow: str = "", media: str = ""
+) -> dict[str, Any]:
+    return _run(ours_command(sandbox, *settings, follow=follow, media=media), workdir, project_env())
 
 
 def run_bare(
@@ -401,6 +409,87 @@ def store(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+def _crawl_stats(workdir: Path) -> dict[str, Any]:
+    """The crawl's own stats, from the dump at the end of its log (LOG_FILE=crawl.log, LOG_LEVEL=INFO)."""
+    text = (workdir / "crawl.log").read_text()
+    dump = text[text.rindex("Dumping Scrapy stats:") :]
+    stats: dict[str, Any] = {}
+    for line in dump.splitlines()[1:]:
+        key, _, value = line.strip(" {},").partition("': ")
+        if key.startswith("'") and value.replace(".", "", 1).isdigit():
+            stats[key.strip("'")] = float(value) if "." in value else int(value)
+    return stats
+
+
+def media(tmp: Path, quick: bool) -> list[Row]:
+    """Media files (-a media=...): downloads per second and CPU per file
+    on the sandbox (latency 0); API throughput at the account's limit (told
+    the limit of 16; calls of 100 ms and of 1 s) with and without media
+    (files at 20 ms each); peak RSS and the records waiting for their
+    files, 10,000 products with and without media."""
+    size = 200 if quick else 1000
+    pages = -(-size // 20)
+    minimum = pages + 2 * size
+    log = ("LOG_LEVEL=INFO", "LOG_FILE=crawl.log", "TMAPI_PROGRESS_INTERVAL=0")
+    rows: list[Row] = []
+    with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
+        base = measure(sb, "media", "latency 0, no media", minimum, run_ours(sb, tmp / "media-0", *log))
+        rows.append(base)
+        for kinds in ("main,sku,desc,video",):
+            workdir = tmp / f"media-{kinds}"
+            run = run_ours(sb, workdir, *log, media=kinds)
+            files = sb.admin("stats")["media"]
+            row = measure(sb, "media", f"latency 0, media={kinds}", minimum, run)
+            extra_cpu = run["cpu"] - base.figures["cpu_ms_per_call"] * base.calls / 1000
+            row.figures.update(
+                {
+                    "files": files["files"],
+                    "file_requests": files["requests"],
+                    "files_per_second": round(files["files"] / run["wall"], 1),
+                    "cpu_ms_per_file": round(1000 * extra_cpu / files["files"], 3) if files["files"] else None,
+                    "mb": round(files["bytes"] / 2**20, 1),
+                }
+            )
+            rows.append(row)
+    # The account's limit: the sandbox's ceiling (16 in flight, 100 ms a
+    # call: 160 calls a second, ten times what TMAPI answers), then TMAPI's
+    # own pace (1 s a call: 16 a second).  Files take 20 ms each.
+    limits: list[tuple[str, str, int, tuple[str, ...]]] = [
+        ("limit 16, 100 ms", "100", size, ("", "video", "main,sku,desc,video"))
+    ]
+    limits.append(("limit 16, 1 s", "1000", 100 if quick else 300, ("", "main,sku,desc,video")))
+    for label, latency, products, kinds_list in limits:
+        flags = ("--latency-ms", latency, "--concurrency", "16", "--shops", "1", "--shop-size", str(products))
+        with SandboxProcess(*flags, "--media-latency-ms", "20") as sb:
+            for kinds in kinds_list:
+                workdir = tmp / f"media-limit-{latency}-{kinds or 'none'}"
+                run = run_ours(sb, workdir, "TMAPI_CONCURRENCY=16", media=kinds)
+                files = sb.admin("stats")["media"]["files"]
+                need = -(-products // 20) + 2 * products
+                row = measure(sb, "media", f"{label}, {f'media={kinds}' if kinds else 'no media'}", need, run)
+                rate = row.billed / row.seconds if row.seconds else 0.0
+                row.figures.update({"share_of_ceiling": round(rate / (16 / (int(latency) / 1000)), 3), "files": files})
+                rows.append(row)
+    big = 2000 if quick else 10_000
+    with SandboxProcess("--shops", "1", "--shop-size", str(big), "--media-latency-ms", "5") as sb:
+        for label, kinds in (("no media", ""), ("media=main,video", "main,video")):
+            workdir = tmp / f"media-memory-{label}"
+            run = run_ours(sb, workdir, *log, follow="detail", media=kinds)
+            files = sb.admin("stats")["media"]["files"]
+            row = measure(sb, "media", f"{big:,} products, follow=detail, {label}", -(-big // 20) + big, run)
+            stats = _crawl_stats(workdir)
+            row.figures.update(
+                {
+                    "files": files,
+                    "pending_max": stats.get("tmapi/media/pending_max", 0),
+                    "api_waits": stats.get("tmapi/media/api_waits", 0),
+                    "wall_s": round(run["wall"], 1),
+                }
+            )
+            rows.append(row)
+    return rows
+
+
 SCENARIOS = {
     "ceiling": ceiling,
     "cpu": cpu,
@@ -410,6 +499,7 @@ SCENARIOS = {
     "jobdir": jobdir,
     "export": export,
     "store": store,
+    "media": media,
 }
 
 

@@ -100,6 +100,12 @@ BAD_SETTINGS = {
     "TMAPI_DETAIL_MAX_AGE": "-1",
     "TMAPI_DESC_MAX_AGE": "a month",
     "TMAPI_CHANGES_FILE": "",
+    "TMAPI_MEDIA_CONCURRENCY": "0",
+    "TMAPI_MEDIA_CONCURRENCY_PER_HOST": "many",
+    "TMAPI_MEDIA_RETRY_TIMES": "-1",
+    "TMAPI_MEDIA_TIMEOUT": "0",
+    "TMAPI_MEDIA_MAXSIZE": "0",
+    "TMAPI_MEDIA_MAX_PENDING": "0",
 }
 
 
@@ -148,6 +154,10 @@ BAD_ARGUMENTS = [
     ("item", {"item_ids": "1", "optimize_title": "sometimes"}, "optimize_title"),
     ("shop", {"member_id": "m", "follow": "everything"}, "follow"),
     ("shop", {"member_id": "m", "colour": "red"}, "colour"),
+    ("shop", {"member_id": "m", "media": "main,thumbnail"}, "media"),
+    ("shop", {"member_id": "m", "media": "main"}, "media=main needs FILES_STORE"),
+    ("shop", {"member_id": "m", "media": "main", "follow": "listing"}, "media needs product records"),
+    ("item", {"item_ids": "1", "media": "desc", "follow": "detail"}, "media=desc needs the description"),
 ]
 
 

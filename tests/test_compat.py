@@ -62,7 +62,12 @@ def test_a_missing_internal_is_named():
     engine = SimpleNamespace(running=True)
     crawler = SimpleNamespace(engine=engine, get_extension=lambda cls: SimpleNamespace())
     missing = compat.missing_internals(crawler)  # type: ignore[arg-type]
-    assert missing[:3] == ["ExecutionEngine.needs_backout", "ExecutionEngine._slot", "FeedExporter.slots"]
+    assert missing[:4] == [
+        "ExecutionEngine.needs_backout",
+        "Downloader.per_slot_settings",
+        "ExecutionEngine._slot",
+        "FeedExporter.slots",
+    ]
 
 
 @deferred_f_from_coro_f

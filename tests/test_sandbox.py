@@ -280,8 +280,13 @@ def test_admin_counts_billed_twice_and_resets(sandbox: SandboxProcess):
 def test_same_seed_same_catalog(make_sandbox):
     a, b, c = make_sandbox("--seed", "5"), make_sandbox("--seed", "5"), make_sandbox("--seed", "6")
     page = {"member_id": "b2b-sandbox0002", "page": 2}
-    assert a.get("/1688/shop/items", **page) == b.get("/1688/shop/items", **page)
-    assert a.get("/1688/shop/items", **page) != c.get("/1688/shop/items", **page)
+
+    def listing(sb: SandboxProcess) -> str:
+        # Images are on each sandbox's own port.
+        return json.dumps(sb.get("/1688/shop/items", **page)).replace(sb.url, "SANDBOX")
+
+    assert listing(a) == listing(b)
+    assert listing(a) != listing(c)
 
 
 def test_catalog_sizes_are_configurable(make_sandbox):
@@ -303,3 +308,41 @@ def test_repeat_every_lists_entries_twice(make_sandbox):
 def test_unknown_paths_and_methods(sandbox: SandboxProcess):
     assert sandbox.get("/1688/nothing")[0] == 404
     assert sandbox.post("/1688/item_detail", {})[0] == 404
+
+
+def test_media_of_the_generated_catalog(make_sandbox):
+    """Real JPEG images and an MP4 video at the sandbox's own URLs; the
+    documented products keep their CDN URLs; faults by product."""
+    import urllib.error
+    import urllib.request
+
+    sb = make_sandbox("--media-fault", "700020000001:404,700020000002:html")
+    _, doc = sb.get("/1688/item_detail", item_id=700020000000)
+    detail = doc["data"]
+    urls = [*detail["main_imgs"], *(v["imageUrl"] for v in detail["sku_props"][0]["values"])]
+    assert all(u.startswith(sb.url + "/media/") for u in urls)
+    _, desc = sb.get("/1688/item_desc", item_id=700020000000)
+    assert all(u.startswith(sb.url + "/media/desc/") for u in desc["data"]["detail_imgs"])
+    _, documented = sb.get("/1688/item_detail", item_id=859086919394)
+    assert all("alicdn.com" in u for u in documented["data"]["main_imgs"])
+
+    def fetch(url: str) -> tuple[int, str, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return answer.status, answer.headers["Content-Type"], answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], exc.read()
+
+    status, kind, body = fetch(detail["main_imgs"][0])
+    assert (status, kind, body[:3]) == (200, "image/jpeg", b"\xff\xd8\xff")
+    assert fetch(detail["main_imgs"][0])[2] == body and fetch(detail["main_imgs"][1])[2] != body
+    videos = [sb.get("/1688/item_detail", item_id=700020000000 + n)[1]["data"]["video_url"] for n in range(30)]
+    video = next(v for v in videos if v)
+    status, kind, body = fetch(video)
+    assert (status, kind, body[4:8]) == (200, "video/mp4", b"ftyp")
+    assert fetch(f"{sb.url}/media/img/700020000001/0.jpg")[0] == 404
+    assert fetch(f"{sb.url}/media/img/700020000002/0.jpg")[1] == "text/html"
+    assert fetch(f"{sb.url}/media/img/x.jpg")[0] == 404
+    media = sb.stats()["media"]
+    assert media["requests"] == 7 and media["with_token"] == 0
+    assert sb.stats()["calls"] == 33  # the API's; files are not calls

@@ -19,7 +19,10 @@ this) turns a Scrapy project into a TMAPI crawler.  It only configures:
   product and listing records; failure records go to
   ``TMAPI_FAILURES_FILE``, created only when there is one;
 * with ``TMAPI_STORE``, the catalog store (:mod:`tmapi_crawler.store`), and
-  its change records in ``TMAPI_CHANGES_FILE``.
+  its change records in ``TMAPI_CHANGES_FILE``;
+* with ``FILES_STORE``, the media pipelines (:mod:`tmapi_crawler.media`):
+  Scrapy's files pipeline, and its images pipeline when ``IMAGES_THUMBS``
+  asks for thumbnails.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from tmapi_crawler.extensions import TimerCompaction, TmapiStats
 from tmapi_crawler.handler import TokenDownloadHandler
 from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
+from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
@@ -93,6 +97,8 @@ class TmapiAddon:
         for name in ("CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN"):
             if settings.getint(name) < 2 * cap:
                 settings.set(name, 2 * cap, settings.getpriority(name) or 0)
+        if settings.get("FILES_STORE"):
+            self._media(settings)
         if is_distributed(settings):
             for name, path in CLUSTER_COMPONENTS.items():
                 settings.set(name, path, "addon")
@@ -100,6 +106,27 @@ class TmapiAddon:
         elif jobdir_of(settings) is not None:
             settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
         self._feeds(settings)
+
+    @staticmethod
+    def _media(settings: BaseSettings) -> None:
+        """The media pipelines after validation (100) and before the store
+        (200); media downloads get room of their own among the downloader's
+        requests, so that they never keep an API call waiting."""
+        settings.set_in_component_priority_dict("EXTENSIONS", MediaDownloads, 0)
+        # Before the store's answers (540): an API call waits there while
+        # too many records wait for their files.
+        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", MediaMiddleware, 530)
+        if settings.getdict("IMAGES_THUMBS"):
+            if not settings.get("IMAGES_STORE"):
+                settings.set("IMAGES_STORE", settings.get("FILES_STORE"), settings.getpriority("FILES_STORE") or 0)
+            settings.set_in_component_priority_dict("ITEM_PIPELINES", MediaImagesPipeline, 150)
+        settings.set_in_component_priority_dict("ITEM_PIPELINES", MediaFilesPipeline, 160)
+        try:
+            media = settings.getint("TMAPI_MEDIA_CONCURRENCY") or DEFAULTS["TMAPI_MEDIA_CONCURRENCY"]
+        except ValueError:  # refused in one line by the config check, before the crawl
+            media = DEFAULTS["TMAPI_MEDIA_CONCURRENCY"]
+        total = settings.getint("CONCURRENT_REQUESTS") + media
+        settings.set("CONCURRENT_REQUESTS", total, settings.getpriority("CONCURRENT_REQUESTS") or 0)
 
     @staticmethod
     def _monitors(settings: BaseSettings) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +44,43 @@ BACKOFF_META = "tmapi_backoff"
 CONCURRENCY_RETRY_DELAY = 0.5
 
 
+def retry_exceptions(settings: BaseSettings) -> tuple[type[Exception], ...]:
+    """``RETRY_EXCEPTIONS``, loaded."""
+    return tuple(load_object(x) if isinstance(x, str) else x for x in settings.getlist("RETRY_EXCEPTIONS"))
+
+
+def retry_later(
+    crawler: Crawler, request: Request, reason: str | Exception, times: int, stats_key: str, rng: random.Random
+) -> Request | None:
+    """Scrapy's retry of *request* (``None`` after *times* retries, logged
+    at DEBUG only: a failure record says it), to be sent after an
+    exponential backoff with jitter: 1x, 2x, 4x ... ``TMAPI_RETRY_BACKOFF``,
+    capped at ``TMAPI_RETRY_BACKOFF_MAX`` (waited by the middleware that
+    finds :data:`BACKOFF_META`)."""
+    assert crawler.spider is not None
+    retry = get_retry_request(
+        request,
+        spider=crawler.spider,
+        reason=reason,
+        max_retry_times=times,
+        logger=logger,
+        give_up_log_level=logging.DEBUG,
+        stats_base_key=stats_key,
+    )
+    if retry is not None:
+        config = config_from_settings(crawler.settings)
+        attempt = retry.meta["retry_times"]
+        delay = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
+        retry.meta[BACKOFF_META] = delay * rng.uniform(0.5, 1.5)
+    return retry
+
+
 class AnswerMiddleware:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stats = crawler.stats
         self.config = config_from_settings(crawler.settings)
-        self.retry_exceptions = tuple(
-            load_object(x) if isinstance(x, str) else x for x in crawler.settings.getlist("RETRY_EXCEPTIONS")
-        )
+        self.retry_exceptions = retry_exceptions(crawler.settings)
         self.rng = random.Random()
         self.gate = gate_of(crawler)
 
@@ -117,22 +147,8 @@ class AnswerMiddleware:
         return self._retry(request, exception)
 
     def _retry(self, request: Request, reason: str | Exception) -> Request | None:
-        assert self.crawler.spider is not None
-        retry = get_retry_request(
-            request,
-            spider=self.crawler.spider,
-            reason=reason,
-            max_retry_times=self.config.retry_times,
-            logger=logger,
-            give_up_log_level=logging.DEBUG,  # the errback logs the failure, once
-            stats_base_key="tmapi/retries",
-        )
-        if retry is not None:
-            # Exponential backoff with jitter: 1x, 2x, 4x ... the base, capped.
-            attempt = retry.meta["retry_times"]
-            delay = min(self.config.retry_backoff_max, self.config.retry_backoff * 2 ** (attempt - 1))
-            retry.meta[BACKOFF_META] = delay * self.rng.uniform(0.5, 1.5)
-        return retry
+        # The errback logs the failure, once.
+        return retry_later(self.crawler, request, reason, self.config.retry_times, "tmapi/retries", self.rng)
 
     def _keep(self, request: Request) -> Request:
         """Hand *request* back to the scheduler; the engine is closing, so it

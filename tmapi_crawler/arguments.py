@@ -23,10 +23,13 @@ from pydantic import (
 
 from tmapi_crawler.api import LANGUAGES, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
 from tmapi_crawler.config import ConfigError, describe_validation_error
+from tmapi_crawler.records import MEDIA_KINDS, MediaKind
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Self
+
+    from scrapy.settings import BaseSettings
 
 FOLLOW_MODES = ("listing", "detail", "detail+desc")
 
@@ -75,6 +78,22 @@ class CommonArgs(BaseModel):
     follow: Literal["listing", "detail", "detail+desc"] = Field(
         default="detail+desc", description="how far to follow each listed product"
     )
+    media: Annotated[list[MediaKind], BeforeValidator(_split)] = Field(
+        default_factory=list, description="files to download into FILES_STORE: main, sku, desc, video"
+    )
+
+    @field_validator("media")
+    @classmethod
+    def _media_kinds(cls, kinds: list[str]) -> list[str]:
+        return [kind for kind in MEDIA_KINDS if kind in kinds]
+
+    @model_validator(mode="after")
+    def _media_follow(self) -> CommonArgs:
+        if self.media and self.follow == "listing":
+            raise ValueError("media needs product records: use follow=detail or follow=detail+desc")
+        if "desc" in self.media and self.follow != "detail+desc":
+            raise ValueError("media=desc needs the description: use follow=detail+desc")
+        return self
 
     #: What names a seed: each argument that does -> the key of one such
     #: seed in JSON (``member_id=a,b`` is two seeds ``{"member_id": ...}``).
@@ -252,6 +271,20 @@ def parse_arguments(model: type[CommonArgs], kwargs: dict[str, Any], *, require_
     if require_seed:
         check_seed(args)
     return args
+
+
+def check_media(args: CommonArgs, settings: BaseSettings) -> None:
+    """Refuse ``media`` without ``FILES_STORE``, where the files would go."""
+    if not args.media:
+        return
+    if not settings.get("FILES_STORE"):
+        raise ConfigError(
+            f"invalid argument: media={','.join(args.media)} needs FILES_STORE, where the files go: "
+            "add -s FILES_STORE=media (a directory, or s3://bucket/prefix, gs://..., ftp://...)"
+        )
+    from tmapi_crawler.media import check_files_store
+
+    check_files_store(settings)
 
 
 def check_seed(args: CommonArgs) -> None:

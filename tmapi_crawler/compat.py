@@ -117,12 +117,22 @@ async def wait_for_room(crawler: Crawler) -> None:
         await crawler.signals.wait_for(signals.scheduler_empty)
 
 
+def set_slot(crawler: Crawler, key: str, concurrency: int) -> None:
+    """Give the download slot *key* its own concurrency and no delay before
+    its first request (``Downloader.per_slot_settings``: what Scrapy read
+    from ``DOWNLOAD_SLOTS``, whose keys must be known in advance; a media
+    host is known only when a record names it)."""
+    crawler.engine.downloader.per_slot_settings.setdefault(key, {"concurrency": concurrency, "delay": 0, "jitter": 0})
+
+
 def missing_internals(crawler: Crawler) -> list[str]:
     """The internals above that this Scrapy and Twisted lack, by name."""
     missing = []
     engine = crawler.engine
     if not hasattr(engine, "needs_backout"):
         missing.append("ExecutionEngine.needs_backout")
+    if not isinstance(getattr(getattr(engine, "downloader", None), "per_slot_settings", None), dict):
+        missing.append("Downloader.per_slot_settings")
     if not hasattr(engine, "_slot"):
         missing.append("ExecutionEngine._slot")
     else:

@@ -97,6 +97,13 @@ class TmapiConfig(BaseModel):
     detail_max_age: float = Field(default=86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
     desc_max_age: float = Field(default=2592000.0, ge=0, alias="TMAPI_DESC_MAX_AGE")
     changes_file: str = Field(default="changes.jsonl", min_length=1, alias="TMAPI_CHANGES_FILE")
+    #: Media downloads (-a media=..., docs/media.md): apart from API calls.
+    media_concurrency: int = Field(default=16, ge=1, alias="TMAPI_MEDIA_CONCURRENCY")
+    media_concurrency_per_host: int = Field(default=8, ge=1, alias="TMAPI_MEDIA_CONCURRENCY_PER_HOST")
+    media_retry_times: int = Field(default=2, ge=0, alias="TMAPI_MEDIA_RETRY_TIMES")
+    media_timeout: float = Field(default=60.0, gt=0, alias="TMAPI_MEDIA_TIMEOUT")
+    media_maxsize: int = Field(default=64 * 1024 * 1024, ge=1, alias="TMAPI_MEDIA_MAXSIZE")
+    media_max_pending: int = Field(default=200, ge=1, alias="TMAPI_MEDIA_MAX_PENDING")
     #: The handler that really downloads, under the one that adds the token.
     #: The add-on sets it to a DOWNLOAD_HANDLERS entry the user gave for https.
     inner_download_handler: str = Field(

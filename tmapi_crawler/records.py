@@ -11,6 +11,9 @@ their JSON Schema (``python -m tmapi_crawler.records`` writes ``schemas/``).
   ``crawled_at``.
 * :class:`ListingItem` (``follow=listing``): the listing entry as returned
   (``item_id`` an integer), ``source``, ``crawled_at``.
+  With ``-a media=...``, ``media``: the product's files, each
+  ``{"url", "kind", "path", "checksum"}`` (:func:`media_entries`; the media
+  pipeline fills ``path`` and ``checksum``).
 * :class:`FailureItem`: ``endpoint``, ``params`` (never the token),
   ``item_id``, ``code``, ``msg``, ``attempts``, ``source``, ``listing``,
   ``failed_at``.
@@ -121,6 +124,53 @@ def add_description(record: ProductItem, desc: Any, fetched_at: str | None = Non
     return record
 
 
+#: The kinds of media a product has, in the order its ``media`` lists them.
+MEDIA_KINDS = ("main", "sku", "desc", "video")
+MediaKind = Literal["main", "sku", "desc", "video"]
+
+
+def _media_url(value: Any) -> str | None:
+    """A media URL as 1688 gives it (``//host/path`` happens), or ``None``
+    for an empty value."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    url = value.strip()
+    return "https:" + url if url.startswith("//") else url
+
+
+def media_urls(record: dict[str, Any], kind: str) -> list[str]:
+    """The URLs of *kind* in a product record: ``main_imgs``, the SKU
+    images (``sku_props[].values[].imageUrl``), ``detail_imgs``, ``video_url``."""
+    if kind == "main":
+        values: list[Any] = list(record.get("main_imgs") or ())
+    elif kind == "sku":
+        values = [
+            value.get("imageUrl")
+            for prop in record.get("sku_props") or ()
+            if isinstance(prop, dict)
+            for value in prop.get("values") or ()
+            if isinstance(value, dict)
+        ]
+    elif kind == "desc":
+        values = list(record.get("detail_imgs") or ())
+    else:
+        values = [record.get("video_url")]
+    return [url for url in map(_media_url, values) if url is not None]
+
+
+def add_media(record: ProductItem, kinds: list[str] | tuple[str, ...]) -> ProductItem:
+    """Give *record* its ``media`` entries for *kinds* (``path`` and
+    ``checksum`` ``None`` until the media pipeline has the files); a URL is
+    listed once per kind."""
+    entries: list[dict[str, Any]] = []
+    for kind in MEDIA_KINDS:
+        if kind in kinds:
+            for url in dict.fromkeys(media_urls(record, kind)):
+                entries.append({"url": url, "kind": kind, "path": None, "checksum": None})
+    record["media"] = entries
+    return record
+
+
 def listing_record(entry: dict[str, Any], *, source: dict[str, Any]) -> ListingItem:
     record = ListingItem(entry)
     record["item_id"] = as_item_id(entry.get("item_id"))
@@ -171,6 +221,19 @@ class Source(BaseModel):
     input: StrictStr | None = None
 
 
+class MediaEntry(BaseModel):
+    """A file of the product's (``-a media=...``): ``path`` is relative to
+    ``FILES_STORE``, ``null`` when the download failed (a failure record
+    with ``endpoint`` ``media`` says why); ``checksum`` is the file's MD5."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: StrictStr = Field(min_length=1)
+    kind: MediaKind
+    path: StrictStr | None
+    checksum: StrictStr | None
+
+
 class ProductRecord(BaseModel):
     """A product: every ``item_detail`` field as returned, plus ours."""
 
@@ -190,6 +253,8 @@ class ProductRecord(BaseModel):
     #: earlier one whose answer the catalog store kept.
     detail_fetched_at: datetime | None = None
     desc_fetched_at: datetime | None = None
+    #: With ``-a media=...``: the product's files (docs/media.md).
+    media: list[MediaEntry] | None = None
     listing: dict[str, Any] | None
     source: Source
     language: Literal[LANGUAGES]  # type: ignore[valid-type]
@@ -212,7 +277,7 @@ class FailureRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="tmapi_crawler failure record")
 
-    endpoint: Literal[(*(e.value for e in Endpoint), "record", "seed")]  # type: ignore[valid-type]
+    endpoint: Literal[(*(e.value for e in Endpoint), "record", "seed", "media")]  # type: ignore[valid-type]
     params: dict[str, Any]
     item_id: StrictInt | None
     code: StrictInt | None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from scrapy.utils.asyncio import sleep
 
+from tmapi_crawler.arguments import check_media
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import LEASES_KEY, QUEUE_KEY, SEED_POLL, SEEDS_KEY
 from tmapi_crawler.compat import wait_for_room, wake_engine
@@ -77,6 +78,7 @@ class RedisSeedsMiddleware:
                 idle_since = None
                 try:
                     args = spider.args_model.from_seed(seed)
+                    check_media(args, self.crawler.settings)
                 except ConfigError as exc:
                     yield self._bad_seed(seeds_key, seed, exc)
                     continue

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from tmapi_crawler.sandbox.server import BROKEN_KINDS, ERROR_STYLES, Faults
+from tmapi_crawler.sandbox.server import BROKEN_KINDS, ERROR_STYLES, MEDIA_FAULTS, Faults
 
 
 def _ids(text: str) -> frozenset[int]:
@@ -29,6 +29,18 @@ def _broken(text: str) -> dict[str, str]:
                 f"expected KEY:KIND with KIND one of {', '.join(BROKEN_KINDS)}, got {part!r}"
             )
         out[key] = kind
+    return out
+
+
+def _media_faults(text: str) -> dict[int, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, kind = part.rpartition(":")
+        if not key.isdigit() or kind not in MEDIA_FAULTS:
+            raise argparse.ArgumentTypeError(
+                f"expected ITEM_ID:KIND with KIND one of {', '.join(MEDIA_FAULTS)}, got {part!r}"
+            )
+        out[int(key)] = kind
     return out
 
 
@@ -94,6 +106,15 @@ def parser() -> argparse.ArgumentParser:
         default="http",
         help="errors as the HTTP status (http), as HTTP 200 with the code in the body (body), or either (mixed)",
     )
+    m = p.add_argument_group("media (the generated products' images and videos, served at /media/)")
+    m.add_argument(
+        "--media-fault",
+        type=_media_faults,
+        default={},
+        help="ITEM_ID:KIND,... where KIND is one of "
+        + "; ".join(f"{kind} ({what})" for kind, what in MEDIA_FAULTS.items()),
+    )
+    m.add_argument("--media-latency-ms", type=nn_float, default=0.0, help="time every media file takes")
     return p
 
 
@@ -128,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         quota_refill_s=args.quota_refill_s,
         error_style=args.error_style,
         seed=args.seed,
+        media_faults=args.media_fault,
+        media_latency_ms=args.media_latency_ms,
     )
     try:
         port: Any = reactor.listenTCP(args.port, make_site(catalog, faults), interface=args.host)
@@ -135,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     host = args.host if ":" not in args.host else f"[{args.host}]"
-    print(f"http://{host}:{port.getHost().port}", flush=True)
+    url = f"http://{host}:{port.getHost().port}"
+    catalog.media_base = url  # before the first answer: generated products' files are here
+    print(url, flush=True)
     reactor.run()
 
 

@@ -188,6 +188,10 @@ class Catalog:
         self.revisions: dict[int, int] = {}
         self.delisted: set[int] = set()
         self.generation = 0
+        #: Where the generated products' images and videos are: the
+        #: sandbox's own URL (set once it listens); ``None`` gives 1688 CDN
+        #: URLs, as the documented examples keep.
+        self.media_base: str | None = None
 
     # -- changes between crawls ------------------------------------------------
 
@@ -279,7 +283,27 @@ class Catalog:
         return sep.join([rng.choice(w["adj"]), rng.choice(w["adj"]), rng.choice(w["noun"]), f"#{item_id % 10000}"])
 
     def image(self, item_id: int, k: int) -> str:
+        if self.media_base is not None:
+            return f"{self.media_base}/media/img/{item_id}/{k}.jpg"
         return f"https://cbu01.alicdn.com/img/ibank/O1CN01sbx{item_id}{k:02d}_!!{self.seed}-0-cib.jpg"
+
+    def swatch(self, item_id: int, shop: int, colour: int, v: int) -> str:
+        """A SKU's colour image: on the sandbox, one per shop and colour,
+        shared by the shop's products (as sellers reuse them)."""
+        if self.media_base is not None:
+            return f"{self.media_base}/media/sku/{shop}/{colour}.jpg"
+        return self.image(item_id, 10 + v)
+
+    def desc_image(self, item_id: int, k: int) -> str:
+        if self.media_base is not None:
+            return f"{self.media_base}/media/desc/{item_id}/{k}.jpg"
+        return f"https://cbu01.alicdn.com/img/ibank/2024/{item_id % 1000:03d}/{k:03d}/{item_id}{k}_{self.seed}.jpg"
+
+    def video(self, item_id: int) -> str:
+        """A third of the generated products have a video (on the sandbox only)."""
+        if self.media_base is None or _rng(self.seed, "video", item_id).random() >= 1 / 3:
+            return ""
+        return f"{self.media_base}/media/video/{item_id}.mp4"
 
     # -- listings -----------------------------------------------------------
 
@@ -456,7 +480,7 @@ class Catalog:
                 "pid": "0",
                 "prop_name": w["colour_prop"],
                 "values": [
-                    {"vid": str(v), "name": name, "imageUrl": self.image(item_id, 10 + v)}
+                    {"vid": str(v), "name": name, "imageUrl": self.swatch(item_id, s.shop, w["color"].index(name), v)}
                     for v, name in enumerate(colours)
                 ],
             },
@@ -507,7 +531,7 @@ class Catalog:
                 {w["size_prop"]: ",".join(sizes)},
             ],
             "main_imgs": [self.image(item_id, k) for k in range(rng.randint(3, 8))],
-            "video_url": "",
+            "video_url": self.video(item_id),
             "detail_url": f"https://itemcdn.tmall.com/1688offer/icoss{item_id:x}",
             "sale_count": str(s.sales),
             "sale_info": {"sale_quantity_90days": s.sales},
@@ -561,10 +585,7 @@ class Catalog:
         if item_id == DOC_DESC_ID:
             return documented()["item_desc"]
         rng = _rng(self.seed, "desc", item_id)
-        imgs = [
-            f"https://cbu01.alicdn.com/img/ibank/2024/{item_id % 1000:03d}/{k:03d}/{item_id}{k}_{self.seed}.jpg"
-            for k in range(rng.randint(2, 10))
-        ]
+        imgs = [self.desc_image(item_id, k) for k in range(rng.randint(2, 10))]
         return {
             "item_id": item_id,
             "detail_imgs": imgs,

@@ -11,16 +11,25 @@ through the same checks in the same order as a real account would meet them:
    removed products (417 forever), and at last the data, which is billed.
 
 Counters (``GET /__admin/stats``) let tests prove how many calls a crawl made.
+
+It also plays 1688's CDN for its generated products (``/media/...``): small
+real JPEG images (a colour of their own each) and a small H.264 video, with
+faults of their own (``--media-fault``), and counts what was fetched, and
+whether a media request ever carried the token.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -66,6 +75,15 @@ BROKEN_KINDS = {
     "items-not-list": "a listing whose items is an object",
     "huge": "a 2 MB body (over a small DOWNLOAD_MAXSIZE)",
 }
+#: What ``--media-fault ITEM_ID:KIND`` does to that product's media files.
+MEDIA_FAULTS = {
+    "404": "404 Not Found",
+    "html": "an HTML page with HTTP 200 (not an image)",
+    "huge": "a 2 MB file (over a small TMAPI_MEDIA_MAXSIZE)",
+    "slow": "an answer after 30 seconds (over a short TMAPI_MEDIA_TIMEOUT)",
+    "flaky": "503 the first time each file is asked for, then the file",
+}
+MEDIA_PATH = re.compile(r"^/media/(img|desc|sku|video)/(-?\d{1,20})(?:/(\d{1,4}))?\.(jpg|mp4)$")
 
 
 def broken_keys(endpoint: Endpoint, params: dict[str, Any]) -> tuple[str, ...]:
@@ -126,6 +144,8 @@ class Faults:
     quota_refill_s: float = 0.0  # 0: only a top-up refills
     error_style: str = "http"
     seed: int = 0
+    media_faults: dict[int, str] = field(default_factory=dict)  # item id -> kind, see MEDIA_FAULTS
+    media_latency_ms: float = 0.0
 
 
 @dataclass
@@ -140,9 +160,24 @@ class Counters:
     seen: set[tuple[str, str]] = field(default_factory=set)
     first_call: float | None = None
     last_answer: float | None = None
+    media: Counter[str] = field(default_factory=Counter)  # path -> times asked
+    media_codes: Counter[int] = field(default_factory=Counter)
+    media_bytes: int = 0
+    media_with_token: int = 0
+    media_in_flight: int = 0
+    media_max_in_flight: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "media": {
+                "requests": sum(self.media.values()),
+                "files": len(self.media),
+                "asked_twice": sum(1 for n in self.media.values() if n > 1),
+                "codes": {str(code): n for code, n in sorted(self.media_codes.items())},
+                "bytes": self.media_bytes,
+                "with_token": self.media_with_token,
+                "max_in_flight": self.media_max_in_flight,
+            },
             "calls": sum(self.calls.values()),
             "calls_per_endpoint": dict(self.calls),
             "codes": {str(code): n for code, n in sorted(self.codes.items())},
@@ -215,6 +250,25 @@ def _price(params: dict[str, str], name: str) -> int | None:
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@lru_cache(maxsize=4096)
+def jpeg(path: str) -> bytes:
+    """A small real JPEG for a media path: 96x96, two colours of its own."""
+    from PIL import Image, ImageDraw
+
+    digest = hashlib.blake2b(path.encode(), digest_size=6).digest()
+    image = Image.new("RGB", (96, 96), tuple(digest[:3]))
+    ImageDraw.Draw(image).rectangle((24, 24, 72, 72), fill=tuple(digest[3:]))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+@lru_cache(maxsize=1)
+def video() -> bytes:
+    """A 2-second 96x96 H.264 MP4 (3 kB), the same for every video."""
+    return resources.files(__package__).joinpath("data", "video.mp4").read_bytes()
 
 
 class Sandbox:
@@ -411,6 +465,8 @@ class ApiResource(resource.Resource):
         path = request.path.decode("latin-1")
         if path.startswith("/__admin/"):
             return self._admin(request, path[len("/__admin/") :])
+        if path.startswith("/media/"):
+            return self._media(request, path)
         endpoint = Endpoint.from_path(path)
         if endpoint is None or request.method.decode() != endpoint.method:
             request.setResponseCode(404)
@@ -448,6 +504,62 @@ class ApiResource(resource.Resource):
         call: Any = _reactor.callLater(delay / 1000, self._finish, request, endpoint, params, counters)
         request.notifyFinish().addErrback(lambda _: self._gone(call, counters))
         return server.NOT_DONE_YET
+
+    def _media(self, request: Request, path: str) -> bytes | int:
+        """A file of the sandbox's CDN: never billed, no token needed (and
+        one that arrives with the token is counted: it must never be)."""
+        counters = self.sandbox.counters
+        counters.media[path] += 1
+        if request.args and TOKEN_PARAM.encode() in request.args:
+            counters.media_with_token += 1
+        match = MEDIA_PATH.match(path)
+        if match is None or request.method != b"GET":
+            return self._media_answer(request, 404, b"not found", "text/plain")
+        kind, number, _, ext = match.groups()
+        if (kind == "video") != (ext == "mp4"):
+            return self._media_answer(request, 404, b"not found", "text/plain")
+        fault = self.sandbox.faults.media_faults.get(int(number)) if kind != "sku" else None
+        status, body, content_type = 200, video() if kind == "video" else jpeg(path), f"{ext_type(ext)}"
+        delay = self.sandbox.faults.media_latency_ms / 1000
+        if fault == "404":
+            status, body, content_type = 404, b"not found", "text/plain"
+        elif fault == "html":
+            body, content_type = b"<html><body>Access denied</body></html>", "text/html"
+        elif fault == "huge":
+            body = body + b"\0" * 2_000_000
+        elif fault == "slow":
+            delay = 30.0
+        elif fault == "flaky" and counters.media[path] == 1:
+            status, body, content_type = 503, b"busy", "text/plain"
+        if delay <= 0:
+            return self._media_answer(request, status, body, content_type)
+        counters.media_in_flight += 1
+        counters.media_max_in_flight = max(counters.media_max_in_flight, counters.media_in_flight)
+
+        def answer() -> None:
+            counters.media_in_flight -= 1
+            if not request._disconnected:
+                request.write(self._media_answer(request, status, body, content_type))
+                request.finish()
+
+        call: Any = _reactor.callLater(delay, answer)
+
+        def gone(_: Any) -> None:
+            if call.active():
+                call.cancel()
+                counters.media_in_flight -= 1
+
+        request.notifyFinish().addErrback(gone)
+        return server.NOT_DONE_YET
+
+    def _media_answer(self, request: Request, status: int, body: bytes, content_type: str) -> bytes:
+        counters = self.sandbox.counters
+        counters.media_codes[status] += 1
+        counters.media_bytes += len(body)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
     def _gone(self, call: Any, counters: Counters) -> None:
         """The client hung up before the answer: the call ends unbilled."""
@@ -534,6 +646,10 @@ class ApiResource(resource.Resource):
             return _dumps({"ok": True, **sb.revise(share, delist)})
         request.setResponseCode(404)
         return _dumps({"ok": False, "error": f"no such admin action: {method} {action}"})
+
+
+def ext_type(ext: str) -> str:
+    return "video/mp4" if ext == "mp4" else "image/jpeg"
 
 
 class QuietSite(server.Site):

@@ -13,7 +13,7 @@ from scrapy import Request, Spider
 
 from tmapi_crawler import api
 from tmapi_crawler.api import FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
-from tmapi_crawler.arguments import CommonArgs, check_seed, parse_arguments, tool_arguments
+from tmapi_crawler.arguments import CommonArgs, check_media, check_seed, parse_arguments, tool_arguments
 from tmapi_crawler.compat import wait_for_room
 from tmapi_crawler.config import config_from_settings, is_distributed
 from tmapi_crawler.leases import LeaseTracker, tracker_of
@@ -22,6 +22,7 @@ from tmapi_crawler.records import (
     FailureItem,
     ProductItem,
     add_description,
+    add_media,
     as_item_id,
     failure_record,
     listing_record,
@@ -91,7 +92,9 @@ class TmapiSpider(Spider):
     def check_arguments(cls, kwargs: dict[str, Any], settings: BaseSettings) -> CommonArgs:
         """Validate *kwargs* as this spider's arguments (raises ConfigError);
         a worker of a distributed crawl may start without a seed."""
-        return parse_arguments(cls.args_model, kwargs, require_seed=not is_distributed(settings))
+        args = parse_arguments(cls.args_model, kwargs, require_seed=not is_distributed(settings))
+        check_media(args, settings)
+        return args
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
@@ -99,6 +102,7 @@ class TmapiSpider(Spider):
         spider.config = config_from_settings(crawler.settings)
         if not is_distributed(crawler.settings):
             check_seed(spider.args)
+        check_media(spider.args, crawler.settings)
         return spider
 
     @functools.cached_property
@@ -152,6 +156,7 @@ class TmapiSpider(Spider):
             "scene": args.scene,
             "optimize_title": args.optimize_title,
             "max_pages": getattr(args, "max_pages", None),
+            "media": list(args.media),
         }
 
     # -- requests -------------------------------------------------------------
@@ -220,14 +225,20 @@ class TmapiSpider(Spider):
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             return
+        media = opts.get("media") or []
         if opts["follow"] != "detail+desc":
-            yield record
+            yield from self.finished(record, media)
             return
         yield self.api_request(
             Endpoint.ITEM_DESC,
             {"item_id": record["item_id"]},
             callback=self.parse_desc,
-            cb_kwargs={"product": record, "item_id": record["item_id"], "source": source},
+            cb_kwargs={
+                "product": record,
+                "item_id": record["item_id"],
+                "source": source,
+                **({"media": media} if media else {}),
+            },
             priority=PRIORITY_DESC,
             # One description per detail answer, and details are deduplicated:
             # the dupefilter would only hold its fingerprint for nothing (half
@@ -238,11 +249,37 @@ class TmapiSpider(Spider):
         )
 
     @tracked
-    def parse_desc(self, response: Response, *, product: ProductItem, **_: Any) -> Iterator[Any]:
+    def parse_desc(
+        self, response: Response, *, product: ProductItem, media: list[str] | None = None, **_: Any
+    ) -> Iterator[Any]:
         try:
             add_description(product, envelope_of(response).data, fetched_at=response.meta.get(FETCHED_AT_META))
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
+        yield from self.finished(product, media)
+
+    def finished(self, product: ProductItem, media: list[str] | None) -> Iterator[Any]:
+        """The product record as it leaves the spider: with ``-a media=...``,
+        its ``media`` entries, which the media pipeline downloads.  A worker
+        without ``FILES_STORE`` that is given a request with media says so
+        in a failure record (the entries keep ``path`` null)."""
+        if not media:
+            yield product
+            return
+        add_media(product, media)
+        if product["media"] and not self.crawler.settings.get("FILES_STORE"):
+            msg = f"media={','.join(media)} asked for, but this worker has no FILES_STORE: set it as the others have it"
+            logger.warning("Failed: media of item %s: %s", product["item_id"], msg)
+            yield failure_record(
+                endpoint="media",
+                params={"kinds": media},
+                item_id=product["item_id"],
+                code=None,
+                msg=msg,
+                attempts=0,
+                source=product["source"],
+                listing=product.get("listing"),
+            )
         yield product
 
     @tracked
@@ -263,7 +300,7 @@ class TmapiSpider(Spider):
             code, msg = None, f"{type(exc).__name__}: {exc}"
         endpoint = request.meta["tmapi"]["endpoint"]
         if endpoint == Endpoint.ITEM_DESC.value:
-            yield request.cb_kwargs["product"]
+            yield from self.finished(request.cb_kwargs["product"], request.cb_kwargs.get("media"))
         elif endpoint in (Endpoint.SHOP_ITEMS.value, Endpoint.CATEGORY_ITEMS.value):
             self.note_page(request, None)
         yield self.failure(request, code, msg)

@@ -1,0 +1,546 @@
+"""Media: a product's images and videos, downloaded into ``FILES_STORE`` and
+tied to its record (``-a media=main,sku,desc,video``; docs/media.md).
+
+The spider lists the files a product record should have in its ``media``
+(:func:`tmapi_crawler.records.add_media`); Scrapy's own files pipeline
+downloads them and this module fills each entry's ``path`` and ``checksum``:
+
+* :class:`MediaFilesPipeline` is Scrapy's ``FilesPipeline`` (any store it
+  supports: a directory, ``s3://``, ``gs://``, ``ftp://``; ``FILES_EXPIRES``
+  says when a stored file is old enough to fetch again), and
+  :class:`MediaImagesPipeline` its ``ImagesPipeline`` (Pillow), which takes
+  the images when the user asks for thumbnails (``IMAGES_THUMBS``).
+* A URL is downloaded once per crawl (Scrapy's own per-crawl cache, bounded
+  here), and not at all when the store has it already.  In distributed mode
+  the workers claim each file in Redis first (:class:`MediaClaims`), so
+  that two of them do not download it at the same time.
+* A media request is no API call: it carries no ``tmapi`` meta, so the
+  download handler adds no token and the gate never sees it; it has a
+  download slot of its own per host (``TMAPI_MEDIA_CONCURRENCY_PER_HOST``),
+  at most ``TMAPI_MEDIA_CONCURRENCY`` are in flight, and
+  :class:`MediaMiddleware` retries it (``TMAPI_MEDIA_RETRY_TIMES``) and
+  follows its redirects.
+* A product record goes on once its files are downloaded or failed; a
+  failed file is a failure record (``endpoint`` ``media``) and a ``path`` of
+  ``null``.  While ``TMAPI_MEDIA_MAX_PENDING`` records wait for their files,
+  API calls wait too (:class:`MediaMiddleware`): memory stays bounded when
+  the files come slower than the products.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import tempfile
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urljoin, urlsplit
+
+from scrapy import Request, signals
+from scrapy.exceptions import DownloadCancelledError, NotConfigured
+from scrapy.http import Response
+from scrapy.pipelines.files import FilesPipeline, FSFilesStore
+from scrapy.pipelines.images import ImagesPipeline
+from scrapy.utils.asyncio import sleep
+from scrapy.utils.defer import ensure_awaitable
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from tmapi_crawler.answers import BACKOFF_META, retry_exceptions, retry_later
+from tmapi_crawler.compat import set_slot
+from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.records import ProductItem, failure_record
+from tmapi_crawler.store.url import hide_password
+
+if TYPE_CHECKING:
+    from io import BytesIO
+    from os import PathLike
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+    from scrapy.pipelines.media import FileInfo, FileInfoOrError
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+#: meta key of a media request: the kind of file (``main``, ``sku``, ...).
+MEDIA_META = "tmapi_media"
+#: meta key: why a media download failed for good (set by MediaMiddleware).
+ERROR_META = "tmapi_media_error"
+#: The flag of the response that stands for a download that failed for good.
+ERROR_FLAG = "tmapi_media_error"
+_HOLDS_META = "tmapi_media_holds"
+_REDIRECTS_META = "tmapi_media_redirects"
+#: The download slot of a media host: never the API's, even on its host.
+SLOT_PREFIX = "tmapi-media:"
+#: Answers worth asking again, and redirects to follow.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 524})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+#: Files whose outcome this crawl remembers (Scrapy's cache has no bound).
+#: A file forgotten is found in the store (``FILES_EXPIRES``), not fetched.
+REMEMBERED_FILES = 20_000
+#: Redis key prefix of the claims (followed by the file's path in the store).
+CLAIMS_KEY = "tmapi:media:claim:"
+#: Threads that read and write a local FILES_STORE.
+DISK_THREADS = 4
+IMAGE_KINDS = frozenset({"main", "sku", "desc"})
+FAILED = "failed"
+
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+_VIDEO_SIGNATURES = (b"\x1aE\xdf\xa3", b"FLV")
+
+
+def media_store(settings: BaseSettings) -> str | None:
+    return settings.get("FILES_STORE") or None
+
+
+def check_files_store(settings: BaseSettings) -> None:
+    """Refuse a ``FILES_STORE`` that Scrapy cannot store in, or a local
+    directory that cannot be written, before any call; raises
+    :class:`ConfigError`."""
+    uri = str(settings.get("FILES_STORE"))
+    shown = hide_password(uri)  # ftp://user:password@host/...
+    scheme = "file" if Path(uri).is_absolute() else urlsplit(uri).scheme
+    if scheme not in FilesPipeline.STORE_SCHEMES:
+        raise ConfigError(
+            f"FILES_STORE={shown!r} is not a store Scrapy has: use a directory, s3://bucket/prefix, "
+            "gs://bucket/prefix or ftp://user:pass@host/path"
+        )
+    if scheme not in ("", "file"):
+        return
+    directory = Path(uri.removeprefix("file://"))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"FILES_STORE={shown!r} cannot be written ({exc.strerror or exc}): give a directory this user can write to"
+        ) from None
+
+
+def looks_like(kind: str, body: bytes) -> bool:
+    """Whether *body* is an image (or, for ``video``, a video) and not, say,
+    the HTML page a CDN sends for a file it refuses."""
+    if kind == "video":
+        return body[4:8] == b"ftyp" or body.startswith(_VIDEO_SIGNATURES) or body[8:12] == b"AVI "
+    return body.startswith(_IMAGE_SIGNATURES) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+
+
+class _Remembered(OrderedDict[bytes, Any]):
+    """Scrapy's per-crawl ``downloaded`` cache, holding the newest files only."""
+
+    def __init__(self, most: int):
+        super().__init__()
+        self.most = most
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.most:
+            self.popitem(last=False)
+
+
+class MediaDownloads:
+    """What the media pipelines and middleware share: how many files are in
+    flight, how many records wait for theirs, and the claims of a
+    distributed crawl.  An extension, on when ``FILES_STORE`` is set."""
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.config = config_from_settings(crawler.settings)
+        self.stats = crawler.stats
+        self.in_flight = asyncio.Semaphore(self.config.media_concurrency)
+        self.pending = 0
+        self._room: asyncio.Event | None = None
+        self.claims: MediaClaims | None = None
+        if is_distributed(crawler.settings):
+            self.claims = MediaClaims(crawler, timeout=self._claim_timeout())
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        if media_store(crawler.settings) is None:
+            raise NotConfigured("no FILES_STORE")
+        return cls(crawler)
+
+    def _claim_timeout(self) -> float:
+        # Longer than a download with all its retries can take.
+        config = self.config
+        return config.media_timeout * (config.media_retry_times + 1) + 30
+
+    # -- records waiting for their files -----------------------------------------------
+
+    def record_waits(self) -> None:
+        self.pending += 1
+        self.stats.max_value("tmapi/media/pending_max", self.pending)
+
+    def record_done(self) -> None:
+        self.pending -= 1
+        if self._room is not None and self.pending < self.config.media_max_pending:
+            self._room.set()
+            self._room = None
+
+    async def room(self) -> None:
+        """Returns once fewer than ``TMAPI_MEDIA_MAX_PENDING`` records wait
+        for their files (every waiting call then goes on: some of them are
+        listing pages, which make no record)."""
+        while self.pending >= self.config.media_max_pending:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self.stats.inc_value("tmapi/media/api_waits")
+            await self._room.wait()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(self, url: str, kind: str) -> Request:
+        """The request of a file: its own slot per host, its own timeout and
+        size limit; no ``tmapi`` meta (so: no token, no gate, no count)."""
+        slot = SLOT_PREFIX + (urlsplit(url).hostname or "")
+        set_slot(self.crawler, slot, self.config.media_concurrency_per_host)
+        accept = "*/*" if kind == "video" else "image/avif,image/webp,image/*,*/*;q=0.8"
+        return Request(
+            url,
+            headers={"Accept": accept},
+            meta={
+                MEDIA_META: kind,
+                "download_slot": slot,
+                "download_timeout": self.config.media_timeout,
+                "download_maxsize": self.config.media_maxsize,
+                "download_warnsize": 0,
+                "dont_cache": True,
+            },
+        )
+
+
+def downloads_of(crawler: Crawler) -> MediaDownloads:
+    found = crawler.get_extension(MediaDownloads)
+    if found is None:
+        raise NotConfigured("no FILES_STORE")
+    return found
+
+
+class MediaClaims:
+    """Distributed mode: a worker claims a file in Redis before it downloads
+    it (``SET NX`` with a timeout, in case it dies); a worker that finds the
+    file claimed waits for the claim to end and then finds the file in the
+    shared ``FILES_STORE``."""
+
+    POLL = 0.1
+
+    def __init__(self, crawler: Crawler, timeout: float):
+        from tmapi_crawler.cluster.connection import redis_from_settings
+
+        self.server = redis_from_settings(crawler.settings)
+        self.prefix = CLAIMS_KEY
+        self.timeout_ms = int(timeout * 1000)
+        self.me = f"{id(self):x}{random.getrandbits(32):08x}"
+
+    async def claim(self, key: str) -> bool:
+        """``True``: this worker downloads the file; ``False``: another one
+        had it, and has finished (or given up) by now."""
+        name = self.prefix + key
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, lambda: self.server.set(name, self.me, nx=True, px=self.timeout_ms)):
+            return True
+        while await loop.run_in_executor(None, self.server.exists, name):
+            await sleep(self.POLL)
+        return False
+
+    async def release(self, key: str) -> None:
+        name = self.prefix + key
+        await asyncio.get_running_loop().run_in_executor(None, self.server.delete, name)
+
+
+class _ThreadedFSStore(FSFilesStore):
+    """Scrapy's local store, whose writes go to threads: a file's ``open``
+    takes a millisecond or more on a busy disk, which the reactor (and the
+    API calls) would wait for."""
+
+    def __init__(self, basedir: str, threads: ThreadPoolExecutor):
+        super().__init__(basedir)
+        self.threads = threads
+
+    def persist_file(  # type: ignore[override] # a Deferred, which Scrapy awaits
+        self,
+        path: str | PathLike[str],
+        buf: BytesIO,
+        info: Any,
+        meta: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Deferred[None]:
+        write = functools.partial(FSFilesStore.persist_file, self, path, buf, info, meta, headers)
+        return Deferred.fromFuture(asyncio.get_running_loop().run_in_executor(self.threads, write))
+
+
+class MediaFilesPipeline(FilesPipeline):
+    """Scrapy's ``FilesPipeline`` for the product's files (see the module):
+    every kind, or the videos alone when :class:`MediaImagesPipeline` takes
+    the images."""
+
+    def __init__(self, store_uri: str, *, crawler: Crawler):
+        super().__init__(store_uri, crawler=crawler)
+        thumbs = bool(crawler.settings.getdict("IMAGES_THUMBS"))
+        self.kinds = frozenset({"video"}) if thumbs else frozenset({*IMAGE_KINDS, "video"})
+        self.downloads = downloads_of(crawler)
+        self._disk: ThreadPoolExecutor | None = None
+        if isinstance(self.store, FSFilesStore):
+            # The directories Scrapy writes in, made now: its check for them
+            # is not safe in threads.
+            base = Path(self.store.basedir)
+            for name in ("full", *(f"thumbs/{t}" for t in crawler.settings.getdict("IMAGES_THUMBS"))):
+                (base / name).mkdir(parents=True, exist_ok=True)
+            self._disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="tmapi-media-disk")
+            self.store = _ThreadedFSStore(self.store.basedir, self._disk)
+
+    async def close_spider(self) -> None:
+        if self._disk is not None:
+            self._disk.shutdown()
+
+    def _entries(self, item: Any) -> list[dict[str, Any]]:
+        if not isinstance(item, ProductItem) or not isinstance(item.get("media"), list):
+            return []
+        return [e for e in item["media"] if e.get("kind") in self.kinds]
+
+    # -- Scrapy's hooks ---------------------------------------------------------------
+
+    async def process_item(self, item: Any) -> Any:  # type: ignore[override] # no spider argument
+        if not self._entries(item):
+            return item
+        info = self.spiderinfo
+        if not isinstance(info.downloaded, _Remembered):
+            info.downloaded = _Remembered(REMEMBERED_FILES)
+        self.downloads.record_waits()
+        try:
+            return await super().process_item(item)
+        finally:
+            self.downloads.record_done()
+
+    def get_media_requests(self, item: Any, info: Any) -> list[Request]:
+        return [self.downloads.request(entry["url"], entry["kind"]) for entry in self._entries(item)]
+
+    async def media_to_download(  # type: ignore[override] # Scrapy awaits what it returns
+        self, request: Request, info: Any, *, item: Any = None
+    ) -> FileInfo | None:
+        """The file as the store has it (not too old for ``FILES_EXPIRES``),
+        or ``None`` to download it: then it waits for a place among the
+        media downloads in flight (and, distributed, for its claim)."""
+        if urlsplit(request.url).scheme not in ("http", "https"):
+            return self._failed(request, None, "not an http(s) URL")
+        found = await self._stored(request, info, item)
+        if found is not None:
+            self.downloads.stats.inc_value("tmapi/media/uptodate")
+            return found
+        claims = self.downloads.claims
+        if claims is not None:
+            key = self._key(request, info, item)
+            while True:
+                mine = await claims.claim(key)
+                # Another worker may have stored it since this one looked.
+                found = await self._stored(request, info, item)
+                if found is not None:
+                    if mine:
+                        await claims.release(key)
+                    self.downloads.stats.inc_value("tmapi/media/other_worker")
+                    return found
+                if mine:
+                    break
+                # The other worker failed: claim it here.
+        await self.downloads.in_flight.acquire()
+        request.meta[_HOLDS_META] = True
+        return None
+
+    async def _stored(self, request: Request, info: Any, item: Any) -> FileInfo | None:
+        """The file as the store has it, if it is younger than ``FILES_EXPIRES``
+        days: Scrapy's check, with a local directory's ``stat`` and checksum
+        read in a thread (never in the reactor's)."""
+        if self._disk is None:
+            found: FileInfo | None = await ensure_awaitable(super().media_to_download(request, info, item=item))
+            return found
+        path = self.file_path(request, info=info, item=item)
+        store = self.store
+        assert isinstance(store, FSFilesStore)
+        stat = await asyncio.get_running_loop().run_in_executor(self._disk, store.stat_file, path, info)
+        modified = stat.get("last_modified")
+        if not modified or (time.time() - modified) / 86400 > self.expires:
+            return None
+        self.inc_stats("uptodate")
+        return {"url": request.url, "path": path, "checksum": stat.get("checksum"), "status": "uptodate"}
+
+    def _key(self, request: Request, info: Any, item: Any) -> str:
+        return self.file_path(request, info=info, item=item)
+
+    async def _let_go(self, request: Request, info: Any, item: Any) -> None:
+        if request.meta.pop(_HOLDS_META, False):
+            self.downloads.in_flight.release()
+            if self.downloads.claims is not None:
+                await self.downloads.claims.release(self._key(request, info, item))
+
+    async def media_downloaded(self, response: Response, request: Request, info: Any, *, item: Any = None) -> FileInfo:
+        """The stored file, or a failed entry (never an exception: a
+        failed file is an outcome, with a failure record, not a traceback)."""
+        try:
+            return await self._store(response, request, info, item)
+        finally:
+            await self._let_go(request, info, item)
+
+    async def _store(self, response: Response, request: Request, info: Any, item: Any) -> FileInfo:
+        kind = request.meta[MEDIA_META]
+        stats = self.downloads.stats
+        # The request last sent (a retry's, a redirect's) knows the attempts.
+        sent = response.request if response.request is not None else request
+        attempts = int(sent.meta.get("retry_times", 0)) + 1
+        if ERROR_FLAG in response.flags:
+            return self._failed(request, None, sent.meta.get(ERROR_META) or "download failed", attempts)
+        if response.status != 200:
+            return self._failed(request, response.status, f"HTTP {response.status}", attempts)
+        if not response.body:
+            return self._failed(request, response.status, "an empty file", attempts)
+        if not looks_like(kind, response.body):
+            shown = (response.headers.get(b"Content-Type") or b"").decode("latin-1") or "no Content-Type"
+            what = "a video" if kind == "video" else "an image"
+            return self._failed(request, 200, f"not {what} ({shown}, {len(response.body)} bytes)", attempts)
+        try:
+            path = self.file_path(request, response=response, info=info, item=item)
+            checksum = str(await ensure_awaitable(self.file_downloaded(response, request, info, item=item)))
+        except Exception as exc:
+            # Pillow refusing the image, the store refusing the file.
+            return self._failed(request, 200, f"not stored: {type(exc).__name__}: {exc}", attempts)
+        stats.inc_value("tmapi/media/downloaded")
+        stats.inc_value(f"tmapi/media/downloaded/{kind}")
+        stats.inc_value("tmapi/media/bytes", len(response.body))
+        self.inc_stats("downloaded")
+        return {"url": request.url, "path": path, "checksum": checksum, "status": "downloaded"}
+
+    def _failed(self, request: Request, code: int | None, msg: str, attempts: int = 1) -> FileInfo:
+        self.downloads.stats.inc_value("tmapi/media/failed")
+        info: dict[str, Any] = {"url": request.url, "path": None, "checksum": None, "status": FAILED}
+        info.update(code=code, msg=msg, attempts=attempts)
+        return info  # type: ignore[return-value]
+
+    def media_failed(self, failure: Any, request: Request, info: Any) -> NoReturn:
+        # Only what MediaMiddleware did not turn into a failed entry (a bug,
+        # or a request dropped by another component) ends here.
+        if request.meta.pop(_HOLDS_META, False):
+            self.downloads.in_flight.release()
+        super().media_failed(failure, request, info)
+
+    def item_completed(self, results: list[FileInfoOrError], item: Any, info: Any) -> Any:
+        """Each entry gets its file's ``path`` and ``checksum``; a failed
+        file keeps ``null`` and is a failure record."""
+        for entry, (ok, result) in zip(self._entries(item), results, strict=True):
+            if isinstance(result, Failure):
+                self._failure_record(item, entry, None, f"{type(result.value).__name__}: {result.value}", 1)
+                continue
+            found: dict[str, Any] = dict(result)
+            if ok and found["status"] != FAILED:
+                entry["path"], entry["checksum"] = found["path"], found["checksum"]
+                continue
+            self._failure_record(item, entry, found.get("code"), str(found.get("msg")), int(found.get("attempts", 1)))
+        return item
+
+    def _failure_record(self, item: Any, entry: dict[str, Any], code: int | None, msg: str, attempts: int) -> None:
+        record = failure_record(
+            endpoint="media",
+            params={"url": entry["url"], "kind": entry["kind"]},
+            item_id=item["item_id"],
+            code=code,
+            msg=msg,
+            attempts=attempts,
+            source=item.get("source"),
+            listing=item.get("listing"),
+        )
+        logger.warning("Failed: media %s of item %s (%s) -> %s", entry["kind"], item["item_id"], entry["url"], msg)
+        # Written to TMAPI_FAILURES_FILE by the feed exports, as the spider's are.
+        self.crawler.signals.send_catch_log(
+            signal=signals.item_scraped, item=record, response=None, spider=self.crawler.spider
+        )
+
+
+class MediaImagesPipeline(MediaFilesPipeline, ImagesPipeline):
+    """Scrapy's ``ImagesPipeline`` (Pillow) for the images, when the user asks
+    for thumbnails (``IMAGES_THUMBS``): each image is checked, stored as JPEG
+    under ``full/`` and its thumbnails under ``thumbs/<name>/``."""
+
+    def __init__(self, store_uri: str, *, crawler: Crawler):
+        if not crawler.settings.getdict("IMAGES_THUMBS"):
+            raise NotConfigured("no IMAGES_THUMBS")
+        super().__init__(store_uri, crawler=crawler)
+        self.kinds = IMAGE_KINDS
+
+
+class MediaMiddleware:
+    """A downloader middleware for media requests, and for API calls while
+    too many records wait for their files.
+
+    * A media request is retried (``TMAPI_MEDIA_RETRY_TIMES``, with backoff)
+      on a connection error, a timeout or an answer such as 503; its
+      redirects are followed (``REDIRECT_ENABLED`` is off for the API).
+    * A media download that failed for good becomes a response flagged
+      :data:`ERROR_FLAG`, so that the pipeline records the failure.
+    * An API call waits while ``TMAPI_MEDIA_MAX_PENDING`` records wait for
+      their files.
+    """
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.downloads = downloads_of(crawler)
+        self.config = self.downloads.config
+        self.retry_exceptions = retry_exceptions(crawler.settings)
+        self.rng = random.Random()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    async def process_request(self, request: Request) -> None:
+        if "tmapi" in request.meta:
+            if self.downloads.pending >= self.config.media_max_pending:
+                await self.downloads.room()
+            return
+        delay = request.meta.pop(BACKOFF_META, None) if MEDIA_META in request.meta else None
+        if delay:
+            await sleep(delay)
+
+    def process_response(self, request: Request, response: Response) -> Request | Response:
+        if MEDIA_META not in request.meta:
+            return response
+        if response.status in REDIRECT_STATUSES and b"Location" in response.headers:
+            hops = request.meta.get(_REDIRECTS_META, 0) + 1
+            if hops > MAX_REDIRECTS:
+                return self._give_up(request, f"more than {MAX_REDIRECTS} redirects")
+            location = (response.headers.get(b"Location") or b"").decode("latin-1")
+            redirected = request.replace(url=urljoin(request.url, location), method="GET", body=b"")
+            redirected.meta[_REDIRECTS_META] = hops
+            return redirected
+        if response.status in RETRY_STATUSES:
+            retry = self._retry(request, f"media_{response.status}")
+            if retry is not None:
+                return retry
+        return response
+
+    def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:
+        if MEDIA_META not in request.meta:
+            return None
+        if isinstance(exception, self.retry_exceptions):
+            retry = self._retry(request, exception)
+            if retry is not None:
+                return retry
+        if isinstance(exception, DownloadCancelledError):
+            msg = f"over TMAPI_MEDIA_MAXSIZE={self.config.media_maxsize} bytes"
+        else:
+            msg = f"{type(exception).__name__}: {exception}".rstrip(": ")
+        return self._give_up(request, msg)
+
+    def _retry(self, request: Request, reason: str | Exception) -> Request | None:
+        times = self.config.media_retry_times
+        return retry_later(self.crawler, request, reason, times, "tmapi/media/retries", self.rng)
+
+    @staticmethod
+    def _give_up(request: Request, msg: str) -> Response:
+        request.meta[ERROR_META] = msg
+        return Response(request.url, status=200, request=request, flags=[ERROR_FLAG])
