@@ -9,6 +9,7 @@ import hashlib
 import subprocess
 import sys
 from collections import Counter
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,23 @@ async def test_files_on_an_ftp_store(make_sandbox, tmp_path, ftp_store):
     assert again.stats["tmapi/media/uptodate"] == len({e["url"] for e in entries})
     before = {r["item_id"]: r["media"] for r in first.records}
     assert {r["item_id"]: r["media"] for r in again.records} == before
+
+
+@deferred_f_from_coro_f
+async def test_ftp_uploads_in_parallel_into_new_directories(ftp_store):
+    """Scrapy's FTP store makes a file's directories as it uploads it; two
+    uploads making the same one at once used to fail with 550 "exists"."""
+    from scrapy.pipelines.files import FilesPipeline
+    from scrapy.settings import Settings
+    from scrapy.utils.defer import maybe_deferred_to_future
+    from twisted.internet.defer import DeferredList
+
+    from tmapi_crawler.media import _FTPStore
+
+    url, root = ftp_store
+    FilesPipeline._update_stores(Settings())
+    store = _FTPStore(url)
+    uploads = [store.persist_file(f"full/{n % 3}/{n}.jpg", BytesIO(b"%d" % n), None) for n in range(24)]
+    results = await maybe_deferred_to_future(DeferredList(uploads, consumeErrors=True))
+    assert [ok for ok, _ in results] == [True] * 24, [r for ok, r in results if not ok][:1]
+    assert sorted(p.name for p in root.glob("full/*/*.jpg")) == sorted(f"{n}.jpg" for n in range(24))

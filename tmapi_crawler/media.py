@@ -37,6 +37,8 @@ import tempfile
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from ftplib import error_perm
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urljoin, urlsplit
@@ -44,7 +46,7 @@ from urllib.parse import urljoin, urlsplit
 from scrapy import Request, signals
 from scrapy.exceptions import DownloadCancelledError, NotConfigured
 from scrapy.http import Response
-from scrapy.pipelines.files import FilesPipeline, FSFilesStore
+from scrapy.pipelines.files import FilesPipeline, FSFilesStore, FTPFilesStore
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.utils.asyncio import sleep
 from scrapy.utils.defer import ensure_awaitable
@@ -58,7 +60,6 @@ from tmapi_crawler.records import ProductItem, failure_record
 from tmapi_crawler.store.url import hide_password
 
 if TYPE_CHECKING:
-    from io import BytesIO
     from os import PathLike
     from typing import Self
 
@@ -100,6 +101,9 @@ def media_store(settings: BaseSettings) -> str | None:
     return settings.get("FILES_STORE") or None
 
 
+_WRITABLE: set[str] = set()
+
+
 def check_files_store(settings: BaseSettings) -> None:
     """Refuse a ``FILES_STORE`` that Scrapy cannot store in, or a local
     directory that cannot be written, before any call; raises
@@ -112,7 +116,7 @@ def check_files_store(settings: BaseSettings) -> None:
             f"FILES_STORE={shown!r} is not a store Scrapy has: use a directory, s3://bucket/prefix, "
             "gs://bucket/prefix or ftp://user:pass@host/path"
         )
-    if scheme not in ("", "file"):
+    if scheme not in ("", "file") or uri in _WRITABLE:
         return
     directory = Path(uri.removeprefix("file://"))
     try:
@@ -123,6 +127,7 @@ def check_files_store(settings: BaseSettings) -> None:
         raise ConfigError(
             f"FILES_STORE={shown!r} cannot be written ({exc.strerror or exc}): give a directory this user can write to"
         ) from None
+    _WRITABLE.add(uri)  # checked once a process: a worker checks every seed with media
 
 
 def looks_like(kind: str, body: bytes) -> bool:
@@ -277,6 +282,37 @@ class _ThreadedFSStore(FSFilesStore):
         return Deferred.fromFuture(asyncio.get_running_loop().run_in_executor(self.threads, write))
 
 
+class _FTPStore(FTPFilesStore):
+    """Scrapy's FTP store, whose uploads make their directories as they go
+    (``scrapy.utils.ftp.ftp_makedirs_cwd``): an upload that finds a
+    directory made meanwhile by another one fails with 550 "exists".  Such
+    an upload is tried again (as often as a path has directories)."""
+
+    TRIES = 4
+
+    def persist_file(
+        self,
+        path: str,
+        buf: BytesIO,
+        info: Any,
+        meta: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Deferred[Any]:
+        data = buf.getvalue()  # Scrapy closes the buffer it uploads
+
+        def upload(tries: int) -> Deferred[Any]:
+            sent = FTPFilesStore.persist_file(self, path, BytesIO(data), info, meta, headers)
+
+            def again(failure: Failure) -> Any:
+                if tries > 1 and failure.check(error_perm) and "exist" in str(failure.value).lower():
+                    return upload(tries - 1)
+                return failure
+
+            return sent.addErrback(again)
+
+        return upload(self.TRIES)
+
+
 class MediaFilesPipeline(FilesPipeline):
     """Scrapy's ``FilesPipeline`` for the product's files (see the module):
     every kind, or the videos alone when :class:`MediaImagesPipeline` takes
@@ -296,6 +332,8 @@ class MediaFilesPipeline(FilesPipeline):
                 (base / name).mkdir(parents=True, exist_ok=True)
             self._disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="tmapi-media-disk")
             self.store = _ThreadedFSStore(self.store.basedir, self._disk)
+        elif isinstance(self.store, FTPFilesStore):
+            self.store = _FTPStore(store_uri)
 
     async def close_spider(self) -> None:
         if self._disk is not None:
