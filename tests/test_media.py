@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 from collections import Counter
 from io import BytesIO
 from pathlib import Path
@@ -353,3 +354,37 @@ async def test_ftp_uploads_in_parallel_into_new_directories(ftp_store):
     results = await maybe_deferred_to_future(DeferredList(uploads, consumeErrors=True))
     assert [ok for ok, _ in results] == [True] * 24, [r for ok, r in results if not ok][:1]
     assert sorted(p.name for p in root.glob("full/*/*.jpg")) == sorted(f"{n}.jpg" for n in range(24))
+
+
+def test_killed_while_files_are_in_flight(make_sandbox, tmp_path):
+    """JOBDIR and SIGKILL while files are downloading: the same command
+    resumes; every product once, every file in the store, and no file asked
+    for twice but those in flight at the kill."""
+    import signal
+
+    from tests.conftest import SCRAPY, scrapy_env
+
+    products = 150
+    sb = make_sandbox("--shops", "1", "--shop-size", str(products), "--media-latency-ms", "30")
+    cmd = [
+        SCRAPY, "crawl", "shop", "-a", f"member_id={SHOP}", "-a", "media=main,video", "-o", "products.jsonl",
+        "-s", f"TMAPI_BASE_URL={sb.url}", "-s", "JOBDIR=crawls/shop-1", "-s", "FILES_STORE=files",
+        "-s", "TMAPI_PROGRESS_INTERVAL=0",
+    ]  # fmt: skip
+    env = scrapy_env({"TMAPI_TOKEN": sb.token})
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while sb.stats()["media"]["files"] < 200 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the crawl ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_jsonl(tmp_path / "products.jsonl")
+    assert sorted(r["item_id"] for r in records) == sorted({r["item_id"] for r in records})
+    assert len(records) == products
+    assert all(e["path"] and (tmp_path / "files" / e["path"]).is_file() for r in records for e in r["media"])
+    media = sb.stats()["media"]
+    assert media["files"] == len(urls_of(records))
+    assert media["asked_twice"] <= 16  # TMAPI_MEDIA_CONCURRENCY: the files in flight
