@@ -388,3 +388,18 @@ def test_killed_while_files_are_in_flight(make_sandbox, tmp_path):
     media = sb.stats()["media"]
     assert media["files"] == len(urls_of(records))
     assert media["asked_twice"] <= 16  # TMAPI_MEDIA_CONCURRENCY: the files in flight
+
+
+def test_a_store_password_never_shows_in_the_log(sandbox: SandboxProcess, tmp_path, ftp_store):
+    """Scrapy logs its settings as given; the FTP password in FILES_STORE is
+    masked there and in every later line."""
+    url, root = ftp_store
+    done = run_scrapy(
+        "crawl", "item", "-a", "item_ids=700020000001", "-a", "media=main", "-s", f"FILES_STORE={url}",
+        "-s", f"TMAPI_BASE_URL={sandbox.url}", "-o", str(tmp_path / "out.jsonl"), cwd=tmp_path,
+        env={"TMAPI_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'FILES_STORE': 'ftp://media:***@127.0.0.1:" in done.stderr
+    assert "secret" not in done.stderr
+    assert all(e["path"] and (root / e["path"]).is_file() for e in read_jsonl(tmp_path / "out.jsonl")[0]["media"])

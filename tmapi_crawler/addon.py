@@ -28,8 +28,10 @@ this) turns a Scrapy project into a TMAPI crawler.  It only configures:
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
+from scrapy import signals
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.utils.misc import load_object
 from spidermon.contrib.scrapy.extensions import Spidermon
@@ -47,10 +49,15 @@ from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesP
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
+from tmapi_crawler.redaction import redact_logs
 from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline
 from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Self
+
+    from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
 #: Distributed mode's components, by class path (imported only when used).
@@ -63,16 +70,32 @@ CLUSTER_COMPONENTS = {
 CLUSTER_SEEDS = f"{CLUSTER}.seeds.RedisSeedsMiddleware"
 
 
+def _password_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def _path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class TmapiAddon:
+    def __init__(self, crawler: Crawler | None = None):
+        self.crawler = crawler
+        self._unmask: list[Callable[[], None]] = []
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
     def update_settings(self, settings: BaseSettings) -> None:
         for secret in ("TMAPI_TOKEN", "TMAPI_STORE"):  # a store URL may hold a password
             value = settings.get(secret)
             if isinstance(value, str) and value:
                 settings.set(secret, SecretStr(value), settings.getpriority(secret) or 0)
+        self._mask_media_passwords(settings)
         self._download_handlers(settings)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", RetryMiddleware, None)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", AnswerMiddleware, 550)
@@ -106,6 +129,22 @@ class TmapiAddon:
         elif jobdir_of(settings) is not None:
             settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
         self._feeds(settings)
+
+    def _mask_media_passwords(self, settings: BaseSettings) -> None:
+        """A password in ``FILES_STORE`` or ``IMAGES_STORE`` (``ftp://user:pass@...``)
+        is masked in the log from now (Scrapy logs its settings as given, next)
+        to the end of the crawl.  Scrapy's stores need it as a plain string."""
+        for name in ("FILES_STORE", "IMAGES_STORE"):
+            value = settings.get(name)
+            password = _password_of(value) if isinstance(value, str) else None
+            if password:
+                self._unmask.append(redact_logs(password))
+        if self._unmask and self.crawler is not None:
+            self.crawler.signals.connect(self._engine_stopped, signal=signals.engine_stopped)
+
+    def _engine_stopped(self) -> None:
+        while self._unmask:
+            self._unmask.pop()()
 
     @staticmethod
     def _media(settings: BaseSettings) -> None:

@@ -35,6 +35,7 @@ import logging
 import random
 import tempfile
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from ftplib import error_perm
@@ -239,11 +240,13 @@ class MediaClaims:
 
     def __init__(self, crawler: Crawler, timeout: float):
         from tmapi_crawler.cluster.connection import redis_from_settings
+        from tmapi_crawler.cluster.lua import UNCLAIM
 
         self.server = redis_from_settings(crawler.settings)
+        self._unclaim = self.server.register_script(UNCLAIM)
         self.prefix = CLAIMS_KEY
         self.timeout_ms = int(timeout * 1000)
-        self.me = f"{id(self):x}{random.getrandbits(32):08x}"
+        self.me = uuid.uuid4().hex
 
     async def claim(self, key: str) -> bool:
         """``True``: this worker downloads the file; ``False``: another one
@@ -257,8 +260,9 @@ class MediaClaims:
         return False
 
     async def release(self, key: str) -> None:
+        """End this worker's claim (not one another worker took since)."""
         name = self.prefix + key
-        await asyncio.get_running_loop().run_in_executor(None, self.server.delete, name)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self._unclaim(keys=[name], args=[self.me]))
 
 
 class _ThreadedFSStore(FSFilesStore):

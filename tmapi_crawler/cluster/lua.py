@@ -194,3 +194,13 @@ end
 return {limit, ceiling or -1, event, tonumber(redis.call('HGET', KEYS[1], 'probe_interval')) or -1, sent}
 """
 )
+
+
+# -- media claims ---------------------------------------------------------------------
+
+# KEYS: the claim; ARGV: the worker's own value.  A claim that timed out and
+# was taken by another worker is not this worker's to end.
+UNCLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
