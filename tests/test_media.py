@@ -211,6 +211,7 @@ async def test_records_waiting_for_files_are_bounded(make_sandbox, tmp_path):
         (["-a", "media=main"], "media=main needs FILES_STORE"),
         (["-a", "media=main", "-s", "FILES_STORE=http://example.com/files"], "is not a store Scrapy has"),
         (["-a", "media=main", "-s", "FILES_STORE=/proc/no/such"], "cannot be written"),
+        (["-a", "media=main", "-s", "FILES_STORE=files", "-s", "IMAGES_THUMBS=small"], "is not thumbnail sizes"),
     ],
 )
 def test_bad_media_input_is_one_line_before_any_call(sandbox: SandboxProcess, tmp_path, args, message):
@@ -403,3 +404,14 @@ def test_a_store_password_never_shows_in_the_log(sandbox: SandboxProcess, tmp_pa
     assert "'FILES_STORE': 'ftp://media:***@127.0.0.1:" in done.stderr
     assert "secret" not in done.stderr
     assert all(e["path"] and (root / e["path"]).is_file() for e in read_jsonl(tmp_path / "out.jsonl")[0]["media"])
+
+
+def test_thumbnails_asked_for_on_the_command_line(sandbox: SandboxProcess, tmp_path):
+    done = run_scrapy(
+        "crawl", "item", "-a", "item_ids=700020000001", "-a", "media=main", "-s", "FILES_STORE=files",
+        "-s", 'IMAGES_THUMBS={"small": [32, 32]}', "-s", f"TMAPI_BASE_URL={sandbox.url}",
+        "-o", str(tmp_path / "out.jsonl"), cwd=tmp_path, env={"TMAPI_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    entries = read_jsonl(tmp_path / "out.jsonl")[0]["media"]
+    assert entries and all((tmp_path / "files" / "thumbs" / "small" / Path(e["path"]).name).is_file() for e in entries)

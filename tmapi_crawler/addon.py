@@ -27,6 +27,7 @@ this) turns a Scrapy project into a TMAPI crawler.  It only configures:
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -155,6 +156,14 @@ class TmapiAddon:
         # Before the store's answers (540): an API call waits there while
         # too many records wait for their files.
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", MediaMiddleware, 530)
+        thumbs = settings.get("IMAGES_THUMBS")
+        if isinstance(thumbs, str):
+            # From the command line: JSON, which Scrapy's images pipeline
+            # does not parse (a bad one is refused before the crawl).
+            with contextlib.suppress(ValueError):
+                settings.set(
+                    "IMAGES_THUMBS", settings.getdict("IMAGES_THUMBS"), settings.getpriority("IMAGES_THUMBS") or 0
+                )
         if settings.getdict("IMAGES_THUMBS"):
             if not settings.get("IMAGES_STORE"):
                 settings.set("IMAGES_STORE", settings.get("FILES_STORE"), settings.getpriority("FILES_STORE") or 0)

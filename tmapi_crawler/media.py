@@ -106,9 +106,21 @@ _WRITABLE: set[str] = set()
 
 
 def check_files_store(settings: BaseSettings) -> None:
-    """Refuse a ``FILES_STORE`` that Scrapy cannot store in, or a local
-    directory that cannot be written, before any call; raises
+    """Refuse a ``FILES_STORE`` that Scrapy cannot store in, a local
+    directory that cannot be written, or ``IMAGES_THUMBS`` that is not
+    ``{"name": [width, height]}``, before any call; raises
     :class:`ConfigError`."""
+    try:
+        thumbs = settings.getdict("IMAGES_THUMBS")
+    except ValueError:
+        thumbs = None
+    sizes = thumbs.values() if isinstance(thumbs, dict) else [None]
+    if not all(isinstance(size, (list, tuple)) and len(size) == 2 for size in sizes):
+        shown_thumbs = settings.get("IMAGES_THUMBS")
+        raise ConfigError(
+            f"IMAGES_THUMBS={shown_thumbs!r} is not thumbnail sizes: give JSON such as "
+            '\'{"small": [120, 120], "big": [480, 480]}\''
+        )
     uri = str(settings.get("FILES_STORE"))
     shown = hide_password(uri)  # ftp://user:password@host/...
     scheme = "file" if Path(uri).is_absolute() else urlsplit(uri).scheme
