@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
 
+    from tmapi_crawler.config import TmapiConfig
+
 logger = logging.getLogger(__name__)
 
 BACKOFF_META = "tmapi_backoff"
@@ -50,7 +52,13 @@ def retry_exceptions(settings: BaseSettings) -> tuple[type[Exception], ...]:
 
 
 def retry_later(
-    crawler: Crawler, request: Request, reason: str | Exception, times: int, stats_key: str, rng: random.Random
+    crawler: Crawler,
+    config: TmapiConfig,
+    request: Request,
+    reason: str | Exception,
+    times: int,
+    stats_key: str,
+    rng: random.Random,
 ) -> Request | None:
     """Scrapy's retry of *request* (``None`` after *times* retries, logged
     at DEBUG only: a failure record says it), to be sent after an
@@ -68,7 +76,6 @@ def retry_later(
         stats_base_key=stats_key,
     )
     if retry is not None:
-        config = config_from_settings(crawler.settings)
         attempt = retry.meta["retry_times"]
         delay = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
         retry.meta[BACKOFF_META] = delay * rng.uniform(0.5, 1.5)
@@ -148,7 +155,9 @@ class AnswerMiddleware:
 
     def _retry(self, request: Request, reason: str | Exception) -> Request | None:
         # The errback logs the failure, once.
-        return retry_later(self.crawler, request, reason, self.config.retry_times, "tmapi/retries", self.rng)
+        return retry_later(
+            self.crawler, self.config, request, reason, self.config.retry_times, "tmapi/retries", self.rng
+        )
 
     def _keep(self, request: Request) -> Request:
         """Hand *request* back to the scheduler; the engine is closing, so it

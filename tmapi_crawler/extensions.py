@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 PRODUCT_ENDING = {Endpoint.ITEM_DETAIL.value, Endpoint.ITEM_DETAIL_BY_URL.value, "record"}
 
 
+def to_feeds(crawler: Crawler, item: Any) -> None:
+    """A record made outside the spider (a change record of the catalog
+    store, a media failure) to the feed exports, which take records from
+    the ``item_scraped`` signal; the stats count it as the spider's."""
+    crawler.signals.send_catch_log(signal=signals.item_scraped, item=item, response=None, spider=crawler.spider)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

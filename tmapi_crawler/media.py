@@ -34,7 +34,6 @@ import functools
 import logging
 import random
 import tempfile
-import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
-from scrapy import Request, signals
+from scrapy import Request
 from scrapy.exceptions import DownloadCancelledError, NotConfigured
 from scrapy.http import Response
 from scrapy.pipelines.files import FilesPipeline, FSFilesStore, FTPFilesStore
@@ -57,6 +56,7 @@ from twisted.python.failure import Failure
 from tmapi_crawler.answers import BACKOFF_META, retry_exceptions, retry_later
 from tmapi_crawler.compat import set_slot
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.extensions import to_feeds
 from tmapi_crawler.records import ProductItem, failure_record
 from tmapi_crawler.store.url import hide_password
 
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
+    from scrapy.pipelines.files import StatInfo
     from scrapy.pipelines.media import FileInfo, FileInfoOrError
     from scrapy.settings import BaseSettings
 
@@ -78,6 +79,7 @@ ERROR_META = "tmapi_media_error"
 ERROR_FLAG = "tmapi_media_error"
 _HOLDS_META = "tmapi_media_holds"
 _REDIRECTS_META = "tmapi_media_redirects"
+_PATH_META = "tmapi_media_path"
 #: The download slot of a media host: never the API's, even on its host.
 SLOT_PREFIX = "tmapi-media:"
 #: Answers worth asking again, and redirects to follow.
@@ -278,9 +280,9 @@ class MediaClaims:
 
 
 class _ThreadedFSStore(FSFilesStore):
-    """Scrapy's local store, whose writes go to threads: a file's ``open``
-    takes a millisecond or more on a busy disk, which the reactor (and the
-    API calls) would wait for."""
+    """Scrapy's local store, whose reads and writes go to threads: a file's
+    ``open`` takes a millisecond or more on a busy disk, which the reactor
+    (and the API calls) would wait for."""
 
     def __init__(self, basedir: str, threads: ThreadPoolExecutor):
         super().__init__(basedir)
@@ -296,6 +298,11 @@ class _ThreadedFSStore(FSFilesStore):
     ) -> Deferred[None]:
         write = functools.partial(FSFilesStore.persist_file, self, path, buf, info, meta, headers)
         return Deferred.fromFuture(asyncio.get_running_loop().run_in_executor(self.threads, write))
+
+    def stat_file(self, path: str | PathLike[str], info: Any) -> Deferred[StatInfo]:  # type: ignore[override]
+        # Scrapy's stat and checksum (it reads the whole file).
+        read = functools.partial(FSFilesStore.stat_file, self, path, info)
+        return Deferred.fromFuture(asyncio.get_running_loop().run_in_executor(self.threads, read))
 
 
 class _FTPStore(FTPFilesStore):
@@ -391,7 +398,7 @@ class MediaFilesPipeline(FilesPipeline):
             return found
         claims = self.downloads.claims
         if claims is not None:
-            key = self._key(request, info, item)
+            key = self.file_path(request, info=info, item=item)
             while True:
                 mine = await claims.claim(key)
                 # Another worker may have stored it since this one looked.
@@ -410,29 +417,25 @@ class MediaFilesPipeline(FilesPipeline):
 
     async def _stored(self, request: Request, info: Any, item: Any) -> FileInfo | None:
         """The file as the store has it, if it is younger than ``FILES_EXPIRES``
-        days: Scrapy's check, with a local directory's ``stat`` and checksum
-        read in a thread (never in the reactor's)."""
-        if self._disk is None:
-            found: FileInfo | None = await ensure_awaitable(super().media_to_download(request, info, item=item))
-            return found
-        path = self.file_path(request, info=info, item=item)
-        store = self.store
-        assert isinstance(store, FSFilesStore)
-        stat = await asyncio.get_running_loop().run_in_executor(self._disk, store.stat_file, path, info)
-        modified = stat.get("last_modified")
-        if not modified or (time.time() - modified) / 86400 > self.expires:
-            return None
-        self.inc_stats("uptodate")
-        return {"url": request.url, "path": path, "checksum": stat.get("checksum"), "status": "uptodate"}
+        days (Scrapy's check)."""
+        found: FileInfo | None = await ensure_awaitable(super().media_to_download(request, info, item=item))
+        return found
 
-    def _key(self, request: Request, info: Any, item: Any) -> str:
-        return self.file_path(request, info=info, item=item)
+    def file_path(
+        self, request: Request, response: Response | None = None, info: Any = None, *, item: Any = None
+    ) -> str:
+        """Scrapy's path (from the URL alone), worked out once per file: the
+        store check, the claim and the write all ask for it."""
+        path: str | None = request.meta.get(_PATH_META)
+        if path is None:
+            path = request.meta[_PATH_META] = super().file_path(request, response, info, item=item)
+        return path
 
     async def _let_go(self, request: Request, info: Any, item: Any) -> None:
         if request.meta.pop(_HOLDS_META, False):
             self.downloads.in_flight.release()
             if self.downloads.claims is not None:
-                await self.downloads.claims.release(self._key(request, info, item))
+                await self.downloads.claims.release(self.file_path(request, info=info, item=item))
 
     async def media_downloaded(self, response: Response, request: Request, info: Any, *, item: Any = None) -> FileInfo:
         """The stored file, or a failed entry (never an exception: a
@@ -509,10 +512,7 @@ class MediaFilesPipeline(FilesPipeline):
             listing=item.get("listing"),
         )
         logger.warning("Failed: media %s of item %s (%s) -> %s", entry["kind"], item["item_id"], entry["url"], msg)
-        # Written to TMAPI_FAILURES_FILE by the feed exports, as the spider's are.
-        self.crawler.signals.send_catch_log(
-            signal=signals.item_scraped, item=record, response=None, spider=self.crawler.spider
-        )
+        to_feeds(self.crawler, record)  # to TMAPI_FAILURES_FILE
 
 
 class MediaImagesPipeline(MediaFilesPipeline, ImagesPipeline):
@@ -553,8 +553,7 @@ class MediaMiddleware:
 
     async def process_request(self, request: Request) -> None:
         if "tmapi" in request.meta:
-            if self.downloads.pending >= self.config.media_max_pending:
-                await self.downloads.room()
+            await self.downloads.room()
             return
         delay = request.meta.pop(BACKOFF_META, None) if MEDIA_META in request.meta else None
         if delay:
@@ -592,7 +591,7 @@ class MediaMiddleware:
 
     def _retry(self, request: Request, reason: str | Exception) -> Request | None:
         times = self.config.media_retry_times
-        return retry_later(self.crawler, request, reason, times, "tmapi/media/retries", self.rng)
+        return retry_later(self.crawler, self.config, request, reason, times, "tmapi/media/retries", self.rng)
 
     @staticmethod
     def _give_up(request: Request, msg: str) -> Response:

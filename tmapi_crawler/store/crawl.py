@@ -34,6 +34,7 @@ from scrapy.utils.defer import deferred_from_coro
 
 from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.extensions import to_feeds
 from tmapi_crawler.records import ChangeItem, ProductItem
 from tmapi_crawler.store.changes import listing_signature
 from tmapi_crawler.store.db import CatalogDB, PageNote
@@ -220,10 +221,7 @@ class CatalogStore:
         self.stats.inc_value("tmapi/store/written", result.written)
         self.stats.inc_value("tmapi/store/unchanged", records - result.written)
         for change in result.changes:
-            # Written to TMAPI_CHANGES_FILE by the feed exports, as records are.
-            self.crawler.signals.send_catch_log(
-                signal=signals.item_scraped, item=ChangeItem(change), response=None, spider=self.crawler.spider
-            )
+            to_feeds(self.crawler, ChangeItem(change))  # to TMAPI_CHANGES_FILE
 
     def _fail(self, exc: BaseException) -> None:
         error = exc if isinstance(exc, StoreError) else self.writer.error(exc)
