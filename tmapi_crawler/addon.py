@@ -48,6 +48,7 @@ from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
+from tmapi_crawler.outputs import FeedGuard, GuardedFileFeedStorage
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
@@ -69,6 +70,7 @@ CLUSTER_COMPONENTS = {
     "TMAPI_GATE_CLASS": f"{CLUSTER}.gate.SharedCallGate",
 }
 CLUSTER_SEEDS = f"{CLUSTER}.seeds.RedisSeedsMiddleware"
+CLUSTER_HEALTH = f"{CLUSTER}.health.RedisHealth"
 
 
 def _password_of(url: str) -> str | None:
@@ -109,6 +111,9 @@ class TmapiAddon:
         settings.set_in_component_priority_dict("EXTENSIONS", LeaseTracker, 100)
         # Built after the feed exports (priority 0), so that it sees their slots.
         settings.set_in_component_priority_dict("EXTENSIONS", InternalsCheck, 1000)
+        # Before the feed exports: told first of each record, it knows
+        # whether their files took it.
+        settings.set_in_component_priority_dict("EXTENSIONS", FeedGuard, -1)
         self._monitors(settings)
         if settings.get("TMAPI_STORE"):
             # Before AnswerMiddleware (550) and the gate: a stored answer is no call.
@@ -127,6 +132,7 @@ class TmapiAddon:
             for name, path in CLUSTER_COMPONENTS.items():
                 settings.set(name, path, "addon")
             settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", load_object(CLUSTER_SEEDS), 0)
+            settings.set_in_component_priority_dict("EXTENSIONS", load_object(CLUSTER_HEALTH), 0)
         elif jobdir_of(settings) is not None:
             settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
         self._feeds(settings)
@@ -214,6 +220,10 @@ class TmapiAddon:
 
     @staticmethod
     def _feeds(settings: BaseSettings) -> None:
+        # Local files that never lose a record silently (a full disk).
+        storages = settings.getdict("FEED_STORAGES")
+        ours = {scheme: _path(GuardedFileFeedStorage) for scheme in ("", "file") if scheme not in storages}
+        settings.set("FEED_STORAGES", {**storages, **ours}, settings.getpriority("FEED_STORAGES") or 0)
         feeds: dict[str, dict[str, Any]] = {}
         resuming = has_state(settings)
         for uri, given in settings.getdict("FEEDS").items():

@@ -14,7 +14,7 @@ Scrapy version of ``requirements.txt``.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,8 @@ from scrapy import signals
 from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
+
+from tmapi_crawler.outputs import GuardedFile
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -89,11 +91,20 @@ def local_feed_files(crawler: Crawler) -> Iterator[tuple[str, IO[bytes]]]:
 
 def sync_feeds(crawler: Crawler) -> None:
     """Flush and fsync every feed file this crawl is writing (a feed on
-    remote storage is uploaded only when the crawl closes: see the README)."""
+    remote storage is uploaded only when the crawl closes: see the README).
+    A local file that fails to sync is reported like a failed write
+    (:mod:`tmapi_crawler.outputs`)."""
     for file in feed_files(crawler):
         file.flush()
-        with contextlib.suppress(OSError, AttributeError, ValueError):  # a pipe: flushed is all it can be
+        try:
             os.fsync(file.fileno())
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            continue  # not a file of its own: flushed is all it can be
+        except OSError as exc:
+            # Our own local files say so (a full disk); any other is a pipe
+            # or a device, for which flushed is all it can be.
+            if isinstance(file, GuardedFile):
+                file.failed(exc)
 
 
 def compact_timers() -> None:

@@ -83,6 +83,8 @@ class TmapiConfig(BaseModel):
     progress_interval: float = Field(default=10.0, ge=0, alias="TMAPI_PROGRESS_INTERVAL")
     idle_timeout: float = Field(default=30.0, ge=0, alias="TMAPI_IDLE_TIMEOUT")
     lease_timeout: float = Field(default=60.0, gt=0, alias="TMAPI_LEASE_TIMEOUT")
+    #: Distributed mode: how long a worker waits for Redis to answer again.
+    redis_outage_timeout: float = Field(default=300.0, gt=0, alias="TMAPI_REDIS_OUTAGE_TIMEOUT")
     #: Exports to stores: CNY x rate x markup (docs/exports.md).
     price_rate: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_RATE")
     price_markup: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_MARKUP")
@@ -97,6 +99,8 @@ class TmapiConfig(BaseModel):
     detail_max_age: float = Field(default=86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
     desc_max_age: float = Field(default=2592000.0, ge=0, alias="TMAPI_DESC_MAX_AGE")
     changes_file: str = Field(default="changes.jsonl", min_length=1, alias="TMAPI_CHANGES_FILE")
+    #: How long the store's writes and lookups are tried again (a restart).
+    store_outage_timeout: float = Field(default=60.0, ge=0, alias="TMAPI_STORE_OUTAGE_TIMEOUT")
     #: Media downloads (-a media=..., docs/media.md): apart from API calls.
     media_concurrency: int = Field(default=16, ge=1, alias="TMAPI_MEDIA_CONCURRENCY")
     media_concurrency_per_host: int = Field(default=8, ge=1, alias="TMAPI_MEDIA_CONCURRENCY_PER_HOST")

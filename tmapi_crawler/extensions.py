@@ -7,12 +7,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
 from tmapi_crawler.api import Endpoint, endpoint_of
 from tmapi_crawler.compat import compact_timers
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.loops import looping_call
+from tmapi_crawler.outputs import guard_of
 from tmapi_crawler.records import ChangeItem, FailureItem, ListingItem, ProductItem
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
     from scrapy import Request
     from scrapy.crawler import Crawler
+
+    from tmapi_crawler.outputs import FeedGuard
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class TmapiStats:
         config = config_from_settings(crawler.settings)
         self.interval = config.progress_interval
         self.failures_file = config.failures_file
+        self.guard: FeedGuard | None = None
         self.started = time.monotonic()
         self.task: Any = None
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
@@ -62,12 +66,15 @@ class TmapiStats:
         return cls(crawler)
 
     def spider_opened(self) -> None:
+        self.guard = guard_of(self.crawler)
         self.started = time.monotonic()
         if self.interval:
-            self.task = create_looping_call(self.log_progress)
+            self.task = looping_call(self.log_progress, "progress", self.stats)
             self.task.start(self.interval, now=False)
 
     def item_scraped(self, item: Any) -> None:
+        if self.guard is not None and self.guard.item_failed:
+            return  # a file did not take it: only what was written counts
         inc = self.stats.inc_value
         if isinstance(item, ProductItem):
             inc("tmapi/products")
@@ -133,6 +140,8 @@ class TmapiStats:
         if get("tmapi/duplicates"):
             rows.append(("duplicates skipped", get("tmapi/duplicates")))
         rows.append(("failures", f"{failures} in {self.failures_file}" if failures else "0"))
+        if self.guard is not None and self.guard.failed:
+            rows.append(("NOT WRITTEN", f"{self.guard.failed} (the counts above are what was written)"))
         rows.append(("elapsed", f"{elapsed:.1f} s ({get('tmapi/calls') / max(elapsed, 1e-6):.1f} calls/s)"))
         width = max(len(name) for name, _ in rows)
         table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -169,7 +178,7 @@ class TimerCompaction:
     def spider_opened(self) -> None:
         if not is_asyncio_reactor_installed():
             return  # Twisted's own reactors compact on every iteration
-        self.task = create_looping_call(compact_timers)
+        self.task = looping_call(compact_timers, "timer compaction")
         self.task.start(TIMER_COMPACTION_INTERVAL, now=False)
 
     def spider_closed(self) -> None:

@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scrapy.core.scheduler import BaseScheduler
-from scrapy.utils.asyncio import create_looping_call
 
 from tmapi_crawler import codec
 from tmapi_crawler.compat import local_feed_files
 from tmapi_crawler.config import ConfigError, is_distributed
 from tmapi_crawler.leases import tracker_of
+from tmapi_crawler.loops import looping_call
 
 if TYPE_CHECKING:
     from typing import Self
@@ -197,7 +197,7 @@ class JobdirScheduler(BaseScheduler):
         self.stats = crawler.stats
         self.fingerprinter = crawler.request_fingerprinter
         self.leases = tracker_of(crawler)
-        self.leases.enable()
+        self.leases.enable(commit=self._commit)
         self.path = path
         self.state: CrawlState
         self.spider: Spider
@@ -229,7 +229,7 @@ class JobdirScheduler(BaseScheduler):
                 self.pending,
                 back,
             )
-        self.loop = create_looping_call(self._commit)
+        self.loop = looping_call(self._commit, "JOBDIR commit", self.stats)
         self.loop.start(COMMIT_INTERVAL, now=False)
 
     def close(self, reason: str) -> None:

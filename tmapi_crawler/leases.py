@@ -23,14 +23,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
+from scrapy.utils.asyncio import call_later
 
 from tmapi_crawler.compat import sync_feeds
+from tmapi_crawler.outputs import guard_of
+from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Self
 
     from scrapy.crawler import Crawler
+
+    from tmapi_crawler.outputs import FeedGuard
 
 #: meta key: the id of the lease a request was taken under.
 LEASE_META = "tmapi_lease"
@@ -63,6 +68,12 @@ class LeaseTracker:
         self.enabled = False
         self.held: dict[str, _Lease] = {}
         self.safe: list[str] = []  # leases whose outputs await the next commit
+        self._commit_now: Callable[[], Any] | None = None
+        self._commit_due = False
+        #: A file failed to take records: nothing is acknowledged any more.
+        self.frozen = False
+        self.guard: FeedGuard | None = None
+        crawler.signals.connect(self._opened, signal=signals.spider_opened)
         for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
             crawler.signals.connect(self._item_settled, signal=signal)
 
@@ -70,10 +81,25 @@ class LeaseTracker:
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
 
-    def enable(self) -> None:
+    def _opened(self) -> None:
+        self.guard = guard_of(self.crawler)
+        if self.guard is not None:
+            self.guard.listen(lambda _reason: self.freeze())
+
+    def enable(self, commit: Callable[[], Any] | None = None) -> None:
         """Requests may be delivered more than once from now on (a lease
-        that was not acknowledged comes back)."""
+        that was not acknowledged comes back).  *commit*, the scheduler's,
+        is called as soon as as many leases are safe as the gate lets calls
+        be in flight, besides the scheduler's own timer: what a crash bills
+        twice stays within about twice the calls in flight, whatever the
+        rate."""
         self.enabled = True
+        self._commit_now = commit
+
+    def _commit_soon(self) -> None:
+        self._commit_due = False
+        if self._commit_now is not None and self.safe:
+            self._commit_now()
 
     # -- the scheduler's side ---------------------------------------------------
 
@@ -101,12 +127,23 @@ class LeaseTracker:
     def commit(self, ack: Callable[[list[str]], Any]) -> int:
         """Make the feeds durable, then acknowledge (with *ack*) the leases
         whose records they hold; returns how many."""
-        if not self.safe:
+        if not self.safe or self.frozen:
             return 0
-        safe, self.safe = self.safe, []
         sync_feeds(self.crawler)
-        ack(safe)
-        return len(safe)
+        if self.frozen:  # a feed failed to sync
+            return 0
+        # Forgotten only once acknowledged: an *ack* that raises (Redis
+        # gone) leaves them for the next commit.
+        count = len(self.safe)
+        ack(self.safe[:count])
+        del self.safe[:count]
+        return count
+
+    def freeze(self) -> None:
+        """A feed lost records (:mod:`tmapi_crawler.outputs`): acknowledge
+        nothing more, so that what was written since the last commit is
+        done again (and, with ``JOBDIR``, cut from the feed) on resume."""
+        self.frozen = True
 
     def unfinished(self) -> list[str]:
         """The leases still in hand, forgotten here (the scheduler gives them
@@ -152,6 +189,8 @@ class LeaseTracker:
             self._check(lease, state)
 
     def _item_settled(self, item: Any, response: Any, **kwargs: Any) -> None:
+        if self.guard is not None and self.guard.item_failed:
+            return  # not in the feed: its lease stays in hand, never acknowledged
         # For an errback's records, Scrapy passes the Failure as "response";
         # Scrapy sets its .request.
         request = getattr(response, "request", None)
@@ -165,6 +204,14 @@ class LeaseTracker:
         if state.done_yielding and state.pending <= 0:
             del self.held[lease]
             self.safe.append(lease)
+            if self._commit_now is not None and not self._commit_due and len(self.safe) >= self._batch():
+                self._commit_due = True
+                call_later(0, self._commit_soon)  # not inside the signal or the callback that got here
+
+    def _batch(self) -> int:
+        """How many safe leases make a commit due: the calls the gate lets
+        be in flight now."""
+        return max(1, int(gate_of(self.crawler).limit))
 
 
 def tracker_of(crawler: Crawler) -> LeaseTracker:

@@ -61,6 +61,7 @@ from tmapi_crawler.records import ProductItem, failure_record
 from tmapi_crawler.store.url import hide_password
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from os import PathLike
     from typing import Self
 
@@ -254,9 +255,11 @@ class MediaClaims:
 
     def __init__(self, crawler: Crawler, timeout: float):
         from tmapi_crawler.cluster.connection import redis_from_settings
+        from tmapi_crawler.cluster.health import health_of
         from tmapi_crawler.cluster.lua import UNCLAIM
 
         self.server = redis_from_settings(crawler.settings)
+        self.health = health_of(crawler)
         self._unclaim = self.server.register_script(UNCLAIM)
         self.prefix = CLAIMS_KEY
         self.timeout_ms = int(timeout * 1000)
@@ -266,17 +269,31 @@ class MediaClaims:
         """``True``: this worker downloads the file; ``False``: another one
         had it, and has finished (or given up) by now."""
         name = self.prefix + key
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(None, lambda: self.server.set(name, self.me, nx=True, px=self.timeout_ms)):
+        if await self._call(lambda: self.server.set(name, self.me, nx=True, px=self.timeout_ms)):
             return True
-        while await loop.run_in_executor(None, self.server.exists, name):
+        while await self._call(lambda: self.server.exists(name)):
             await sleep(self.POLL)
         return False
 
     async def release(self, key: str) -> None:
         """End this worker's claim (not one another worker took since)."""
         name = self.prefix + key
-        await asyncio.get_running_loop().run_in_executor(None, lambda: self._unclaim(keys=[name], args=[self.me]))
+        await self._call(lambda: self._unclaim(keys=[name], args=[self.me]))
+
+    async def _call(self, call: Callable[[], Any]) -> Any:
+        """*call* in a thread; while Redis does not answer, it waits for
+        Redis (:mod:`tmapi_crawler.cluster.health`), then tries again."""
+        from redis.exceptions import RedisError
+
+        while True:
+            if not self.health.up and not self.health.stopping:
+                await self.health.back()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, call)
+            except RedisError as exc:
+                if self.health.stopping:
+                    raise
+                self.health.failed(exc)
 
 
 class _ThreadedFSStore(FSFilesStore):

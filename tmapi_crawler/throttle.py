@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.utils.asyncio import call_later, create_looping_call
+from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
@@ -48,6 +48,8 @@ from twisted.internet.defer import Deferred
 from tmapi_crawler.api import Outcome
 from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.loops import looping_call
+from tmapi_crawler.outputs import guard_of
 
 if TYPE_CHECKING:
     from typing import Self
@@ -340,7 +342,7 @@ class CallGate:
             self.shutdown_poll = None
 
     def spider_opened(self) -> None:
-        self.shutdown_poll = create_looping_call(self._check_engine)
+        self.shutdown_poll = looping_call(self._check_engine, "shutdown check", self.stats)
         self.shutdown_poll.start(SHUTDOWN_POLL, now=False)
 
     def _check_engine(self) -> None:
@@ -383,10 +385,17 @@ class TmapiThrottle:
     def __init__(self, crawler: Crawler):
         gate_cls: type[CallGate] = load_object(config_from_settings(crawler.settings).gate_class)
         self.gate = gate_cls.from_crawler(crawler)
+        self.crawler = crawler
+        crawler.signals.connect(self._opened, signal=signals.spider_opened)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
+
+    def _opened(self) -> None:
+        guard = guard_of(self.crawler)
+        if guard is not None:
+            guard.listen(self.gate.stop)  # a file that fails stops the crawl
 
 
 def gate_of(crawler: Crawler) -> CallGate:

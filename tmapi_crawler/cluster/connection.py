@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from scrapy_redis.connection import get_redis_from_settings
 
 if TYPE_CHECKING:
@@ -18,7 +20,15 @@ SCHEMES = ("redis", "rediss", "unix")
 
 
 def redis_from_settings(settings: BaseSettings) -> Redis:
-    return get_redis_from_settings(settings)
+    """The client for ``REDIS_URL``.  Its calls are tried once more at once
+    (a connection that went stale when Redis restarted), not ten times with
+    backoff as redis-py's default does: the calls run on the reactor, and a
+    worker handles an outage itself (:mod:`.health`).  ``REDIS_PARAMS``'s
+    own ``retry`` wins."""
+    server: Redis = get_redis_from_settings(settings)
+    if "retry" not in settings.getdict("REDIS_PARAMS"):
+        server.set_retry(Retry(NoBackoff(), 1))
+    return server
 
 
 def safe_url(url: str) -> str:

@@ -16,6 +16,14 @@ LEASES_KEY = "%(spider)s:leases"
 SEQ_KEY = "%(spider)s:requests:seq"
 #: Fingerprints of the requests seen (scrapy-redis's dupefilter key).
 DUPEFILTER_KEY = "%(spider)s:dupefilter"
+#: The crawl's marker: an id set by the first worker, which every worker
+#: checks; gone or changed, Redis lost the crawl's state (restarted empty,
+#: flushed, another server).
+CRAWL_KEY = "%(spider)s:crawl"
+#: Set for one lease timeout when Redis answers again after an outage: no
+#: lease counts as expired meanwhile, so that every worker has the time to
+#: renew the leases it could not renew while Redis was away.
+GRACE_KEY = "%(spider)s:grace"
 #: Seeds pushed as JSON by users (``scrapy cluster push``), one a list entry.
 SEEDS_KEY = "tmapi:%(spider)s:seeds"
 #: The account's shared concurrency state and its holders (every spider of
@@ -29,7 +37,7 @@ GATE_ADMISSIONS_KEY = "tmapi:gate:admissions"
 
 def crawl_keys(spider: str) -> dict[str, str]:
     names = {"queue": QUEUE_KEY, "data": DATA_KEY, "leases": LEASES_KEY, "seq": SEQ_KEY}
-    names |= {"dupefilter": DUPEFILTER_KEY, "seeds": SEEDS_KEY}
+    names |= {"dupefilter": DUPEFILTER_KEY, "seeds": SEEDS_KEY, "crawl": CRAWL_KEY, "grace": GRACE_KEY}
     return {name: key % {"spider": spider} for name, key in names.items()}
 
 
@@ -42,3 +50,8 @@ SEED_POLL = 0.2
 GATE_POLL = 0.01
 #: The same while the account is paused by a 439 (the probe is rare anyway).
 GATE_POLL_PAUSED = 0.25
+#: Seconds before the first and the longest between two tries of Redis
+#: during an outage (capped at a quarter of the lease timeout, so that every
+#: worker renews its leases within the grace period that follows).
+OUTAGE_PROBE_FIRST = 0.25
+OUTAGE_PROBE_MAX = 5.0

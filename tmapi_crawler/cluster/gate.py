@@ -17,10 +17,14 @@ Each call costs two script calls on the Redis server.  A call that finds no
 free place waits on its worker, without busy-waiting: it is woken when a call
 of its worker ends, and polls every :data:`~.defaults.GATE_POLL` seconds for places freed by
 other workers.
+
+While Redis does not answer (:mod:`.health`) no call is let through, and the
+release of each call that ends meanwhile is kept and sent when Redis is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -28,7 +32,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scrapy.utils.asyncio import call_later, create_looping_call
+from redis.exceptions import RedisError
+from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
@@ -41,8 +46,10 @@ from tmapi_crawler.cluster.defaults import (
     GATE_POLL,
     GATE_POLL_PAUSED,
 )
+from tmapi_crawler.cluster.health import RedisHealth, health_of
 from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.loops import looping_call
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
 
 if TYPE_CHECKING:
@@ -75,15 +82,32 @@ class SharedCallGate(CallGate):
         self._renew = self.server.register_script(RENEW)
         self.poll_timer: Any = None
         self.renew_loop: Any = None
+        #: Releases Redis did not take (it was away): sent when it is back.
+        self.unreleased: list[list[str | int]] = []
+        self._health: RedisHealth | None = None
+
+    @property
+    def health(self) -> RedisHealth:
+        if self._health is None:  # an extension built after the gate
+            self._health = health_of(self.crawler)
+            self._health.on_back(self._back)
+        return self._health
 
     async def acquire(self) -> Ticket:
         woken = False
         while True:
             self._may_send()
+            if not self.health.up:
+                await self.health.back()
+                continue
             holder = f"{self.worker}:{next(self.serial)}"
-            granted, in_flight, probe, paused_ms, number = self._acquire(
-                keys=self.keys, args=[holder, self.holder_ms, self.cap, self.start]
-            )
+            try:
+                granted, in_flight, probe, paused_ms, number = self._acquire(
+                    keys=self.keys, args=[holder, self.holder_ms, self.cap, self.start]
+                )
+            except RedisError as exc:
+                self.health.failed(exc)
+                continue
             if paused_ms >= 0:
                 self._seen_paused()
                 self._may_send()
@@ -116,7 +140,19 @@ class SharedCallGate(CallGate):
         sent_with = ticket.in_flight_when_sent
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
         args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER, ticket.number, ticket.in_flight]
-        limit, ceiling, event, interval_ms, sent_with = self._release(keys=self.keys, args=args)
+        if self.unreleased or not self.health.up:
+            self.unreleased.append(args)
+        else:
+            self._send_release(args)
+        self._wake()
+
+    def _send_release(self, args: list[str | int]) -> None:
+        try:
+            limit, ceiling, event, interval_ms, sent_with = self._release(keys=self.keys, args=args)
+        except RedisError as exc:
+            self.health.failed(exc)
+            self.unreleased.append(args)
+            return
         if event == b"ceiling":
             logger.info(
                 "TMAPI answered 503 with %d calls in flight in the cluster: at most %d from now on",
@@ -132,7 +168,21 @@ class SharedCallGate(CallGate):
         if interval_ms >= 0:
             self.probe_interval = interval_ms / 1000
         self._publish()
+
+    def _back(self) -> None:
+        """Redis answers again: the releases it missed, in order."""
+        kept, self.unreleased = self.unreleased, []
+        for i, args in enumerate(kept):
+            self._send_release(args)
+            if self.unreleased:  # gone again: keep the rest, in order
+                self.unreleased += kept[i + 1 :]
+                return
         self._wake()
+
+    def stop(self, reason: str) -> None:
+        super().stop(reason)
+        if self._health is not None:
+            self._health.wake()  # calls waiting for Redis: the crawl stops
 
     def _wake(self) -> None:
         if self.stop_reason is not None:
@@ -182,12 +232,15 @@ class SharedCallGate(CallGate):
 
     def spider_opened(self) -> None:
         super().spider_opened()
-        self.renew_loop = create_looping_call(self._renew_holders)
+        self.renew_loop = looping_call(self._renew_holders, "gate renewal", self.stats)
         self.renew_loop.start(max(0.25, self.holder_ms / 4000), now=False)
 
     def _renew_holders(self) -> None:
-        if self.holders:
-            self._renew(keys=[GATE_HOLDERS_KEY], args=[self.holder_ms, *self.holders])
+        if self.holders and self.health.up:
+            try:
+                self._renew(keys=[GATE_HOLDERS_KEY], args=[self.holder_ms, *self.holders])
+            except RedisError as exc:
+                self.health.failed(exc)
 
     def spider_closed(self) -> None:
         if self.renew_loop is not None and self.renew_loop.running:
@@ -196,7 +249,8 @@ class SharedCallGate(CallGate):
             self.poll_timer.cancel()
             self.poll_timer = None
         if self.holders:
-            self.server.zrem(GATE_HOLDERS_KEY, *self.holders)
+            with contextlib.suppress(RedisError):  # else they expire (TMAPI_LEASE_TIMEOUT)
+                self.server.zrem(GATE_HOLDERS_KEY, *self.holders)
             self.holders.clear()
         if self.paused_since is not None:
             self._add_paused(time.monotonic() - self.paused_since)

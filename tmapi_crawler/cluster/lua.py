@@ -45,12 +45,17 @@ return {id, redis.call('HGET', KEYS[2], id)}
 """
 )
 
-# KEYS: leases, queue, data; ARGV: ids to put back, or none: every expired lease.
+# KEYS: leases, queue, data, grace; ARGV: ids to put back, or none: every
+# expired lease, unless Redis came back from an outage less than a lease
+# timeout ago (the grace key): the workers are renewing what they held.
 REQUEUE = (
     LUA_NOW
     + """
 local ids = ARGV
-if #ids == 0 then ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000) end
+if #ids == 0 then
+  if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+end
 local n = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then

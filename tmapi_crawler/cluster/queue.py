@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy_redis.queue import Base
 
 from tmapi_crawler import codec
-from tmapi_crawler.cluster.defaults import DATA_KEY, LEASES_KEY, SEQ_KEY
+from tmapi_crawler.cluster.defaults import DATA_KEY, GRACE_KEY, LEASES_KEY, SEQ_KEY
 from tmapi_crawler.cluster.lua import ACK, POP, PUSH, RENEW, REQUEUE
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class LeasedQueue(Base):
         self.data_key = DATA_KEY % names
         self.leases_key = LEASES_KEY % names
         self.seq_key = SEQ_KEY % names
+        self.grace_key = GRACE_KEY % names
         self.lease_ms = lease_ms
         self._push = server.register_script(PUSH)
         self._pop = server.register_script(POP)
@@ -94,8 +95,10 @@ class LeasedQueue(Base):
 
     def requeue(self, leases: Iterable[str] = ()) -> int:
         """Put *leases* back in the queue, or, with none, every lease that
-        expired (its worker died)."""
-        return int(self._requeue(keys=[self.leases_key, self.key, self.data_key], args=list(leases)))
+        expired (its worker died; none within a grace period after an outage
+        of Redis)."""
+        keys = [self.leases_key, self.key, self.data_key, self.grace_key]
+        return int(self._requeue(keys=keys, args=list(leases)))
 
     def ack(self, leases: Iterable[str]) -> None:
         ids = list(leases)

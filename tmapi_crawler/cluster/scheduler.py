@@ -11,25 +11,33 @@ What it changes in scrapy-redis 0.9.1:
 * marking a request seen and queueing it is one atomic step;
 * nothing is ever wiped by a worker closing (``SCHEDULER_PERSIST=False``
   would); ``scrapy cluster clear`` does it on purpose;
-* it is built ``from_crawler`` and needs no ``spider`` argument anywhere.
+* it is built ``from_crawler`` and needs no ``spider`` argument anywhere;
+* while Redis does not answer (:mod:`.health`) it hands out nothing, keeps
+  the requests it is given (their parents stay unacknowledged until they
+  are queued) and the acknowledgements it could not send, and sends both
+  when Redis is back.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from scrapy.utils.asyncio import create_looping_call
+from redis.exceptions import RedisError
+from scrapy import signals
 from scrapy.utils.misc import load_object
 from scrapy_redis.scheduler import Scheduler
 
 from tmapi_crawler import codec
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import COMMIT_INTERVAL, DUPEFILTER_KEY, QUEUE_KEY
+from tmapi_crawler.cluster.health import health_of
 from tmapi_crawler.cluster.queue import LeasedQueue
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.leases import tracker_of
+from tmapi_crawler.loops import looping_call
 
 if TYPE_CHECKING:
     from typing import Self
@@ -39,6 +47,15 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
+
+
+class _Unsent(NamedTuple):
+    """A request given to the scheduler while Redis did not answer."""
+
+    request: Request
+    replaces: str | None
+    fingerprint: bytes | str
+    parent: str | None
 
 
 class LeasedScheduler(Scheduler):
@@ -51,7 +68,10 @@ class LeasedScheduler(Scheduler):
         config = config_from_settings(crawler.settings)
         self.lease_ms = int(config.lease_timeout * 1000)
         self.leases = tracker_of(crawler)
-        self.leases.enable()
+        self.leases.enable(commit=self._tick_commit)
+        self.health = health_of(crawler)
+        self.health.on_back(self._back)
+        self.unsent: deque[_Unsent] = deque()
         self.loop: Any = None
         self.last_renew = 0.0
         self.queue: LeasedQueue
@@ -84,6 +104,7 @@ class LeasedScheduler(Scheduler):
             lease_ms=self.lease_ms,
         )
         self.df = load_object(self.dupefilter_cls).from_spider(spider)
+        self.health.join(spider.name)
         back = self.queue.requeue()
         if back:
             logger.info("%d requests of workers that died are back in the queue", back)
@@ -94,44 +115,99 @@ class LeasedScheduler(Scheduler):
                 pending,
                 self.queue.leased(),
             )
-        self.loop = create_looping_call(self._tick)
+        self.loop = looping_call(self._tick, "Redis scheduler", self.stats)
         self.loop.start(min(COMMIT_INTERVAL, self.lease_ms / 4000), now=False)
 
     def close(self, reason: str) -> None:
         if self.loop is not None and self.loop.running:
             self.loop.stop()
+        if self.health.lost:
+            return  # writing to a Redis without the crawl would only mislead the next run
         # The pipelines are closed and the feeds still open: make what was
         # written safe, then give back what was not finished.
-        self._commit()
-        unfinished = self.leases.unfinished()
-        if unfinished:
-            back = self.queue.requeue(unfinished)
-            logger.info("%d requests not finished here are back in the queue for the other workers", back)
+        try:
+            self._send_unsent()
+            self._commit()
+            unfinished = self.leases.unfinished()
+            if unfinished:
+                back = self.queue.requeue(unfinished)
+                logger.info("%d requests not finished here are back in the queue for the other workers", back)
+        except RedisError:
+            logger.warning(
+                "Redis does not answer: what this worker held returns to the queue when its leases expire "
+                "(TMAPI_LEASE_TIMEOUT); nothing is lost"
+            )
 
     def __len__(self) -> int:
-        return len(self.queue)
+        try:
+            return len(self.queue) + len(self.unsent) if self.health.up else len(self.unsent)
+        except RedisError as exc:
+            self.health.failed(exc)
+            return len(self.unsent)
 
     def has_pending_requests(self) -> bool:
-        return len(self.queue) > 0
+        if not self.health.up or self.unsent:
+            return True  # not known now: the crawl is not over
+        try:
+            return len(self.queue) > 0
+        except RedisError as exc:
+            self.health.failed(exc)
+            return True
 
     def enqueue_request(self, request: Request) -> bool:
         parent, replaces = self.leases.unlink(request)
-        try:
-            fingerprint: bytes | str = b""
-            if replaces is None and not request.dont_filter:
-                fingerprint = self.df.request_fingerprint(request)
-            if self.queue.push(request, replaces, dupefilter=self.df.key, fingerprint=fingerprint) is None:
-                self.df.log(request, self.spider)
-                return False
-            if replaces is not None:
-                self.leases.forget(replaces)
-            self.stats.inc_value("scheduler/enqueued/redis")
+        fingerprint: bytes | str = b""
+        if replaces is None and not request.dont_filter:
+            fingerprint = self.df.request_fingerprint(request)
+        unsent = _Unsent(request, replaces, fingerprint, parent)
+        if self.unsent or not self.health.up:
+            self.unsent.append(unsent)  # sent when Redis is back, in order
             return True
-        finally:
-            if parent is not None:
-                self.leases.settle(parent)
+        try:
+            return self._push(unsent)
+        except RedisError as exc:
+            self.health.failed(exc)
+            self.unsent.append(unsent)
+            return True
+
+    def _push(self, unsent: _Unsent) -> bool:
+        """Queue a request; its parent's output is safe once it is queued
+        (or found seen before).  Raises RedisError, with nothing changed."""
+        request, replaces, fingerprint, parent = unsent
+        pushed = self.queue.push(request, replaces, dupefilter=self.df.key, fingerprint=fingerprint)
+        if parent is not None:
+            self.leases.settle(parent)
+        if pushed is None:
+            self.df.log(request, self.spider)
+            return False
+        if replaces is not None:
+            self.leases.forget(replaces)
+        self.stats.inc_value("scheduler/enqueued/redis")
+        return True
+
+    def _send_unsent(self) -> None:
+        """Queue the requests kept while Redis did not answer (raises
+        RedisError, keeping what was not sent)."""
+        while self.unsent:
+            unsent = self.unsent[0]
+            if not self._push(unsent):
+                # Seen before: dropped as Scrapy drops what enqueue_request refuses.
+                self.crawler.signals.send_catch_log(
+                    signal=signals.request_dropped, request=unsent.request, spider=self.spider
+                )
+            self.unsent.popleft()
 
     def next_request(self) -> Request | None:
+        if not self.health.up:
+            return None
+        try:
+            self._send_unsent()
+            return self._next()
+        except RedisError as exc:
+            self.health.failed(exc)
+            return None
+
+    def _next(self) -> Request | None:
         while True:
             got = self.queue.pop()
             if got is None:
@@ -148,15 +224,42 @@ class LeasedScheduler(Scheduler):
     # -- housekeeping ---------------------------------------------------------
 
     def _tick(self) -> None:
+        if not self.health.up:
+            return  # the outage's own probe says when Redis is back
+        try:
+            if not self.health.check():
+                return
+            self._send_unsent()
+            self._commit()
+            now = time.monotonic()
+            if now - self.last_renew >= self.lease_ms / 4000:
+                self.last_renew = now
+                self.queue.renew(self.leases.held)
+                back = self.queue.requeue()
+                if back:
+                    logger.warning(
+                        "%d requests of a worker that stopped renewing its leases are back in the queue", back
+                    )
+                    self.stats.inc_value("tmapi/cluster/requeued", back)
+        except RedisError as exc:
+            self.health.failed(exc)
+
+    def _back(self) -> None:
+        """Redis answers again: renew the leases held here first (the grace
+        period keeps the other workers from taking them meanwhile), then
+        queue and acknowledge what was kept."""
+        self.queue.renew(self.leases.held)
+        self.last_renew = time.monotonic()
+        self._send_unsent()
         self._commit()
-        now = time.monotonic()
-        if now - self.last_renew >= self.lease_ms / 4000:
-            self.last_renew = now
-            self.queue.renew(self.leases.held)
-            back = self.queue.requeue()
-            if back:
-                logger.warning("%d requests of a worker that stopped renewing its leases are back in the queue", back)
-                self.stats.inc_value("tmapi/cluster/requeued", back)
+
+    def _tick_commit(self) -> None:
+        """A commit due before the timer's (the tracker calls it)."""
+        if self.health.up:
+            try:
+                self._commit()
+            except RedisError as exc:
+                self.health.failed(exc)
 
     def _commit(self) -> None:
         acked = self.leases.commit(self.queue.ack)

@@ -16,11 +16,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from redis.exceptions import RedisError
 from scrapy.utils.asyncio import sleep
 
 from tmapi_crawler.arguments import check_media
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import LEASES_KEY, QUEUE_KEY, SEED_POLL, SEEDS_KEY
+from tmapi_crawler.cluster.health import health_of
 from tmapi_crawler.compat import wait_for_room, wake_engine
 from tmapi_crawler.config import ConfigError, config_from_settings
 from tmapi_crawler.leases import tracker_of
@@ -53,6 +55,7 @@ class RedisSeedsMiddleware:
         self.server = redis_from_settings(crawler.settings)
         self.idle_timeout = config_from_settings(crawler.settings).idle_timeout
         self.leases = tracker_of(crawler)
+        self.health = health_of(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -72,8 +75,22 @@ class RedisSeedsMiddleware:
         self, spider: SeededSpider, seeds_key: str, queue_key: str, leases_key: str
     ) -> AsyncIterator[Any]:
         idle_since: float | None = None
-        while True:
-            seed = self._pop_seed(seeds_key)
+        while not self.health.stopping:
+            if not self.health.up:
+                idle_since = None  # an outage is not idleness
+                await self.health.back()
+                continue
+            try:
+                seed = self._pop_seed(seeds_key)
+                if seed is None:
+                    pipe = self.server.pipeline(transaction=False)
+                    pipe.zcard(queue_key)
+                    pipe.zcard(leases_key)
+                    pipe.llen(seeds_key)
+                    pending, leased, seeds = pipe.execute()
+            except RedisError as exc:
+                self.health.failed(exc)
+                continue
             if seed is not None:
                 idle_since = None
                 try:
@@ -87,11 +104,6 @@ class RedisSeedsMiddleware:
                 for out in spider.seed_requests(args):
                     yield out
                 continue
-            pipe = self.server.pipeline(transaction=False)
-            pipe.zcard(queue_key)
-            pipe.zcard(leases_key)
-            pipe.llen(seeds_key)
-            pending, leased, seeds = pipe.execute()
             if pending:
                 idle_since = None
                 wake_engine(self.crawler)  # other workers' requests: take some

@@ -19,6 +19,7 @@ from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token
 from tmapi_crawler.jobdir import check_jobdir
+from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs
 from tmapi_crawler.store.crawl import check_store, store_url
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ EXIT_CODES = {
     "tmapi_auth_failed": 3,
     "tmapi_quota_exhausted": 4,
     "tmapi_store_failed": 5,  # the catalog store failed (disk full...); run again when fixed
+    "tmapi_feed_failed": 6,  # a feed, failures or changes file could not be written; free space, run again
+    "tmapi_redis_unavailable": 7,  # Redis did not answer for TMAPI_REDIS_OUTAGE_TIMEOUT; run again when it does
+    "tmapi_redis_state_lost": 8,  # Redis lost the crawl (restarted empty, flushed): clear and start again
     "shutdown": 130,  # stopped by Ctrl-C or SIGTERM; resume with JOBDIR
 }
 EXIT_BAD_INPUT = 2
@@ -88,6 +92,7 @@ class Command(ScrapyCrawlCommand):
                 if problem:
                     refuse(problem)
             check_jobdir(self.settings, spidercls.name)
+            check_outputs(self.settings)
             check_store(self.settings)
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
@@ -104,4 +109,6 @@ class Command(ScrapyCrawlCommand):
             self.exitcode = 1
             return
         reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
+        if crawler.stats and crawler.stats.get_value(FEED_ERROR_STAT) and exit_code_for(reason) == 0:
+            reason = FEED_FAILED  # a file failed as the crawl closed: it is not whole
         self.exitcode = exit_code_for(reason)

@@ -114,29 +114,59 @@ class SandboxProcess:
 
 
 class RedisServer:
-    """A real ``redis-server`` on a free loopback port, in memory only."""
+    """A real ``redis-server`` on a free loopback port: in memory only, or,
+    with *persist*, with its append-only file (fsynced at every write), so
+    that it comes back with the same data after :meth:`kill` and
+    :meth:`restart`."""
 
-    def __init__(self, workdir: Path, *args: str, password: str | None = None):
+    def __init__(self, workdir: Path, *args: str, password: str | None = None, persist: bool = False):
+        self.workdir = workdir
+        self.args = args
+        self.password = password
+        self.persist = persist
+        for _ in range(5):
+            self.port = free_port()
+            if self._start():
+                return
+        raise RuntimeError("redis-server did not start")
+
+    def _start(self) -> bool:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed: scripts/test installs it (apt-get install redis-server)")
-        for _ in range(5):
-            self.port = free_port()
-            cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            cmd += ["--dir", str(workdir), "--protected-mode", "yes", *args]
-            if password:
-                cmd += ["--requirepass", password]
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:  # its log: wait for "Ready to accept connections"
-                if "Ready to accept connections" in line:
-                    self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
-                    self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
-                    self._drain.start()
-                    return
-            self.proc.wait()  # the port was taken meanwhile: another one
-            self.proc.stdout.close()
-        raise RuntimeError("redis-server did not start")
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
+        cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof]
+        cmd += ["--dir", str(self.workdir), "--protected-mode", "yes", *self.args]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # its log: wait for "Ready to accept connections"
+            if "Ready to accept connections" in line:
+                self.url = f"redis://{f':{self.password}@' if self.password else ''}127.0.0.1:{self.port}/0"
+                self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+                self._drain.start()
+                return True
+        self.proc.wait()  # the port was taken meanwhile: another one
+        self.proc.stdout.close()
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._drain.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+    def restart(self) -> None:
+        """Start it again on the same port and directory (its data back
+        from the append-only file when it keeps one)."""
+        deadline = time.monotonic() + 30
+        while not self._start():  # the port is still in TIME_WAIT: again
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start again on port {self.port}")
+            time.sleep(0.2)
 
     def client(self) -> Any:
         import redis  # only where a test or benchmark talks to Redis

@@ -29,12 +29,12 @@ import orjson
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.http import Response
-from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import deferred_from_coro
 
 from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.extensions import to_feeds
+from tmapi_crawler.loops import looping_call
 from tmapi_crawler.records import ChangeItem, ProductItem
 from tmapi_crawler.store.changes import listing_signature
 from tmapi_crawler.store.db import CatalogDB, PageNote
@@ -126,7 +126,7 @@ class CatalogStore:
         self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
         self._reading: asyncio.Task[None] | None = None
         self.failed: StoreError | None = None
-        self._loop = create_looping_call(self._flush)
+        self._loop = looping_call(self._flush, "store flush", crawler.stats)
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
         crawler.signals.connect(self._closed, signal=signals.spider_closed)
 

@@ -1,0 +1,152 @@
+"""When what the crawler depends on fails: a real redis-server killed and
+started again (with and without its append-only file), for real worker
+processes crawling the sandbox over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer, SandboxProcess
+from tests.test_cluster import SHOP_A, Worker, assert_each_product_once, assert_nothing_left
+
+#: Exit codes of the two ways a Redis fault ends a worker (docs/operations.md).
+EXIT_REDIS_UNAVAILABLE, EXIT_REDIS_STATE_LOST = 7, 8
+
+
+@pytest.fixture
+def redis_aof(tmp_path: Path):
+    """A redis-server of this test's own, with its append-only file."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", persist=True)
+    yield server
+    with contextlib.suppress(Exception):
+        server.kill()
+
+
+@pytest.fixture
+def redis_volatile(tmp_path: Path):
+    """A redis-server of this test's own, in memory only."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    with contextlib.suppress(Exception):
+        server.kill()
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def feed_records(workers: list[Worker]) -> list[dict]:
+    """Every whole record in the workers' feeds (a worker stopped mid-write
+    may leave half a line: its request was not acknowledged)."""
+    records = []
+    for w in workers:
+        for line in w.out.read_text().splitlines() if w.out.exists() else ():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records
+
+
+def assert_quiet(workers: list[Worker]) -> str:
+    """No traceback, no dead loop, no failure record made of a Redis error."""
+    logs = "".join(w.log.read_text() for w in workers)
+    assert "Traceback" not in logs
+    assert "Error calling the" not in logs
+    assert "loop failed" not in logs
+    assert not any(w.failures.exists() for w in workers)
+    return logs
+
+
+def start_workers(sb: SandboxProcess, redis: RedisServer, cwd: Path, tag: str, **settings) -> list[Worker]:
+    seed = ("-a", f"member_id={SHOP_A}")
+    values = {"TMAPI_CONCURRENCY": 8, **settings}
+    return [
+        Worker(f"{tag}{i}", "shop", *(seed if i == 0 else ()), sandbox=sb, redis=redis, cwd=cwd, settings=values)
+        for i in range(2)
+    ]
+
+
+def test_redis_killed_and_back_is_a_pause(make_sandbox, redis_aof, tmp_path):
+    """Redis dies with SIGKILL mid-crawl and comes back 3 s later (longer than
+    the leases, TMAPI_LEASE_TIMEOUT=2): both workers pause, keep what they
+    hold, and finish the crawl; every product once, no call billed twice."""
+    sb = make_sandbox("--shop-size", "300", "--latency-ms", "20")
+    workers = start_workers(sb, redis_aof, tmp_path, "w")
+    wait_for(lambda: sum(w.lines() for w in workers) >= 60)
+    redis_aof.kill()
+    time.sleep(3)
+    paused_at = sb.stats()["calls"]
+    time.sleep(0.5)
+    assert sb.stats()["calls"] == paused_at  # no API call while Redis is away
+    redis_aof.restart()
+    assert [w.wait() for w in workers] == [0, 0]
+    assert_each_product_once(sb, workers, 300)
+    logs = assert_quiet(workers)
+    assert logs.count("does not answer") == 2  # one line each when it goes...
+    assert logs.count("answers again after") == 2  # ...and one when it is back
+    assert_nothing_left(redis_aof)
+
+
+def test_redis_away_too_long_stops_resumably(make_sandbox, redis_aof, tmp_path):
+    """Past TMAPI_REDIS_OUTAGE_TIMEOUT each worker stops with its own exit
+    code; with Redis back, the same command finishes the crawl: nothing
+    lost, and written twice at most what the workers had in hand."""
+    sb = make_sandbox("--shop-size", "300", "--latency-ms", "20")
+    workers = start_workers(sb, redis_aof, tmp_path, "a", TMAPI_REDIS_OUTAGE_TIMEOUT=2)
+    wait_for(lambda: sum(w.lines() for w in workers) >= 60)
+    redis_aof.kill()
+    started = time.monotonic()
+    assert [w.wait() for w in workers] == [EXIT_REDIS_UNAVAILABLE] * 2
+    assert time.monotonic() - started < 20
+    logs = assert_quiet(workers)
+    assert logs.count("did not answer for") == 2
+    assert "tmapi_redis_unavailable" in logs
+    redis_aof.restart()
+    again = start_workers(sb, redis_aof, tmp_path, "b")
+    assert [w.wait() for w in again] == [0, 0]
+    ids = Counter(r["item_id"] for r in feed_records(workers + again))
+    assert len(ids) == 300  # nothing lost
+    duplicates = sum(n - 1 for n in ids.values())
+    # At most what the two workers had in hand: 8 calls in flight each, and
+    # the records written since their last acknowledgement.
+    assert duplicates <= 2 * 2 * 8, duplicates
+    assert sb.stats()["billed_twice"] <= 2 * 2 * 8 * 2
+    assert_nothing_left(redis_aof)
+
+
+def test_redis_back_without_the_crawl_stops_every_worker(make_sandbox, redis_volatile, tmp_path):
+    """Redis restarted empty (no persistence): the workers see that the
+    crawl's marker is gone and stop at once, with their own exit code; never
+    a freeze, never "finished"."""
+    sb = make_sandbox("--shop-size", "300", "--latency-ms", "20")
+    workers = start_workers(sb, redis_volatile, tmp_path, "w")
+    wait_for(lambda: sum(w.lines() for w in workers) >= 60)
+    redis_volatile.kill()
+    time.sleep(1)
+    redis_volatile.restart()
+    assert [w.wait(timeout=30) for w in workers] == [EXIT_REDIS_STATE_LOST] * 2
+    logs = assert_quiet(workers)
+    assert logs.count("no longer holds this crawl") == 2
+    assert "(finished)" not in logs
+    # Nothing written to the empty Redis to mislead the next run.
+    assert redis_volatile.client().zcard("shop:requests") == 0
+
+
+def test_cluster_clear_while_workers_run_stops_them(make_sandbox, redis_volatile, tmp_path):
+    """The same check when the crawl's keys are deleted under the workers."""
+    sb = make_sandbox("--shop-size", "300", "--latency-ms", "20")
+    workers = start_workers(sb, redis_volatile, tmp_path, "w")
+    wait_for(lambda: sum(w.lines() for w in workers) >= 40)
+    redis_volatile.client().flushall()
+    assert [w.wait(timeout=30) for w in workers] == [EXIT_REDIS_STATE_LOST] * 2
+    assert_quiet(workers)

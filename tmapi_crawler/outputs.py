@@ -1,0 +1,236 @@
+"""The local files a crawl writes (feeds, failures, changes) are written
+whole, or the crawl stops: nothing is lost silently (docs/behaviour.md).
+
+Scrapy's feed exports call the exporter from the ``item_scraped`` signal,
+which logs an exception and goes on: a full disk or a read-only mount cost
+a traceback per record, the crawl still ended "finished" with exit 0, and
+the records were gone.  Here:
+
+* :func:`check_outputs` refuses, before any call, a local file that cannot
+  be written (its folder is not writable, it is a directory, a read-only
+  mount);
+* :class:`GuardedFileFeedStorage` (the add-on puts it in the place of
+  Scrapy's ``FileFeedStorage``) writes each record straight to the file
+  (records are larger than a buffer anyway) and never leaves half a record:
+  a write that fails is cut back, and tells :class:`FeedGuard`;
+* :class:`FeedGuard` then logs one line that names the file and the cause,
+  freezes the acknowledgements (with ``JOBDIR`` the crawl is not over, and
+  the same command resumes it with nothing lost and nothing twice; in
+  Redis the requests return to the queue), stops the crawl with
+  :data:`FEED_FAILED`, and the record that was not written is not counted.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.extensions.feedexport import FileFeedStorage
+
+from tmapi_crawler.config import DEFAULTS, ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Self
+
+    from scrapy import Spider
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+#: The finish reason of a crawl stopped because a file could not be written.
+FEED_FAILED = "tmapi_feed_failed"
+#: The stat that holds the one line saying which file and why.
+FEED_ERROR_STAT = "tmapi/feed/error"
+
+
+def _reason(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+# -- before the crawl -------------------------------------------------------------------
+
+
+def local_outputs(settings: BaseSettings) -> list[tuple[str, str]]:
+    """``(path, what it is)`` of every local file the crawl will write: the
+    feeds given (plain paths, no template), the failures file, and the
+    changes file when there is a store."""
+    outputs = []
+    for uri in settings.getdict("FEEDS"):
+        text = str(uri)
+        if "%(" in text or ("://" in text and not text.startswith("file://")) or text.startswith("stdout:"):
+            continue
+        outputs.append((text.removeprefix("file://"), "the feed"))
+    outputs.append((str(settings.get("TMAPI_FAILURES_FILE") or DEFAULTS["TMAPI_FAILURES_FILE"]), "TMAPI_FAILURES_FILE"))
+    if settings.get("TMAPI_STORE"):
+        outputs.append(
+            (str(settings.get("TMAPI_CHANGES_FILE") or DEFAULTS["TMAPI_CHANGES_FILE"]), "TMAPI_CHANGES_FILE")
+        )
+    return outputs
+
+
+def check_outputs(settings: BaseSettings) -> None:
+    """Refuse, in one line, a local output that cannot be written; raises
+    :class:`ConfigError`."""
+    for path, what in local_outputs(settings):
+        problem = _unwritable(Path(path))
+        if problem:
+            raise ConfigError(f"cannot write {what} {path}: {problem}; give a path where the crawl can write")
+
+
+def _unwritable(path: Path) -> str | None:
+    if path.is_dir():
+        return "it is a directory"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "the file is not writable (or on a read-only mount)"
+    folder = path.parent
+    while not folder.exists():  # Scrapy makes the missing folders
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable (or on a read-only mount)"
+    return None
+
+
+# -- during the crawl -------------------------------------------------------------------
+
+
+class FeedGuard:
+    """Knows whether every file took every record (see the module's
+    docstring).  Built before the feed exports (the add-on gives it a lower
+    priority), so that its ``item_scraped`` handler runs before theirs."""
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.failed: str | None = None
+        #: Whether a file failed to take the record being exported now.
+        self.item_failed = False
+        resumable = bool(crawler.settings.get("JOBDIR")) or bool(crawler.settings.get("REDIS_URL"))
+        self.resume = "; the same command resumes where it stopped" if resumable else ""
+        self.listeners: list[Callable[[str], None]] = []
+        crawler.signals.connect(self._item_scraped, signal=signals.item_scraped)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    def _item_scraped(self) -> None:
+        self.item_failed = False
+
+    def write_failed(self, path: str, exc: OSError) -> None:
+        """A write to *path* failed: the record is not counted, nothing is
+        acknowledged from now on, and the crawl stops (once)."""
+        self.item_failed = True
+        if self.failed is not None:
+            return
+        self.failed = f"cannot write {path}: {_reason(exc)}"
+        self.stats.set_value(FEED_ERROR_STAT, self.failed)
+        logger.error(
+            "%s: the crawl stops. Free some space (or make the file writable), then run the same command again%s",
+            self.failed,
+            self.resume,
+        )
+        for listener in self.listeners:
+            listener(FEED_FAILED)
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        """Call *listener* with the finish reason when a file fails (the
+        lease tracker stops acknowledging, the gate stops the crawl)."""
+        self.listeners.append(listener)
+
+
+def guard_of(crawler: Crawler) -> FeedGuard | None:
+    return crawler.get_extension(FeedGuard)
+
+
+class GuardedFile(io.RawIOBase):
+    """A local feed file written straight through: a write is whole in the
+    file or cut back out of it; after a failure, writes are dropped (the
+    crawl is stopping) and each one is reported."""
+
+    def __init__(self, path: str, mode: str, guard: FeedGuard | None):
+        super().__init__()
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if "w" in mode else os.O_APPEND)
+        self._fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self.name = path
+        self.mode = mode
+        self.guard = guard
+        self.good = os.fstat(self._fd).st_size
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self.error is not None:
+            self._report(self.error)
+            return size
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.failed(exc)
+            return size
+        self.good += size
+        return size
+
+    def failed(self, exc: OSError) -> None:
+        """Writing (or syncing) failed: cut what was half written, report."""
+        self.error = exc
+        try:
+            os.ftruncate(self._fd, self.good)
+        except OSError:
+            logger.debug("could not cut %s back to %d bytes", self.name, self.good)
+        self._report(exc)
+
+    def _report(self, exc: OSError) -> None:
+        if self.guard is not None:
+            self.guard.write_failed(self.name, exc)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class GuardedFileFeedStorage(FileFeedStorage):
+    """Scrapy's local feed storage, with files that never lose a record
+    silently (:class:`GuardedFile`)."""
+
+    def __init__(self, uri: str, *, feed_options: dict[str, Any] | None = None, crawler: Crawler | None = None):
+        super().__init__(uri, feed_options=feed_options)
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, uri: str, *, feed_options: dict[str, Any] | None = None) -> Self:
+        return cls(uri, feed_options=feed_options, crawler=crawler)
+
+    def open(self, spider: Spider) -> IO[bytes]:
+        # Looked up now: the feed exports build their storages with the
+        # extensions, when none can be looked up yet.
+        guard = guard_of(self.crawler) if self.crawler is not None else None
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            file = GuardedFile(self.path, self.write_mode, guard)
+        except OSError as exc:
+            if guard is None:
+                raise
+            file = GuardedFile(os.devnull, "ab", None)  # takes nothing: every write is reported
+            file.name, file.guard = self.path, guard
+            file.failed(exc)
+        return file  # type: ignore[return-value]
