@@ -1,19 +1,23 @@
 """When what the crawler depends on fails: a real redis-server killed and
-started again (with and without its append-only file), for real worker
-processes crawling the sandbox over HTTP."""
+started again (with and without its append-only file), a real PostgreSQL
+restarted and stopped, for real ``scrapy crawl`` processes crawling the
+sandbox over HTTP."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer, SandboxProcess
+from tests.conftest import SCRAPY, PostgresServer, RedisServer, SandboxProcess, scrapy_env
 from tests.test_cluster import SHOP_A, Worker, assert_each_product_once, assert_nothing_left
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.url import parse_store_url
 
 #: Exit codes of the two ways a Redis fault ends a worker (docs/operations.md).
 EXIT_REDIS_UNAVAILABLE, EXIT_REDIS_STATE_LOST = 7, 8
@@ -150,3 +154,80 @@ def test_cluster_clear_while_workers_run_stops_them(make_sandbox, redis_volatile
     redis_volatile.client().flushall()
     assert [w.wait(timeout=30) for w in workers] == [EXIT_REDIS_STATE_LOST] * 2
     assert_quiet(workers)
+
+
+# -- the catalog store's database -------------------------------------------------------
+
+STORE_SHOP, STORE_PRODUCTS = "b2b-sandbox0000", 400
+
+
+@pytest.fixture
+def pg():
+    """A PostgreSQL cluster of this test's own, to restart and stop."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+def store_crawl(sb: SandboxProcess, cwd: Path, store: str, *settings: str) -> subprocess.Popen[str]:
+    cmd = [SCRAPY, "crawl", "shop", "-a", f"member_id={STORE_SHOP}", "-o", "products.jsonl",
+           "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_STORE={store}", "-s", "TMAPI_PROGRESS_INTERVAL=0"]  # fmt: skip
+    for setting in settings:
+        cmd += ["-s", setting]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=scrapy_env({"TMAPI_TOKEN": sb.token}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def stored_ids(store: str) -> set[int]:
+    db = CatalogDB(parse_store_url(store))
+    try:
+        return {row[0] for row in db.query("SELECT item_id FROM products")}
+    finally:
+        db.close()
+
+
+def test_a_postgresql_restart_is_waited_out(make_sandbox, pg, tmp_path):
+    """``pg_ctl restart -m fast`` mid-crawl: the store's writes and lookups
+    wait for it and go on; the crawl finishes with exit 0, every product
+    once in the feed and in the store, no call billed twice."""
+    sb = make_sandbox("--shops", "1", "--shop-size", str(STORE_PRODUCTS), "--latency-ms", "10")
+    feed = tmp_path / "products.jsonl"
+    proc = store_crawl(sb, tmp_path, pg.url)
+    wait_for(lambda: feed.exists() and feed.read_bytes().count(b"\n") >= 50)
+    assert pg.pg_ctl("restart", "-m", "fast").returncode == 0
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "TMAPI_STORE_OUTAGE_TIMEOUT" in stderr and "answers again after" in stderr
+    assert "Traceback" not in stderr
+    ids = [json.loads(line)["item_id"] for line in feed.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == STORE_PRODUCTS
+    assert stored_ids(pg.url) == set(ids)
+    stats = sb.stats()
+    assert stats["billed_twice"] == 0
+    assert stats["billed"] == STORE_PRODUCTS // 20 + 2 * STORE_PRODUCTS
+
+
+def test_a_store_down_too_long_stops_and_resumes_storing_everything(make_sandbox, pg, tmp_path):
+    """PostgreSQL stopped for longer than TMAPI_STORE_OUTAGE_TIMEOUT: the
+    crawl stops (exit 5) without acknowledging a product it did not store;
+    the same command (JOBDIR), with PostgreSQL back, stores every one."""
+    sb = make_sandbox("--shops", "1", "--shop-size", str(STORE_PRODUCTS), "--latency-ms", "10")
+    feed = tmp_path / "products.jsonl"
+    settings = (f"JOBDIR={tmp_path / 'job'}", "TMAPI_STORE_OUTAGE_TIMEOUT=1.5")
+    proc = store_crawl(sb, tmp_path, pg.url, *settings)
+    wait_for(lambda: feed.exists() and feed.read_bytes().count(b"\n") >= 50)
+    assert pg.pg_ctl("stop", "-m", "fast").returncode == 0
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 5, stderr[-3000:]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "ERROR: " in line and "finish reason" not in line]
+    assert len(errors) == 1 and "TMAPI_STORE_OUTAGE_TIMEOUT" in errors[0], errors
+    assert pg.pg_ctl("start").returncode == 0
+    again = store_crawl(sb, tmp_path, pg.url, *settings)
+    _, stderr = again.communicate(timeout=180)
+    assert again.returncode == 0, stderr[-3000:]
+    ids = [json.loads(line)["item_id"] for line in feed.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == STORE_PRODUCTS
+    assert stored_ids(pg.url) == set(ids)  # nothing acknowledged that was not stored

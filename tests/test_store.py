@@ -458,6 +458,8 @@ def test_a_full_disk_mid_crawl_stops_cleanly_loses_nothing_and_resumes(make_sand
         skus = Counter(row[0] for row in db.query("SELECT item_id FROM skus"))
     finally:
         db.close()
+    # Every product stored: none was acknowledged that the full disk kept out.
+    assert {row[0] for row in stored} == set(ids)
     # Every stored product whole: its SKUs are its detail's.
     for item_id, detail in stored:
         assert skus[item_id] == len(json.loads(detail)["skus"])

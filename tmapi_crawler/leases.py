@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
+from scrapy.exceptions import DropItem
 from scrapy.utils.asyncio import call_later
 
 from tmapi_crawler.compat import sync_feeds
@@ -43,6 +44,13 @@ LEASE_META = "tmapi_lease"
 PARENT_META = "tmapi_parent"
 
 
+class NotSafe(DropItem):
+    """Raised by a pipeline for a record that did not reach where it must
+    (the catalog store failed): the record is dropped, and the request it
+    came from stays in hand, never acknowledged, so that a resumed crawl
+    does it again."""
+
+
 @dataclass(slots=True)
 class _Lease:
     """A request in hand: how many of its outputs are not yet safe, whether
@@ -52,6 +60,8 @@ class _Lease:
     pending: int = 0
     done_yielding: bool = False
     written: int = 0
+    #: A record of it was not safe (:class:`NotSafe`): never acknowledged.
+    unsafe: bool = False
 
 
 class LeaseTracker:
@@ -74,8 +84,9 @@ class LeaseTracker:
         self.frozen = False
         self.guard: FeedGuard | None = None
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
-        for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
-            crawler.signals.connect(self._item_settled, signal=signal)
+        crawler.signals.connect(self._item_settled, signal=signals.item_scraped)
+        crawler.signals.connect(self._item_dropped, signal=signals.item_dropped)
+        crawler.signals.connect(self._item_dropped, signal=signals.item_error)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -188,19 +199,33 @@ class LeaseTracker:
             state.done_yielding = True
             self._check(lease, state)
 
-    def _item_settled(self, item: Any, response: Any, **kwargs: Any) -> None:
-        if self.guard is not None and self.guard.item_failed:
-            return  # not in the feed: its lease stays in hand, never acknowledged
+    def _lease_of(self, response: Any) -> tuple[str | None, _Lease | None]:
         # For an errback's records, Scrapy passes the Failure as "response";
         # Scrapy sets its .request.
         request = getattr(response, "request", None)
         lease = request.meta.get(LEASE_META) if request is not None else None
-        state = self.held.get(lease) if lease else None
+        return lease, self.held.get(lease) if lease else None
+
+    def _item_settled(self, item: Any, response: Any, **kwargs: Any) -> None:
+        if self.guard is not None and self.guard.item_failed:
+            return  # not in the feed: its lease stays in hand, never acknowledged
+        lease, state = self._lease_of(response)
         if lease and state is not None:
             state.written += 1
             self.settle(lease)
 
+    def _item_dropped(self, response: Any, exception: BaseException, **kwargs: Any) -> None:
+        """A record that went nowhere: settled, unless it was dropped as
+        :class:`NotSafe`, which keeps its lease from being acknowledged."""
+        lease, state = self._lease_of(response)
+        if lease and state is not None:
+            if isinstance(exception, NotSafe):
+                state.unsafe = True
+            self.settle(lease)
+
     def _check(self, lease: str, state: _Lease) -> None:
+        if state.unsafe:
+            return  # stays in hand: given back when the crawl stops
         if state.done_yielding and state.pending <= 0:
             del self.held[lease]
             self.safe.append(lease)

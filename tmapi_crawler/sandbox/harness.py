@@ -294,21 +294,22 @@ class PostgresServer:
         self._run([*initdb, "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C.UTF-8"])
         for _ in range(5):
             self.port = free_port()
-            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-            pg_ctl = [*self._as, _postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60"]
-            started = subprocess.run(
-                [*pg_ctl, "-l", str(self.root / "log"), "start"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if started.returncode == 0:
+            if self.pg_ctl("start").returncode == 0:
                 break
         else:
             raise RuntimeError(f"PostgreSQL did not start: {(self.root / 'log').read_text()[-2000:]}")
         self.psql(f"CREATE USER {self.USER} PASSWORD '{self.PASSWORD}'")
         self.psql(f"CREATE DATABASE {self.USER} OWNER {self.USER}")
         self.url = f"postgresql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{self.USER}"
+
+    def pg_ctl(self, *action: str) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl`` on this cluster (``start``, ``stop -m fast``,
+        ``restart -m fast``), waiting for it to be done."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        pg_ctl = [*self._as, _postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60"]
+        return subprocess.run(
+            [*pg_ctl, "-l", str(self.root / "log"), *action], capture_output=True, text=True, check=False
+        )
 
     def _run(self, cmd: list[str]) -> str:
         done = subprocess.run([*self._as, *cmd], capture_output=True, text=True, check=False)

@@ -20,7 +20,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,16 +31,18 @@ import orjson
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.http import Response
-from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.asyncio import sleep
 
 from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.extensions import to_feeds
+from tmapi_crawler.leases import NotSafe
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.records import ChangeItem, ProductItem
 from tmapi_crawler.store.changes import listing_signature
 from tmapi_crawler.store.db import CatalogDB, PageNote
 from tmapi_crawler.store.url import StoreError, parse_store_url
+from tmapi_crawler.throttle import CrawlStopping, gate_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,6 +65,10 @@ BATCH_SIZE = 200
 FLUSH_INTERVAL = 0.2
 #: The finish reason of a crawl stopped because the store failed.
 STORE_FAILED = "tmapi_store_failed"
+#: Seconds before the first and the longest between two tries of a store
+#: that does not answer (TMAPI_STORE_OUTAGE_TIMEOUT in all).
+OUTAGE_RETRY_FIRST = 0.1
+OUTAGE_RETRY_MAX = 2.0
 
 
 def store_url(settings: BaseSettings) -> StoreURL | None:
@@ -126,6 +134,8 @@ class CatalogStore:
         self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
         self._reading: asyncio.Task[None] | None = None
         self.failed: StoreError | None = None
+        #: Since when the store does not answer (an outage that may pass).
+        self.down_since: float | None = None
         self._loop = looping_call(self._flush, "store flush", crawler.stats)
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
         crawler.signals.connect(self._closed, signal=signals.spider_closed)
@@ -143,6 +153,47 @@ class CatalogStore:
     async def _in(thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(thread, call, *args)
 
+    async def _call(self, db: CatalogDB, thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in *thread*; an outage that may pass (PostgreSQL
+        restarting) is waited out: tried again with backoff, on a new
+        connection, for up to ``TMAPI_STORE_OUTAGE_TIMEOUT`` seconds.
+        Raises :class:`StoreError` when the store cannot be used."""
+        delay = OUTAGE_RETRY_FIRST
+        while True:
+            if self.failed is not None:
+                raise self.failed
+            try:
+                result = await self._in(thread, call, *args)
+            except Exception as exc:
+                error = exc if isinstance(exc, StoreError) else db.error(exc)
+                if not db.transient(exc):
+                    raise error from None
+                self._outage(error)
+                if time.monotonic() - (self.down_since or 0.0) >= self.config.store_outage_timeout:
+                    raise StoreError(
+                        f"{error} (for {self.config.store_outage_timeout:.0f} s, TMAPI_STORE_OUTAGE_TIMEOUT)"
+                    ) from None
+                await sleep(delay)
+                delay = min(delay * 2, OUTAGE_RETRY_MAX)
+                with contextlib.suppress(Exception):  # still down: the next try says so
+                    await self._in(thread, db.reconnect)
+                continue
+            if self.down_since is not None:
+                down_for = time.monotonic() - self.down_since
+                self.down_since = None
+                logger.info("The catalog store %s answers again after %.1f s: going on", self.url.display, down_for)
+            return result
+
+    def _outage(self, error: StoreError) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.stats.inc_value("tmapi/store/outages")
+            logger.warning(
+                "%s; trying again for up to %.0f s (TMAPI_STORE_OUTAGE_TIMEOUT)",
+                error,
+                self.config.store_outage_timeout,
+            )
+
     async def lookup(self, item_id: int) -> Stored | None:
         """What the store has of *item_id*.  Lookups that arrive while one
         is under way are answered together, with one query."""
@@ -157,9 +208,9 @@ class CatalogStore:
             while self._lookups:
                 batch, self._lookups = self._lookups, {}
                 try:
-                    found = await self._in(self._read_thread, self.reader.lookup, list(batch))
-                except Exception as exc:
-                    error = exc if isinstance(exc, StoreError) else self.reader.error(exc)
+                    found = await self._call(self.reader, self._read_thread, self.reader.lookup, list(batch))
+                except StoreError as error:
+                    self._fail(error)
                     for futures in batch.values():
                         for future in futures:
                             future.set_exception(error)
@@ -173,10 +224,11 @@ class CatalogStore:
     # -- writing ---------------------------------------------------------------------
 
     async def save(self, record: ProductItem) -> ProductItem:
-        """*record* once it is in the store (or the store failed: then the
-        record still goes to the feed, and the crawl stops)."""
+        """*record* once it is in the store.  When the store failed, raises
+        :class:`NotStored`: the record goes nowhere and its request is not
+        acknowledged, so that a resumed crawl stores it."""
         if self.failed is not None:
-            return record
+            raise NotStored(record["item_id"], self.failed)
         future: asyncio.Future[ProductItem] = asyncio.get_running_loop().create_future()
         self._records.append((record, future))
         if len(self._records) >= BATCH_SIZE:
@@ -199,19 +251,21 @@ class CatalogStore:
                 batch, self._records = self._records[:BATCH_SIZE], self._records[BATCH_SIZE:]
                 pages, self._pages = self._pages, []
                 try:
-                    result = await self._in(self._write_thread, self.writer.write, [r for r, _ in batch], pages)
-                except Exception as exc:
+                    result = await self._call(
+                        self.writer, self._write_thread, self.writer.write, [r for r, _ in batch], pages
+                    )
+                except StoreError as exc:
                     self._fail(exc)
                     result = None
                 if result is not None:
                     self._written(result, len(batch))
                 for record, future in batch:
                     if not future.done():
-                        future.set_result(record)
+                        self._settle(future, record)
                 if self.failed is not None:
                     for record, future in self._records:
                         if not future.done():
-                            future.set_result(record)
+                            self._settle(future, record)
                     self._records, self._pages = [], []
         finally:
             self._writing = None
@@ -223,14 +277,19 @@ class CatalogStore:
         for change in result.changes:
             to_feeds(self.crawler, ChangeItem(change))  # to TMAPI_CHANGES_FILE
 
-    def _fail(self, exc: BaseException) -> None:
-        error = exc if isinstance(exc, StoreError) else self.writer.error(exc)
+    def _settle(self, future: asyncio.Future[ProductItem], record: ProductItem) -> None:
+        if self.failed is None:
+            future.set_result(record)
+        else:
+            future.set_exception(NotStored(record["item_id"], self.failed))
+
+    def _fail(self, error: StoreError) -> None:
         if self.failed is not None:
             return
         self.failed = error
         self.stats.set_value("tmapi/store/error", str(error))
-        logger.error("%s; the crawl stops (records keep going to the feed)", error)
-        deferred_from_coro(self.crawler.engine.close_spider_async(reason=STORE_FAILED))
+        logger.error("%s; the crawl stops (what was not stored is not acknowledged: the same command stores it)", error)
+        gate_of(self.crawler).stop(STORE_FAILED)
 
     async def drain(self) -> None:
         """Write all that is pending."""
@@ -283,11 +342,10 @@ class StoreMiddleware:
             return None
         try:
             stored = await self.store.lookup(request.cb_kwargs["item_id"])
-        except StoreError as exc:
-            # The store cannot be read: the call is made (it costs, but nothing is lost).
+        except StoreError:
+            # The store failed (the crawl stops): the request is kept for the resume.
             self.stats.inc_value("tmapi/store/read_errors")
-            logger.warning("%s; calling the API instead", exc)
-            return None
+            raise CrawlStopping(STORE_FAILED) from None
         now = datetime.now(UTC)
         if endpoint == Endpoint.ITEM_DESC.value:
             if stored is not None and stored.description is not None and self._young(stored.desc_age(now), "desc"):
@@ -325,6 +383,14 @@ class StoreMiddleware:
 
 
 _STORED_ENDPOINTS = frozenset(e.value for e in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL, Endpoint.ITEM_DESC))
+
+
+class NotStored(NotSafe):
+    """A product record the store could not take: dropped (logged at DEBUG:
+    the store's one line said why), and its request is not acknowledged."""
+
+    def __init__(self, item_id: Any, error: StoreError):
+        super().__init__(f"item {item_id} not stored: {error}", log_level="DEBUG")
 
 
 class StorePipeline:

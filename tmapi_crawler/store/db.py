@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 #: The store's schema version; a store written by a newer version is refused,
 #: an older one is migrated (:data:`MIGRATIONS`).
 SCHEMA_VERSION = 1
+#: SQLite's primary result codes of a lock held by another connection: it passes.
+SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+#: PostgreSQL's SQLSTATE classes and codes of an outage that passes:
+#: connection exceptions, the server shutting down or starting, too many
+#: connections, a serialization failure or deadlock (a transaction to try again).
+PG_TRANSIENT_CLASSES = frozenset({"08"})
+PG_TRANSIENT = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 #: The PostgreSQL advisory lock taken while the tables are created or migrated.
 SCHEMA_LOCK = 0x746D617069  # "tmapi"
 
@@ -400,6 +407,30 @@ class CatalogDB:
         if "not a database" in low or "malformed" in low:
             return StoreError(f"{where} is not a SQLite database ({text}): point TMAPI_STORE at a file of its own")
         return StoreError(f"the catalog store {where} failed: {text}")
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether *exc* is an outage that may pass (PostgreSQL restarting,
+        a failover, a lock held a while), by the driver's own codes; a
+        full disk, a read-only file or a refused password is not."""
+        if isinstance(exc, sqlite3.Error):
+            return getattr(exc, "sqlite_errorcode", 0) & 0xFF in SQLITE_TRANSIENT
+        if self.dialect is SQLITE:
+            return False
+        import psycopg  # loaded already: this store is PostgreSQL's
+
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate is not None:
+            return sqlstate[:2] in PG_TRANSIENT_CLASSES or sqlstate in PG_TRANSIENT
+        # No code: the client lost (or could not make) the connection.
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def reconnect(self) -> None:
+        """A new connection in place of one an outage broke (PostgreSQL);
+        SQLite's survives."""
+        if self.dialect is SQLITE:
+            return
+        self.close()
+        self.conn = self._postgres(self.url.target)
 
     # -- transactions --------------------------------------------------------------------
 
