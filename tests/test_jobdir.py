@@ -183,3 +183,19 @@ def test_requests_in_the_state_are_json_and_hold_no_token(shop, tmp_path):
     for path in (tmp_path / "crawls").rglob("*"):
         if path.is_file():
             assert shop.token.encode() not in path.read_bytes(), path
+
+
+def test_a_kill_bills_again_at_most_about_twice_the_calls_in_flight(shop, tmp_path):
+    """Acknowledgements commit as soon as as many requests are safe as
+    calls may be in flight (not only every COMMIT_INTERVAL): what a kill
+    bills twice is the calls in flight plus fewer than as many again."""
+    feed = tmp_path / "products.jsonl"
+    kills = 0
+    for billed in (80, 200, 320):
+        proc = start(shop, tmp_path)
+        kill_when(proc, lambda billed=billed: shop.stats()["billed"] >= billed)
+        kills += 1
+    resume(shop, tmp_path)
+    stats = assert_each_product_once(shop, feed)
+    print(f"billed twice after {kills} kills at {LIMIT} calls in flight: {stats['billed_twice']}")
+    assert stats["billed_twice"] <= kills * 2 * LIMIT, stats["billed_twice_keys"]

@@ -171,7 +171,8 @@ def pg():
 
 def store_crawl(sb: SandboxProcess, cwd: Path, store: str, *settings: str) -> subprocess.Popen[str]:
     cmd = [SCRAPY, "crawl", "shop", "-a", f"member_id={STORE_SHOP}", "-o", "products.jsonl",
-           "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_STORE={store}", "-s", "TMAPI_PROGRESS_INTERVAL=0"]  # fmt: skip
+           "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"TMAPI_STORE={store}",
+           "-s", "TMAPI_PROGRESS_INTERVAL=0"]  # fmt: skip
     for setting in settings:
         cmd += ["-s", setting]
     return subprocess.Popen(

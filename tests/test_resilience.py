@@ -86,12 +86,19 @@ async def test_439_that_lasts_stops_and_the_resume_pays_nothing_twice(make_sandb
 
 
 @deferred_f_from_coro_f
-async def test_budget_stops_at_exactly_the_budget_and_resumes(sandbox, tmp_path):
+async def test_budget_starts_only_what_it_can_finish_and_resumes(sandbox, tmp_path):
+    """TMAPI_MAX_CALLS=50: a product is started only when its detail and its
+    description fit (a detail costs 2 of the budget), so the crawl sends 49
+    or 50 calls, never more, and every detail it paid for ends as a record."""
     job = {"JOBDIR": str(tmp_path / "job")}
     first = await crawl("shop", sandbox, tmp_path / "1", settings={**job, "TMAPI_MAX_CALLS": 50}, member_id=SHOP)
     assert first.reason == "tmapi_budget_exhausted"
-    assert first.stats["tmapi/calls"] == 50
-    assert sandbox.stats()["calls"] == 50
+    assert 49 <= first.stats["tmapi/calls"] <= 50
+    stats = sandbox.stats()
+    assert stats["calls"] == first.stats["tmapi/calls"]
+    details = stats["calls_per_endpoint"]["item_detail"]
+    assert details == stats["calls_per_endpoint"]["item_desc"] == len(first.records) > 0  # none billed for nothing
+    assert first.failures == []
     second = await crawl("shop", sandbox, tmp_path / "2", settings=job, member_id=SHOP)
     assert second.reason == "finished"
     assert_once(sandbox, first.ids() + second.ids())
@@ -158,3 +165,25 @@ async def test_a_shop_page_that_fails_for_good_does_not_stop_the_pages_after_it(
     assert stats["calls_per_endpoint"]["shop_items"] == 20
     assert stats["billed_twice"] == 0
     assert "spider_exceptions/count" not in result.stats
+
+
+@deferred_f_from_coro_f
+async def test_the_budget_bills_nothing_it_cannot_finish(make_sandbox, tmp_path):
+    """TMAPI_MAX_CALLS=100 on a shop of 400 products with 32 calls in flight:
+    when the budget is reached, every detail billed has ended in a product
+    record (its description was sent too), and the resume bills each of the
+    others once."""
+    sb = make_sandbox("--shop-size", "400", "--latency-ms", "30")
+    job = {"JOBDIR": str(tmp_path / "job"), "TMAPI_CONCURRENCY": 32}
+    first = await crawl("shop", sb, tmp_path / "1", settings={**job, "TMAPI_MAX_CALLS": 100}, member_id=SHOP)
+    assert first.reason == "tmapi_budget_exhausted"
+    stats = sb.stats()
+    assert stats["calls"] <= 100
+    per_endpoint = stats["calls_per_endpoint"]
+    assert per_endpoint["item_detail"] == per_endpoint["item_desc"] == len(first.records) > 30
+    assert first.failures == []
+    second = await crawl("shop", sb, tmp_path / "2", settings=job, member_id=SHOP)
+    assert second.reason == "finished"
+    ids = first.ids() + second.ids()
+    assert len(ids) == len(set(ids)) == 400
+    assert sb.stats()["billed_twice"] == 0

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from scrapy import signals
+from scrapy.core.scheduler import Scheduler
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.utils.misc import load_object
 from spidermon.contrib.scrapy.extensions import Spidermon
@@ -53,7 +54,7 @@ from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
 from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline
-from tmapi_crawler.throttle import DEFAULT_CAP, TmapiThrottle
+from tmapi_crawler.throttle import DEFAULT_CAP, BudgetScheduler, TmapiThrottle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -135,6 +136,10 @@ class TmapiAddon:
             settings.set_in_component_priority_dict("EXTENSIONS", load_object(CLUSTER_HEALTH), 0)
         elif jobdir_of(settings) is not None:
             settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
+        elif settings.get("SCHEDULER") in (_path(Scheduler), Scheduler):
+            # Scrapy's own, which once the budget is reached hands out only
+            # what finishes a started product.
+            settings.set("SCHEDULER", _path(BudgetScheduler), "addon")
         self._feeds(settings)
 
     def _mask_media_passwords(self, settings: BaseSettings) -> None:

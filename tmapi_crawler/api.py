@@ -244,6 +244,19 @@ def endpoint_of(request: Request) -> Endpoint | None:
     return Endpoint(info["endpoint"])
 
 
+#: The endpoints that start a product (its detail).
+DETAIL_ENDPOINTS = frozenset({Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL})
+
+
+def calls_to_finish(request: Request) -> int:
+    """The calls a product needs from *request* on: its detail, and its
+    description when the seed follows it (``follow=detail+desc``)."""
+    if endpoint_of(request) not in DETAIL_ENDPOINTS:
+        return 1
+    opts = request.cb_kwargs.get("opts") or {}
+    return 2 if opts.get("follow") == "detail+desc" else 1
+
+
 def attempts_of(request: Request) -> int:
     """How many times *request* was sent (Scrapy's retry counter, plus one)."""
     return int(request.meta.get("retry_times", 0)) + 1

@@ -66,7 +66,7 @@ class TokenDownloadHandler(BaseDownloadHandler):
             return await self.inner.download_request(request)
         # Waits for a place among the account's calls in flight; raises
         # CrawlStopping when the crawl stops (budget, 439, bad token).
-        ticket = await self.gate.acquire()
+        ticket = await self.gate.acquire(request)
         sent = request.replace(url=add_or_replace_parameter(request.url, TOKEN_PARAM, self.token))
         self.stats.inc_value("tmapi/calls")
         self.stats.inc_value(f"tmapi/calls/{endpoint.value}")

@@ -50,6 +50,7 @@ from tmapi_crawler.compat import local_feed_files
 from tmapi_crawler.config import ConfigError, is_distributed
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.loops import looping_call
+from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from typing import Self
@@ -198,6 +199,7 @@ class JobdirScheduler(BaseScheduler):
         self.fingerprinter = crawler.request_fingerprinter
         self.leases = tracker_of(crawler)
         self.leases.enable(commit=self._commit)
+        self.gate = gate_of(crawler)
         self.path = path
         self.state: CrawlState
         self.spider: Spider
@@ -285,6 +287,10 @@ class JobdirScheduler(BaseScheduler):
                 db.execute("DELETE FROM requests WHERE id = ?", (lease,))
                 continue
             self.leases.hold(str(lease), request)
+            if not self.gate.may_hand_out(request):
+                # The budget is reached: kept in hand, pending again for the resume.
+                self.stats.inc_value("tmapi/budget/not_sent")
+                continue
             self.stats.inc_value("scheduler/dequeued/jobdir")
             return request
 

@@ -255,11 +255,10 @@ class MediaClaims:
 
     def __init__(self, crawler: Crawler, timeout: float):
         from tmapi_crawler.cluster.connection import redis_from_settings
-        from tmapi_crawler.cluster.health import health_of
         from tmapi_crawler.cluster.lua import UNCLAIM
 
+        self.crawler = crawler
         self.server = redis_from_settings(crawler.settings)
-        self.health = health_of(crawler)
         self._unclaim = self.server.register_script(UNCLAIM)
         self.prefix = CLAIMS_KEY
         self.timeout_ms = int(timeout * 1000)
@@ -285,15 +284,18 @@ class MediaClaims:
         Redis (:mod:`tmapi_crawler.cluster.health`), then tries again."""
         from redis.exceptions import RedisError
 
+        from tmapi_crawler.cluster.health import health_of
+
+        health = health_of(self.crawler)  # an extension: looked up once the crawl runs
         while True:
-            if not self.health.up and not self.health.stopping:
-                await self.health.back()
+            if not health.up and not health.stopping:
+                await health.back()
             try:
                 return await asyncio.get_running_loop().run_in_executor(None, call)
             except RedisError as exc:
-                if self.health.stopping:
+                if health.stopping:
                     raise
-                self.health.failed(exc)
+                health.failed(exc)
 
 
 class _ThreadedFSStore(FSFilesStore):

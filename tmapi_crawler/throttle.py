@@ -23,8 +23,14 @@ middleware that reads the answers tells the gate how each call went
   call at a time goes out as a probe after 5 s, 10 s, 20 s ... up to 60 s.  A
   probe that succeeds resumes everything; after ``TMAPI_QUOTA_WAIT`` seconds
   of 439 the crawl stops with ``tmapi_quota_exhausted``.
-* keeps the budget: the call that would exceed ``TMAPI_MAX_CALLS`` is not
-  sent, and the crawl stops with ``tmapi_budget_exhausted``.
+* keeps the budget, ``TMAPI_MAX_CALLS``: a product is started (its detail
+  sent) only when the calls it needs, its detail and its description, fit
+  in what is left, and the description's place is kept for it.  Once the
+  next start does not fit, no new product or page is started; the products
+  started finish (their descriptions, and the retries a fault makes them
+  need), the schedulers hand out nothing else (:meth:`CallGate.may_hand_out`),
+  and when nothing is left to finish the crawl stops with
+  ``tmapi_budget_exhausted``: every detail billed ends in a record.
 
 A call refused because the crawl is stopping raises :class:`CrawlStopping`;
 the middleware hands such a request back to the scheduler, so that a crawl
@@ -35,17 +41,20 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
+from scrapy.core.scheduler import Scheduler
+from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
-from tmapi_crawler.api import Outcome
+from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, Outcome, calls_to_finish, endpoint_of
 from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
@@ -54,6 +63,7 @@ from tmapi_crawler.outputs import guard_of
 if TYPE_CHECKING:
     from typing import Self
 
+    from scrapy import Request
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
@@ -66,6 +76,15 @@ DEFAULT_CAP = 64
 PROBE_AFTER = 50
 #: Seconds between two checks that the engine is not closing.
 SHUTDOWN_POLL = 0.5
+
+
+#: The finish reason of a crawl that reached TMAPI_MAX_CALLS.
+BUDGET_EXHAUSTED = "tmapi_budget_exhausted"
+#: meta keys (their value: the gate's run id, so that a request kept from an
+#: earlier run claims nothing): the product was started by this crawl, and
+#: the place of its description is kept in the budget.
+STARTED_META = "tmapi_started"
+RESERVED_META = "tmapi_reserved"
 
 
 class CrawlStopping(Exception):
@@ -132,6 +151,11 @@ class CallGate:
         self.burst: Burst | None = None
         self.sent = 0
         self.max_calls = max_calls
+        #: Descriptions of started products whose place the budget keeps.
+        self.reserved = 0
+        #: The budget is reached: only started products are finished.
+        self.draining = False
+        self.run_id = uuid.uuid4().hex[:12]
         self.waiters: deque[Deferred[None]] = deque()
         self.stop_reason: str | None = None
         # 439
@@ -161,6 +185,7 @@ class CallGate:
         )
         crawler.signals.connect(gate.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(gate.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(gate.spider_idle, signal=signals.spider_idle)
         return gate
 
     # -- admission ------------------------------------------------------------
@@ -170,21 +195,21 @@ class CallGate:
             return self.probe_due and not self.probe_out
         return self.in_flight < int(self.limit)
 
-    async def acquire(self) -> Ticket:
-        """Wait for a free place.  Raises :class:`CrawlStopping` when the
-        call must not be sent."""
+    async def acquire(self, request: Request | None = None) -> Ticket:
+        """Wait for a free place for *request*.  Raises
+        :class:`CrawlStopping` when the call must not be sent."""
         while self.stop_reason is None and not self._may_go():
             waiter: Deferred[None] = Deferred()
             self.waiters.append(waiter)
             await maybe_deferred_to_future(waiter)
-        self._may_send()
+        self._may_send(request)
         probe = self.paused_since is not None
         if probe:
             self.probe_out, self.probe_due = True, False
             paused = time.monotonic() - (self.paused_since or 0.0)
             logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused)
         self.in_flight += 1
-        self.sent += 1
+        self._count(request)
         return Ticket(self.in_flight, probe, self._burst(self.in_flight))
 
     def _burst(self, in_flight: int) -> Burst:
@@ -195,18 +220,76 @@ class CallGate:
         self.burst.peak = max(self.burst.peak, in_flight)
         return self.burst
 
-    def _may_send(self) -> None:
-        """Raise :class:`CrawlStopping` when the crawl is stopping or the
-        budget is spent (and stop it then)."""
+    def _may_send(self, request: Request | None = None) -> None:
+        """Raise :class:`CrawlStopping` when the crawl is stopping, or when
+        the budget has no room for *request* (no new product then)."""
         if self.stop_reason is not None:
             raise CrawlStopping(self.stop_reason)
-        if self.max_calls and self.sent >= self.max_calls:
-            logger.info(
-                "TMAPI_MAX_CALLS=%d calls were sent: stopping; the calls not sent are kept for a resume",
-                self.max_calls,
-            )
-            self.stop("tmapi_budget_exhausted")
-            raise CrawlStopping("tmapi_budget_exhausted")
+        if not self._fits(request):
+            self._budget_reached()
+            raise CrawlStopping(BUDGET_EXHAUSTED)
+
+    # -- the budget -----------------------------------------------------------
+
+    def _fits(self, request: Request | None) -> bool:
+        """Whether the budget lets *request* be sent: always for a call of
+        a product this crawl started; else when the calls it needs, with
+        the descriptions whose place is kept, fit in TMAPI_MAX_CALLS."""
+        if not self.max_calls:
+            return True
+        if request is not None and request.meta.get(STARTED_META) == self.run_id:
+            return True
+        need = calls_to_finish(request) if request is not None else 1
+        return self.sent + self.reserved + need <= self.max_calls
+
+    def _count(self, request: Request | None) -> None:
+        """A call let through: counted, and a detail that starts a product
+        marks it started (its description's place kept)."""
+        self.sent += 1
+        if not self.max_calls or request is None:
+            return
+        meta, endpoint = request.meta, endpoint_of(request)
+        if meta.get(STARTED_META) == self.run_id:
+            if endpoint is Endpoint.ITEM_DESC and meta.pop(RESERVED_META, None) == self.run_id:
+                self.reserved -= 1
+        elif endpoint in DETAIL_ENDPOINTS:
+            meta[STARTED_META] = self.run_id
+            if calls_to_finish(request) == 2:
+                meta[RESERVED_META] = self.run_id
+                self.reserved += 1
+
+    def unreserve(self, request: Request | None) -> None:
+        """*request*'s product ended before its description was sent (it
+        failed, or the store answered it): its place is free again."""
+        if request is not None and request.meta.pop(RESERVED_META, None) == self.run_id:
+            self.reserved -= 1
+
+    def may_hand_out(self, request: Request) -> bool:
+        """Whether a scheduler should hand *request* out now: once the
+        budget is reached, only what finishes a started product."""
+        return not self.draining or self._fits(request)
+
+    def _budget_reached(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.stats.set_value("tmapi/budget/reached_at", self.sent)
+        logger.info(
+            "TMAPI_MAX_CALLS=%d: %d calls sent, %d more kept for the descriptions of products started; no new "
+            "product is started, and the crawl stops once those are written. What was not sent is kept for a "
+            "resume (JOBDIR)",
+            self.max_calls,
+            self.sent,
+            self.reserved,
+        )
+        self._wake()
+
+    def spider_idle(self) -> None:
+        """Nothing left to finish once the budget was reached: stop with
+        its finish reason (not "finished": work is left)."""
+        if self.draining and self.stop_reason is None:
+            self.stop(BUDGET_EXHAUSTED)
+            raise DontCloseSpider
 
     def release(self, ticket: Ticket, outcome: Outcome | None) -> None:
         """The call is back: with the API's *outcome*, or ``None`` when it
@@ -403,3 +486,20 @@ def gate_of(crawler: Crawler) -> CallGate:
     if ext is None:
         raise RuntimeError("tmapi_crawler.throttle.TmapiThrottle is not enabled: add the TmapiAddon to ADDONS")
     return ext.gate
+
+
+class BudgetScheduler(Scheduler):
+    """Scrapy's own scheduler (the add-on's choice when there is no
+    ``JOBDIR`` and no ``REDIS_URL``) that, once the budget is reached, hands
+    out only what finishes a started product; the rest is left (there is no
+    resume without ``JOBDIR``)."""
+
+    def next_request(self) -> Request | None:
+        assert self.crawler is not None  # built from_crawler
+        assert self.stats is not None
+        gate = gate_of(self.crawler)
+        while (request := super().next_request()) is not None:
+            if gate.may_hand_out(request):
+                return request
+            self.stats.inc_value("tmapi/budget/not_sent")
+        return None

@@ -46,13 +46,14 @@ from tmapi_crawler.cluster.defaults import (
     GATE_POLL,
     GATE_POLL_PAUSED,
 )
-from tmapi_crawler.cluster.health import RedisHealth, health_of
+from tmapi_crawler.cluster.health import RedisHealth
 from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
 
 if TYPE_CHECKING:
+    from scrapy import Request
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
@@ -89,14 +90,15 @@ class SharedCallGate(CallGate):
     @property
     def health(self) -> RedisHealth:
         if self._health is None:  # an extension built after the gate
-            self._health = health_of(self.crawler)
+            found = self.crawler.get_extension(RedisHealth)
+            self._health = found if found is not None else RedisHealth(self.crawler)  # a gate on its own
             self._health.on_back(self._back)
         return self._health
 
-    async def acquire(self) -> Ticket:
+    async def acquire(self, request: Request | None = None) -> Ticket:
         woken = False
         while True:
-            self._may_send()
+            self._may_send(request)
             if not self.health.up:
                 await self.health.back()
                 continue
@@ -116,7 +118,7 @@ class SharedCallGate(CallGate):
             if granted:
                 self.holders.add(holder)
                 self.in_flight += 1
-                self.sent += 1
+                self._count(request)
                 if probe:
                     logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused_ms / 1000)
                 self._wake()  # there was a free place: perhaps there is another

@@ -38,6 +38,7 @@ from tmapi_crawler.cluster.queue import LeasedQueue
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.loops import looping_call
+from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from typing import Self
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
+
+#: Requests a worker whose budget is reached looks through for one that
+#: finishes a product it started, putting the others back.
+BUDGET_SCAN = 64
 
 
 class _Unsent(NamedTuple):
@@ -71,6 +76,7 @@ class LeasedScheduler(Scheduler):
         self.leases.enable(commit=self._tick_commit)
         self.health = health_of(crawler)
         self.health.on_back(self._back)
+        self.gate = gate_of(crawler)
         self.unsent: deque[_Unsent] = deque()
         self.loop: Any = None
         self.last_renew = 0.0
@@ -148,6 +154,8 @@ class LeasedScheduler(Scheduler):
     def has_pending_requests(self) -> bool:
         if not self.health.up or self.unsent:
             return True  # not known now: the crawl is not over
+        if self.gate.draining:
+            return False  # this worker's budget is reached: what is queued is the others' (or the resume's)
         try:
             return len(self.queue) > 0
         except RedisError as exc:
@@ -208,18 +216,27 @@ class LeasedScheduler(Scheduler):
             return None
 
     def _next(self) -> Request | None:
-        while True:
-            got = self.queue.pop()
-            if got is None:
-                return None
-            lease, request = got
-            if request is None:
-                self.queue.ack([lease])  # unreadable: logged, dropped from the queue
-                self.stats.inc_value("tmapi/cluster/skipped")
-                continue
-            self.leases.hold(lease, request)
-            self.stats.inc_value("scheduler/dequeued/redis")
-            return request
+        passed: list[str] = []
+        try:
+            while len(passed) < BUDGET_SCAN:
+                got = self.queue.pop()
+                if got is None:
+                    return None
+                lease, request = got
+                if request is None:
+                    self.queue.ack([lease])  # unreadable: logged, dropped from the queue
+                    self.stats.inc_value("tmapi/cluster/skipped")
+                    continue
+                if not self.gate.may_hand_out(request):
+                    passed.append(lease)  # this worker's budget is reached: for the others
+                    continue
+                self.leases.hold(lease, request)
+                self.stats.inc_value("scheduler/dequeued/redis")
+                return request
+            return None
+        finally:
+            if passed:
+                self.queue.requeue(passed)
 
     # -- housekeeping ---------------------------------------------------------
 

@@ -27,6 +27,7 @@ from tmapi_crawler.compat import wait_for_room, wake_engine
 from tmapi_crawler.config import ConfigError, config_from_settings
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.records import failure_record
+from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -56,6 +57,7 @@ class RedisSeedsMiddleware:
         self.idle_timeout = config_from_settings(crawler.settings).idle_timeout
         self.leases = tracker_of(crawler)
         self.health = health_of(crawler)
+        self.gate = gate_of(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -75,7 +77,7 @@ class RedisSeedsMiddleware:
         self, spider: SeededSpider, seeds_key: str, queue_key: str, leases_key: str
     ) -> AsyncIterator[Any]:
         idle_since: float | None = None
-        while not self.health.stopping:
+        while not self.health.stopping and not self.gate.draining:
             if not self.health.up:
                 idle_since = None  # an outage is not idleness
                 await self.health.back()

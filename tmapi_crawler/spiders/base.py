@@ -30,6 +30,7 @@ from tmapi_crawler.records import (
 )
 from tmapi_crawler.store.crawl import store_of
 from tmapi_crawler.store.db import PageNote
+from tmapi_crawler.throttle import RESERVED_META, STARTED_META, CallGate, gate_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -111,6 +112,10 @@ class TmapiSpider(Spider):
         return tracker_of(self.crawler)
 
     @functools.cached_property
+    def gate(self) -> CallGate:
+        return gate_of(self.crawler)
+
+    @functools.cached_property
     def catalog(self) -> CatalogStore | None:
         """The catalog store, when ``TMAPI_STORE`` is set."""
         return store_of(self.crawler)
@@ -141,6 +146,8 @@ class TmapiSpider(Spider):
     async def start(self) -> AsyncIterator[Any]:
         for out in self.seed_requests(self.args):
             await wait_for_room(self.crawler)
+            if self.gate.draining:
+                return  # the budget is reached: no new product
             yield out
 
     def seed_requests(self, args: Any) -> Iterator[Any]:  # pragma: no cover - each spider's own
@@ -223,12 +230,15 @@ class TmapiSpider(Spider):
                 fetched_at=response.meta.get(FETCHED_AT_META),
             )
         except BadAnswer as exc:
+            self.gate.unreserve(response.request)
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             return
         media = opts.get("media") or []
         if opts["follow"] != "detail+desc":
             yield from self.finished(record, media)
             return
+        # The budget's marks go on to the description: its product started.
+        budget = {key: response.meta.pop(key) for key in (STARTED_META, RESERVED_META) if key in response.meta}
         yield self.api_request(
             Endpoint.ITEM_DESC,
             {"item_id": record["item_id"]},
@@ -240,6 +250,7 @@ class TmapiSpider(Spider):
                 **({"media": media} if media else {}),
             },
             priority=PRIORITY_DESC,
+            meta=budget,
             # One description per detail answer, and details are deduplicated:
             # the dupefilter would only hold its fingerprint for nothing (half
             # of its memory).  Where a request can be delivered twice (a
@@ -252,6 +263,7 @@ class TmapiSpider(Spider):
     def parse_desc(
         self, response: Response, *, product: ProductItem, media: list[str] | None = None, **_: Any
     ) -> Iterator[Any]:
+        self.gate.unreserve(response.request)  # answered by the store: no call was made
         try:
             add_description(product, envelope_of(response).data, fetched_at=response.meta.get(FETCHED_AT_META))
         except BadAnswer as exc:
@@ -291,6 +303,7 @@ class TmapiSpider(Spider):
         """A failure record; a product whose description failed is still a
         product record."""
         request: Request = failure.request  # type: ignore[attr-defined]
+        self.gate.unreserve(request)
         exc = failure.value
         if isinstance(exc, ApiError):
             code, msg = exc.code, exc.msg
