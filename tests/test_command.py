@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.conftest import SandboxProcess, read_jsonl, run_scrapy, scrapy_env
+from tests.conftest import SCRAPY, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
 
 
 def crawl_cmd(sandbox: SandboxProcess, *args: str, token: str | None = "sandbox") -> list[str]:
@@ -62,6 +64,8 @@ def test_token_from_the_environment(sandbox, tmp_path):
         (["item", "-a", "item_ids=1", "-a", "follow=listing"], "follow=listing needs a listing"),
         (["shop", "-a", "member_id=x", "-a", "colour=red"], "colour='red': Extra inputs are not permitted"),
         (["nosuchspider"], "no spider 'nosuchspider'"),
+        (["shop", "-a", "member_id=店铺-b2b-😀"], "is not a 1688 member id: ASCII letters, digits, '-' and '_'"),
+        (["shop", "-a", "member_id=b2b-1;rm"], "member_id='b2b-1;rm': is not a 1688 member id"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(sandbox, tmp_path, args, message):
@@ -147,3 +151,34 @@ def test_scrapy_list_loads_no_redis_module(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["category", "item", "shop", "loaded: []"]
+
+
+def test_a_huge_bad_value_is_not_echoed_whole(sandbox, tmp_path):
+    huge = "x" * 10_000
+    for args in (["shop", "-a", f"member_id={huge};"], ["item", "-a", f"urls=https://{huge}"], [huge]):
+        result = run_scrapy(*crawl_cmd(sandbox, *args), cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1
+        assert len(result.stderr) < 400, result.stderr[:500]
+        assert "characters)" in result.stderr
+    assert sandbox.stats()["calls"] == 0
+
+
+def test_ctrl_c_twice_exits_130(make_sandbox, tmp_path):
+    """The second Ctrl-C forces Scrapy to stop before the spider closes;
+    the exit code is still the documented 130."""
+    sb = make_sandbox("--latency-ms", "1500")
+    proc = subprocess.Popen(
+        [SCRAPY, *crawl_cmd(sb, "shop", "-a", "member_id=b2b-sandbox0000", "-O", "out.jsonl")],
+        cwd=tmp_path, env=scrapy_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sb.stats()["calls"] < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "forcing unclean shutdown" in stderr
+    assert proc.returncode == 130, stderr[-2000:]

@@ -7,12 +7,15 @@ import copy
 import csv
 import io
 import json
+import signal
+import subprocess
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_scrapy
+from tests.conftest import ROOT, SCRAPY, run_scrapy, scrapy_env
 from tmapi_crawler.exports import (
     Pricing,
     RowsExporter,
@@ -261,3 +264,51 @@ def test_export_errors_are_one_line_each_and_nothing_is_half_written(tmp_path, p
     assert done.returncode == 0, done.stderr
     assert "1 products, 10 rows written to out/woo.csv (woocommerce)" in done.stdout
     assert Path(tmp_path / "out" / "woo.csv").stat().st_mode & 0o044  # readable as any file the user writes
+
+
+def _big_feed(tmp_path: Path, product: dict, copies: int) -> Path:
+    record = {**product, "detail_imgs": [], "listing": None, "source": {"spider": "item", "input": "1"},
+              "language": "zh", "crawled_at": "2026-11-23T10:00:00Z"}  # fmt: skip
+    feed = tmp_path / "big.jsonl"
+    with feed.open("w", encoding="utf-8") as f:
+        for i in range(copies):
+            f.write(json.dumps({**record, "item_id": 100 + i}, ensure_ascii=False) + "\n")
+    return feed
+
+
+def _export_until_its_temporary_file_appears(tmp_path: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [SCRAPY, "export", "woocommerce", "big.jsonl", "-O", "woo.csv"], cwd=tmp_path, env=scrapy_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".woo.csv.tmapi-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the export ended before its file appeared"
+        time.sleep(0.005)
+    return proc
+
+
+def test_a_stopped_export_leaves_no_temporary_file(tmp_path, product):
+    """SIGTERM (and Ctrl-C) remove the temporary file at once; one left by
+    SIGKILL is removed by the next run to the same file."""
+    _big_feed(tmp_path, product, 20_000)
+    (tmp_path / "woo.csv").write_text("kept\n")
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        proc = _export_until_its_temporary_file_appears(tmp_path)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == code, stderr
+        assert "Traceback" not in stderr
+        assert list(tmp_path.glob(".woo.csv*")) == []
+        assert (tmp_path / "woo.csv").read_text() == "kept\n"
+    proc = _export_until_its_temporary_file_appears(tmp_path)
+    proc.kill()
+    proc.communicate()
+    [leftover] = list(tmp_path.glob(".woo.csv.tmapi-*"))
+    with (tmp_path / "big.jsonl").open(encoding="utf-8") as f:
+        first = f.readline()
+    (tmp_path / "big.jsonl").write_text(first, encoding="utf-8")  # the next run: a short one
+    done = run_scrapy("export", "woocommerce", "big.jsonl", "-O", "woo.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"Removed {leftover.name}" in done.stderr or f"Removed {leftover}" in done.stderr
+    assert list(tmp_path.glob(".woo.csv*")) == []

@@ -8,10 +8,12 @@ whose one-line message names the argument, the value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,7 +24,7 @@ from pydantic import (
 )
 
 from tmapi_crawler.api import LANGUAGES, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
-from tmapi_crawler.config import ConfigError, describe_validation_error
+from tmapi_crawler.config import ConfigError, describe_validation_error, shown
 from tmapi_crawler.records import MEDIA_KINDS, MediaKind
 
 if TYPE_CHECKING:
@@ -62,7 +64,19 @@ def _number_text(value: Any) -> Any:
 Bool = Annotated[bool | None, BeforeValidator(_boolean)]
 Language = Literal[LANGUAGES]  # type: ignore[valid-type]
 Sort = Literal[SORTS]  # type: ignore[valid-type]
-MemberId = Annotated[str, Field(pattern=r"^[^\s,]{1,100}$")]
+
+
+def _member_id(value: str) -> str:
+    if not MEMBER_ID.fullmatch(value):
+        raise ValueError(
+            "is not a 1688 member id: ASCII letters, digits, '-' and '_', at most 100 (b2b-22146365959302bc20)"
+        )
+    return value
+
+
+#: What 1688's seller member ids are made of (b2b-22146365959302bc20).
+MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+MemberId = Annotated[str, AfterValidator(_member_id)]
 ItemId = Annotated[int, Field(gt=0, lt=10**20)]
 PriceText = Annotated[str, BeforeValidator(_number_text), Field(pattern=r"^\d{1,9}(\.\d{1,2})?$")]
 
@@ -200,7 +214,7 @@ class ItemArgs(CommonArgs):
     def _urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
             if offer_id_from_url(url) is None:
-                raise ValueError(f"{url!r} is not a 1688 product URL (https://detail.1688.com/offer/<id>.html)")
+                raise ValueError(f"{shown(url)} is not a 1688 product URL (https://detail.1688.com/offer/<id>.html)")
         return urls
 
     @field_validator("file")
@@ -245,7 +259,7 @@ def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
             if (text.isascii() and text.isdigit() and 0 < int(text) < 10**20) or offer_id_from_url(text) is not None:
                 yield number, text, None
             else:
-                yield number, text, f"{text[:60]!r} is neither a product id nor a 1688 product URL"
+                yield number, text, f"{shown(text)} is neither a product id nor a 1688 product URL"
 
 
 def tool_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:

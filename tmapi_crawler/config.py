@@ -166,12 +166,12 @@ class TmapiConfig(BaseModel):
     def _url(self) -> TmapiConfig:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"TMAPI_BASE_URL={self.base_url!r} is not an http(s) URL; use {PRODUCTION_URL}")
+            raise ValueError(f"TMAPI_BASE_URL={shown(self.base_url)} is not an http(s) URL; use {PRODUCTION_URL}")
         if parts.query or parts.fragment:
-            raise ValueError(f"TMAPI_BASE_URL={self.base_url!r} must not have a query or fragment")
+            raise ValueError(f"TMAPI_BASE_URL={shown(self.base_url)} must not have a query or fragment")
         if parts.scheme == "http" and not self.allow_http and not _is_loopback(parts.hostname):
             raise ValueError(
-                f"TMAPI_BASE_URL={self.base_url!r} would send the token in clear text; "
+                f"TMAPI_BASE_URL={shown(self.base_url)} would send the token in clear text; "
                 f"use https:// (or set TMAPI_ALLOW_HTTP=True to accept the risk)"
             )
         return self
@@ -187,6 +187,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: The most characters of a bad value that a one-line error shows.
+SHOWN_MOST = 80
+
+
+def shown(value: Any) -> str:
+    """A value a user gave, for a one-line error: its repr, cut to its first
+    :data:`SHOWN_MOST` characters (a 10 kB argument is not echoed whole)."""
+    if isinstance(value, str) and len(value) > SHOWN_MOST:
+        return f"{value[:SHOWN_MOST]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= SHOWN_MOST else f"{text[:SHOWN_MOST]}... ({len(text)} characters)"
+
+
 def describe_validation_error(exc: ValidationError, names: dict[str, str] | None = None) -> str:
     """One line for a pydantic error: each bad field with its value and why."""
     parts = []
@@ -197,8 +210,8 @@ def describe_validation_error(exc: ValidationError, names: dict[str, str] | None
         if err["type"] in ("model_type", "missing") or not loc:
             parts.append(f"{name}: {msg}" if name else msg)
             continue
-        shown = hide_password(err["input"]) if isinstance(err["input"], str) else err["input"]
-        parts.append(f"{name}={shown!r}: {msg}")
+        value = hide_password(err["input"]) if isinstance(err["input"], str) else err["input"]
+        parts.append(f"{name}={shown(value)}: {msg}")
     return "; ".join(parts)
 
 

@@ -47,7 +47,7 @@ from scrapy.core.scheduler import BaseScheduler
 
 from tmapi_crawler import codec
 from tmapi_crawler.compat import local_feed_files
-from tmapi_crawler.config import ConfigError, is_distributed
+from tmapi_crawler.config import ConfigError, is_distributed, shown
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.throttle import gate_of
@@ -123,7 +123,7 @@ def check_jobdir(settings: BaseSettings, spider: str) -> None:
             "use a Python built with a newer SQLite (Debian 12's is 3.40)"
         )
     if jobdir.exists() and not jobdir.is_dir():
-        raise JobdirError(f"JOBDIR={str(jobdir)!r} is not a directory: give a directory for the crawl's state")
+        raise JobdirError(f"JOBDIR={shown(str(jobdir))} is not a directory: give a directory for the crawl's state")
     if not (jobdir / STATE_FILE).is_file():
         if any((jobdir / name).exists() for name in SCRAPY_FILES):
             raise JobdirError(

@@ -12,6 +12,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from scrapy_redis.connection import get_redis_from_settings
 
+from tmapi_crawler.config import shown
+
 if TYPE_CHECKING:
     from redis import Redis
     from scrapy.settings import BaseSettings
@@ -46,11 +48,11 @@ def check_redis(settings: BaseSettings) -> str | None:
     what is wrong and what to do."""
     url = str(settings.get("REDIS_URL"))
     if urlsplit(url).scheme not in SCHEMES:
-        return f"REDIS_URL={safe_url(url)!r} is not a Redis URL: use redis://host:6379/0 (rediss:// for TLS)"
+        return f"REDIS_URL={shown(safe_url(url))} is not a Redis URL: use redis://host:6379/0 (rediss:// for TLS)"
     try:
         redis_from_settings(settings).ping()
     except RedisError as exc:
         return f"cannot reach Redis at {safe_url(url)} ({exc}); start redis-server or fix REDIS_URL"
     except ValueError as exc:
-        return f"REDIS_URL={safe_url(url)!r} is not valid ({exc})"
+        return f"REDIS_URL={shown(safe_url(url))} is not valid ({exc})"
     return None

@@ -29,6 +29,7 @@ from scrapy.exceptions import UsageError
 
 from tmapi_crawler.commands.crawl import refuse
 from tmapi_crawler.commands.export import whole_file
+from tmapi_crawler.config import shown
 from tmapi_crawler.store.changes import CHANGE_KINDS
 from tmapi_crawler.store.db import CatalogDB, iso
 from tmapi_crawler.store.url import StoreError, parse_store_url
@@ -46,7 +47,7 @@ def parse_time(name: str, text: str) -> str:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        refuse(f"--{name}={text!r} is not a date: write 2026-11-01 or 2026-11-01T08:00:00Z")
+        refuse(f"--{name}={shown(text)} is not a date: write 2026-11-01 or 2026-11-01T08:00:00Z")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return str(iso(value))
@@ -89,7 +90,7 @@ class Command(ScrapyCommand):
             unknown = [k for k in kinds if k not in CHANGE_KINDS]
             if unknown:
                 kinds_known = ", ".join(CHANGE_KINDS)
-                refuse(f"--change={opts.change!r}: unknown {', '.join(unknown)}; the kinds are {kinds_known}")
+                refuse(f"--change={shown(opts.change)}: unknown {', '.join(unknown)}; the kinds are {kinds_known}")
             since = parse_time("since", opts.since)
             until = parse_time("until", opts.until) if opts.until else None
         try:

@@ -28,7 +28,7 @@ from scrapy.utils.conf import arglist_to_dict
 from tmapi_crawler.arguments import parse_arguments
 from tmapi_crawler.cluster.defaults import GATE_HOLDERS_KEY, GATE_KEY, crawl_keys
 from tmapi_crawler.commands.crawl import refuse
-from tmapi_crawler.config import ConfigError, is_distributed
+from tmapi_crawler.config import ConfigError, is_distributed, shown
 
 if TYPE_CHECKING:
     import argparse
@@ -78,7 +78,7 @@ class Command(ScrapyCommand):
         loader = get_spider_loader(self.settings)
         for name in spiders:
             if name not in loader.list():
-                refuse(f"no spider {name!r}; the spiders are: {', '.join(loader.list())}")
+                refuse(f"no spider {shown(name)}; the spiders are: {', '.join(loader.list())}")
         server = redis_from_settings(self.settings)
         if action == "push":
             if len(spiders) != 1:

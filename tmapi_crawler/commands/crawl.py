@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
@@ -17,7 +18,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.spiderloader import get_spider_loader
 
-from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token
+from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token, shown
 from tmapi_crawler.jobdir import check_jobdir
 from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs
 from tmapi_crawler.store.crawl import check_store, store_url
@@ -67,7 +68,7 @@ class Command(ScrapyCrawlCommand):
         try:
             spidercls = loader.load(args[0])
         except KeyError:
-            refuse(f"no spider {args[0]!r}; the spiders are: {', '.join(loader.list())}")
+            refuse(f"no spider {shown(args[0])}; the spiders are: {', '.join(loader.list())}")
         if "_job" in opts.spargs and self.settings.getpriority("TMAPI_TOKEN") == SETTINGS_PRIORITIES["cmdline"]:
             # A job of scrapyd: its settings are in scrapyd's process list,
             # its job list and its logs.
@@ -109,6 +110,10 @@ class Command(ScrapyCrawlCommand):
             self.exitcode = 1
             return
         reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
+        if reason is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # A second Ctrl-C (or SIGTERM): Scrapy stopped at once, before
+            # the spider closed; it leaves the signals ignored.
+            reason = "shutdown"
         if crawler.stats and crawler.stats.get_value(FEED_ERROR_STAT) and exit_code_for(reason) == 0:
             reason = FEED_FAILED  # a file failed as the crawl closed: it is not whole
         self.exitcode = exit_code_for(reason)
