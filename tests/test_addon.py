@@ -6,7 +6,9 @@ import pprint
 
 from pydantic import SecretStr
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+from scrapy.core.scheduler import Scheduler
 from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 
 from tests.conftest import TOKEN, crawl
@@ -48,7 +50,9 @@ def test_one_process_components():
     for cls in (TmapiThrottle, LeaseTracker, InternalsCheck):
         assert path(cls) in extensions
     assert config_from_settings(s).gate_class == "tmapi_crawler.throttle.CallGate"
-    assert s["SCHEDULER"] == "scrapy.core.scheduler.Scheduler"
+    # Scrapy's own scheduler, which keeps to the budget's end (behaviour.md).
+    assert s["SCHEDULER"] == "tmapi_crawler.throttle.BudgetScheduler"
+    assert issubclass(load_object(s["SCHEDULER"]), Scheduler)
     assert s["DUPEFILTER_CLASS"] == "scrapy.dupefilters.RFPDupeFilter"
     assert not any("cluster" in mw for mw in components(s, "SPIDER_MIDDLEWARES"))
 
