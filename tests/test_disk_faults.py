@@ -154,3 +154,23 @@ def test_a_mount_that_turns_read_only_mid_crawl(make_sandbox, tmp_path, tmpfs):
     records = whole_records(feed)
     assert removed not in {r["item_id"] for r in records}
     assert summary_count(stderr, "failures") == 0  # the failure record was not written
+
+
+def test_a_full_disk_under_jobdir_stops_and_the_resume_loses_nothing(shop, tmp_path, tmpfs):
+    """The crawl's own state (JOBDIR) is on the disk that fills: the crawl
+    stops like for a feed (exit 6, one line naming the state), and once
+    space is freed the same command resumes from the last commit."""
+    filler = fill(tmpfs, leave=120_000)
+    feed = tmp_path / "products.jsonl"
+    jobdir = f"JOBDIR={tmpfs / 'job'}"
+    first = crawl(shop, tmp_path, feed, jobdir)
+    assert first.returncode == EXIT_FEED_FAILED, first.stderr[-3000:]
+    errors = [line for line in first.stderr.splitlines() if "ERROR: cannot write" in line]
+    assert len(errors) == 1, first.stderr[-3000:]
+    assert "tmapi-crawl.sqlite" in errors[0] and "full" in errors[0]
+    assert "Traceback" not in first.stderr
+    filler.unlink()
+    again = crawl(shop, tmp_path, feed, jobdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ids = [r["item_id"] for r in whole_records(feed)]
+    assert len(ids) == len(set(ids)) == PRODUCTS

@@ -35,6 +35,7 @@ from pydantic import SecretStr
 from scrapy import signals
 from scrapy.core.scheduler import Scheduler
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.extensions.spiderstate import SpiderState
 from scrapy.utils.misc import load_object
 from spidermon.contrib.scrapy.extensions import Spidermon
 
@@ -49,7 +50,7 @@ from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
-from tmapi_crawler.outputs import FeedGuard, GuardedFileFeedStorage
+from tmapi_crawler.outputs import FeedGuard, GuardedFileFeedStorage, GuardedSpiderState
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
@@ -115,6 +116,8 @@ class TmapiAddon:
         # Before the feed exports: told first of each record, it knows
         # whether their files took it.
         settings.set_in_component_priority_dict("EXTENSIONS", FeedGuard, -1)
+        settings.set_in_component_priority_dict("EXTENSIONS", SpiderState, None)  # replaced by:
+        settings.set_in_component_priority_dict("EXTENSIONS", GuardedSpiderState, 0)
         self._monitors(settings)
         if settings.get("TMAPI_STORE"):
             # Before AnswerMiddleware (550) and the gate: a stored answer is no call.

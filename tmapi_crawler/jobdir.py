@@ -37,6 +37,7 @@ plus those whose records were written after the last commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -50,6 +51,7 @@ from tmapi_crawler.compat import local_feed_files
 from tmapi_crawler.config import ConfigError, is_distributed, shown
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.loops import looping_call
+from tmapi_crawler.outputs import guard_of
 from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
@@ -205,6 +207,8 @@ class JobdirScheduler(BaseScheduler):
         self.spider: Spider
         self.pending = 0
         self.loop: Any = None
+        #: The state could not be written (its disk is full): the crawl stops.
+        self.broken: sqlite3.Error | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -241,9 +245,16 @@ class JobdirScheduler(BaseScheduler):
         # written safe; what is still in hand stays pending for the next run.
         self._commit()
         unfinished = self.leases.unfinished()
-        if unfinished:
-            self.state.db.executemany("UPDATE requests SET leased = 0 WHERE id = ?", [(int(i),) for i in unfinished])
-        self.state.close()
+        try:
+            if unfinished and self.broken is None:
+                self.state.db.executemany(
+                    "UPDATE requests SET leased = 0 WHERE id = ?", [(int(i),) for i in unfinished]
+                )
+            self.state.close()
+        except sqlite3.Error as exc:
+            self._broke(exc)  # what is leased is pending again on resume anyway
+            with contextlib.suppress(sqlite3.Error):
+                self.state.db.close()
 
     def has_pending_requests(self) -> bool:
         return self.pending > 0
@@ -252,6 +263,18 @@ class JobdirScheduler(BaseScheduler):
         return self.pending
 
     def enqueue_request(self, request: Request) -> bool:
+        if self.broken is not None:
+            # The crawl is stopping, and its parent is not acknowledged: it is
+            # made again when the parent is done again, on resume.
+            self.leases.unlink(request)
+            return True
+        try:
+            return self._enqueue(request)
+        except sqlite3.Error as exc:
+            self._broke(exc)
+            return True
+
+    def _enqueue(self, request: Request) -> bool:
         parent, replaces = self.leases.unlink(request)
         try:
             db = self.state.db
@@ -273,6 +296,15 @@ class JobdirScheduler(BaseScheduler):
                 self.leases.settle(parent)
 
     def next_request(self) -> Request | None:
+        if self.broken is not None:
+            return None
+        try:
+            return self._next()
+        except sqlite3.Error as exc:
+            self._broke(exc)
+            return None
+
+    def _next(self) -> Request | None:
         db = self.state.db
         while True:
             row = db.execute(NEXT).fetchone()
@@ -300,9 +332,28 @@ class JobdirScheduler(BaseScheduler):
         """Acknowledge what is safe, with the feeds' lengths, in one
         transaction; while a request in hand has records in a feed already,
         only the queue's changes are committed (the acks wait)."""
-        if self.leases.safe and not self.leases.partly_written:
-            self.leases.commit(self._ack)
-        self.state.commit()
+        if self.broken is not None:
+            return
+        try:
+            if self.leases.safe and not self.leases.partly_written:
+                self.leases.commit(self._ack)
+            self.state.commit()
+        except sqlite3.Error as exc:
+            self._broke(exc)
+
+    def _broke(self, exc: sqlite3.Error) -> None:
+        """The state cannot be written (its disk is full, read-only): what
+        was not committed is not, and the crawl stops like for a feed that
+        cannot be written; the next run resumes from the last commit."""
+        if self.broken is not None:
+            return
+        self.broken = exc
+        with contextlib.suppress(sqlite3.Error):
+            if self.state.db.in_transaction:
+                self.state.db.execute("ROLLBACK")
+        guard = guard_of(self.crawler)
+        if guard is not None:
+            guard.write_failed(str(self.path), exc)
 
     def _ack(self, leases: list[str]) -> None:
         # Called by the tracker right after the feeds were fsynced.

@@ -158,9 +158,13 @@ class LeaseTracker:
 
     def unfinished(self) -> list[str]:
         """The leases still in hand, forgotten here (the scheduler gives them
-        back to its queue)."""
+        back to its queue); when a feed failed, those done but never
+        acknowledged too (their records are not all in the feed)."""
         leases = list(self.held)
         self.held.clear()
+        if self.frozen:
+            leases += self.safe
+            self.safe.clear()
         return leases
 
     @property

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.extensions.feedexport import FileFeedStorage
+from scrapy.extensions.spiderstate import SpiderState
 
 from tmapi_crawler.config import DEFAULTS, ConfigError
 
@@ -50,7 +51,9 @@ FEED_FAILED = "tmapi_feed_failed"
 FEED_ERROR_STAT = "tmapi/feed/error"
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: BaseException) -> str:
+    if not isinstance(exc, OSError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # SQLite's "database or disk is full"
     name = errno.errorcode.get(exc.errno or 0, "")
     text = exc.strerror or str(exc)
     return f"{text} ({name})" if name else text
@@ -127,9 +130,10 @@ class FeedGuard:
     def _item_scraped(self) -> None:
         self.item_failed = False
 
-    def write_failed(self, path: str, exc: OSError) -> None:
-        """A write to *path* failed: the record is not counted, nothing is
-        acknowledged from now on, and the crawl stops (once)."""
+    def write_failed(self, path: str, exc: BaseException) -> None:
+        """A write to *path* failed (a feed, or the crawl's state in
+        ``JOBDIR``): the record is not counted, nothing is acknowledged from
+        now on, and the crawl stops (once)."""
         self.item_failed = True
         if self.failed is not None:
             return
@@ -234,3 +238,29 @@ class GuardedFileFeedStorage(FileFeedStorage):
             file.name, file.guard = self.path, guard
             file.failed(exc)
         return file  # type: ignore[return-value]
+
+
+class GuardedSpiderState(SpiderState):
+    """Scrapy's ``spider.state`` kept in ``JOBDIR`` (the add-on puts it in
+    the place of Scrapy's extension), whose file, written when the crawl
+    closes, is reported like any other that cannot be written (the disk is
+    full) rather than as a traceback."""
+
+    def __init__(self, jobdir: str | None = None, *, crawler: Crawler | None = None):
+        super().__init__(jobdir)
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        state = super().from_crawler(crawler)
+        state.crawler = crawler
+        return state
+
+    def spider_closed(self, spider: Spider) -> None:
+        try:
+            super().spider_closed(spider)
+        except OSError as exc:
+            guard = guard_of(self.crawler) if self.crawler is not None else None
+            if guard is None:
+                raise
+            guard.write_failed(self.statefn, exc)
