@@ -108,6 +108,9 @@ BAD_SETTINGS = {
     "TMAPI_MEDIA_MAX_PENDING": "0",
     "TMAPI_REDIS_OUTAGE_TIMEOUT": "0",
     "TMAPI_STORE_OUTAGE_TIMEOUT": "a minute",
+    "TMAPI_EXPORT_STATUS": "published",
+    "TMAPI_EXPORT_BOM": "maybe",
+    "TMAPI_MEDIA_URL_BASE": "cdn.example.com/media/",
 }
 
 

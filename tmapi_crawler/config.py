@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -89,6 +89,12 @@ class TmapiConfig(BaseModel):
     price_rate: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_RATE")
     price_markup: float = Field(default=1.0, gt=0, alias="TMAPI_PRICE_MARKUP")
     shopify_max_variants: int = Field(default=2048, ge=1, alias="TMAPI_SHOPIFY_MAX_VARIANTS")
+    #: The status the shop formats give products (a delisted one: archived).
+    export_status: Literal["draft", "active", "archived"] = Field(default="draft", alias="TMAPI_EXPORT_STATUS")
+    #: A UTF-8 byte-order mark at the start of CSV exports (Excel).
+    export_bom: bool = Field(default=False, alias="TMAPI_EXPORT_BOM")
+    #: The public URL of FILES_STORE: exports point images at it.
+    media_url_base: str | None = Field(default=None, alias="TMAPI_MEDIA_URL_BASE")
     #: Monitors and alerts (docs/operations.md).
     alert_webhook: str | None = Field(default=None, alias="TMAPI_ALERT_WEBHOOK")
     alert_failure_share: float = Field(default=0.05, ge=0, le=1, alias="TMAPI_ALERT_FAILURE_SHARE")
@@ -141,6 +147,18 @@ class TmapiConfig(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("is not an http(s) URL such as https://hooks.example.com/tmapi")
+        return value
+
+    @field_validator("media_url_base")
+    @classmethod
+    def _media_url_base(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "is not an http(s) URL such as https://cdn.example.com/media/ (where FILES_STORE is served)"
+            )
         return value
 
     @field_validator("store", mode="before")

@@ -1,5 +1,6 @@
 """Feed formats for spreadsheets and stores: ``skus``, ``shopify``,
-``woocommerce`` (docs/exports.md).
+``woocommerce``, and the daily update files ``shopify-update`` and
+``woocommerce-update`` (docs/exports.md).
 
 Each is a Scrapy item exporter, registered in ``FEED_EXPORTERS`` so that it
 works like ``csv`` (``-O shop.csv:shopify``, several feeds in one crawl, any
@@ -26,12 +27,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from scrapy.exporters import BaseItemExporter
 
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.records import media_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import IO, Self
 
     from scrapy.crawler import Crawler
+
+    from tmapi_crawler.config import TmapiConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,20 @@ SHOPIFY_COLUMNS = [
 SHOPIFY_MAX_OPTIONS = 3
 SHOPIFY_MAX_TITLE = 255
 
+#: ``shopify-update``: what an overwrite import needs to find a variant and
+#: change its price, cost and stock, and nothing the merchant edits.  Shopify
+#: Help ("Using CSV files to import and export products"): an update needs
+#: the ``Handle`` and ``Title`` columns; a product with variants needs its
+#: option names and values, or Shopify replaces its variants with a default
+#: one; a column left out is not changed.  ``Title`` is left empty (the
+#: merchant's title stays); ``Status`` is ``archived`` for a delisted product
+#: and empty otherwise.
+SHOPIFY_UPDATE_COLUMNS = [
+    "Handle", "Title",
+    "Option1 Name", "Option1 Value", "Option2 Name", "Option2 Value", "Option3 Name", "Option3 Value",
+    "Variant SKU", "Variant Price", "Variant Compare At Price", "Cost per item", "Variant Inventory Qty", "Status",
+]  # fmt: skip
+
 #: The default columns of WooCommerce's built-in product CSV importer (the
 #: names its exporter writes; WooCommerce docs, "Product CSV Importer &
 #: Exporter"), with three attributes.
@@ -76,6 +94,18 @@ WOOCOMMERCE_COLUMNS = [
     *(f"Attribute {n} {part}" for n in range(1, WOOCOMMERCE_ATTRIBUTES + 1)
       for part in ("name", "value(s)", "visible", "global")),
 ]  # fmt: skip
+#: ``woocommerce-update``: WooCommerce's importer, with "Update existing
+#: products", finds a product or variation by its ``SKU`` and changes only
+#: the columns given.  ``Published`` is left out: the importer reads an empty
+#: one as "draft" (``WC_Product_CSV_Importer::expand_data``), which would
+#: unpublish what the merchant published; an empty ``Stock`` would stop stock
+#: management, so it is always written.
+WOOCOMMERCE_UPDATE_COLUMNS = ["SKU", "Regular price", "Stock", "In stock?"]
+
+#: ``TMAPI_EXPORT_STATUS`` -> Shopify's ``Published`` and WooCommerce's
+#: ``Published`` (1 published, 0 private, -1 draft).
+SHOPIFY_PUBLISHED = {"active": "TRUE", "draft": "FALSE", "archived": "FALSE"}
+WOOCOMMERCE_PUBLISHED = {"active": 1, "draft": -1, "archived": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,9 +335,58 @@ def handle_of(product: dict[str, Any]) -> str:
     return f"1688-{product.get('item_id')}"
 
 
-def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 2048) -> Rows:
+def status_of(product: dict[str, Any], status: str) -> str:
+    """The status a shop format gives *product*: *status*
+    (``TMAPI_EXPORT_STATUS``), or ``archived`` when 1688 delisted it
+    (``scrapy catalog export --delisted`` writes ``delisted_at``)."""
+    return "archived" if product.get("delisted_at") else status
+
+
+def stock_of(product: dict[str, Any], sku: dict[str, Any]) -> str:
+    """A SKU's stock as a shop format writes it: 0 for a delisted product."""
+    return "0" if product.get("delisted_at") else _text(sku.get("stock"))
+
+
+def public_urls(product: dict[str, Any], base: str | None) -> Callable[[str], str]:
+    """What a shop format writes for a source URL of *product*: with
+    ``TMAPI_MEDIA_URL_BASE`` (*base*), ``base + path`` for a file stored in
+    ``FILES_STORE`` (its ``media`` entry has a ``path``); else the URL."""
+    if not base:
+        return lambda url: url
+    prefix = base.rstrip("/") + "/"
+    stored = {
+        entry["url"]: prefix + str(entry["path"]).lstrip("/")
+        for entry in product.get("media") or ()
+        if isinstance(entry, dict) and entry.get("path") and isinstance(entry.get("url"), str)
+    }
+    return lambda url: stored.get(media_url(url) or "", url) if url else url
+
+
+def public_html(product: dict[str, Any], html: str, public: Callable[[str], str]) -> str:
+    """*html* (the description) with each stored description image at its
+    public URL, whether the HTML writes it ``https://...`` or ``//...``."""
+    for image in product.get("detail_imgs") or ():
+        source = media_url(image)
+        if source is None or public(source) == source:
+            continue
+        html = html.replace(source, public(source))
+        if source.startswith("https://"):
+            html = html.replace(f'"{source[len("https:") :]}', f'"{public(source)}')
+    return html
+
+
+def shopify_rows(
+    product: dict[str, Any],
+    pricing: Pricing,
+    max_variants: int = 2048,
+    *,
+    status: str = "draft",
+    media_base: str | None = None,
+) -> Rows:
     """Shopify's product CSV rows: one per variant, then one per image not
     yet placed.  The product's fields are on the first row only."""
+    public = public_urls(product, media_base)
+    status = status_of(product, status)
     catalog, names, values = _shop_options(product, SHOPIFY_MAX_OPTIONS, "Shopify")
     variants = list(zip(catalog.variants, values, strict=True))
     if len(variants) > max_variants:
@@ -321,7 +400,7 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
         catalog.problems.append(f"the title has {len(title)} characters, Shopify takes {SHOPIFY_MAX_TITLE}: cut")
         title = title[:SHOPIFY_MAX_TITLE]
     handle = handle_of(product)
-    images = _images(product)
+    images = [public(url) for url in _images(product)]
     rows: list[dict[str, Any]] = []
     for index, (variant, option_values) in enumerate(variants):
         sku, package = variant.sku, _package(variant.sku)
@@ -333,14 +412,14 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
             "Variant SKU": _text(sku.get("skuid")) or handle,
             "Variant Grams": str(int((weight * 1000).to_integral_value(ROUND_HALF_UP))) if weight else "",
             "Variant Inventory Tracker": "shopify",
-            "Variant Inventory Qty": _text(sku.get("stock")),
+            "Variant Inventory Qty": stock_of(product, sku),
             "Variant Inventory Policy": "deny",
             "Variant Fulfillment Service": "manual",
             "Variant Price": _store_price(product, sku, pricing, catalog),
             "Variant Compare At Price": pricing.price(original) if original and own and original > own else "",
             "Variant Requires Shipping": "TRUE",
             "Variant Taxable": "TRUE",
-            "Variant Image": variant.image,
+            "Variant Image": public(variant.image),
             "Variant Weight Unit": "kg",
             "Cost per item": pricing.cost(cny),
         }
@@ -353,12 +432,12 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
             row.update(
                 {
                     "Title": title,
-                    "Body (HTML)": _text(product.get("detail_html")),
+                    "Body (HTML)": public_html(product, _text(product.get("detail_html")), public),
                     "Vendor": _text((product.get("shop_info") or {}).get("shop_name")),
                     "Tags": "1688",
-                    "Published": "FALSE",
+                    "Published": SHOPIFY_PUBLISHED[status],
                     "Gift Card": "FALSE",
-                    "Status": "draft",
+                    "Status": status,
                 }
             )
             for n, name in enumerate(names or ["Title"], start=1):
@@ -372,21 +451,24 @@ def shopify_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 
     return Rows(rows, catalog.problems)
 
 
-def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
+def woocommerce_rows(
+    product: dict[str, Any], pricing: Pricing, *, status: str = "draft", media_base: str | None = None
+) -> Rows:
     """WooCommerce's rows: a ``variable`` product and a ``variation`` per SKU
     (``Parent`` is the product's SKU); a ``simple`` product when it has none."""
+    public = public_urls(product, media_base)
     catalog, names, values = _shop_options(product, WOOCOMMERCE_ATTRIBUTES, "this CSV")
     parent_sku = handle_of(product)
     title = _text(product.get("title"))
-    images = _images(product)
+    images = [public(url) for url in _images(product)]
     parent: dict[str, Any] = {
         "Type": "variable" if names else "simple",
         "SKU": parent_sku,
         "Name": title,
-        "Published": -1,  # a draft, to check before it sells
+        "Published": WOOCOMMERCE_PUBLISHED[status_of(product, status)],
         "Is featured?": 0,
         "Visibility in catalog": "visible",
-        "Description": _text(product.get("detail_html")),
+        "Description": public_html(product, _text(product.get("detail_html")), public),
         "Tax status": "taxable",
         "In stock?": 1,
         "Allow customer reviews?": 1,
@@ -406,10 +488,10 @@ def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
     rows = [parent]
     for position, (variant, option_values) in enumerate(zip(catalog.variants, values, strict=True), start=1):
         sku, package = variant.sku, _package(variant.sku)
-        stock = sku.get("stock")
+        stock = stock_of(product, sku)
         fields = {
-            "Stock": _text(stock),
-            "In stock?": 1 if isinstance(stock, int) and stock > 0 else 0,
+            "Stock": stock,
+            "In stock?": 1 if stock.isdigit() and int(stock) > 0 else 0,
             "Regular price": _store_price(product, sku, pricing, catalog),
             "Weight (kg)": _positive(package.get("weight")),
             "Length (cm)": _positive(package.get("length")),
@@ -426,7 +508,7 @@ def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
             "Published": 1,
             "Tax status": "taxable",
             "Tax class": "parent",
-            "Images": variant.image,
+            "Images": public(variant.image),
             "Parent": parent_sku,
             "Position": position,
             **fields,
@@ -435,6 +517,34 @@ def woocommerce_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
             row.update({f"Attribute {n} name": name, f"Attribute {n} value(s)": value, f"Attribute {n} global": 0})
         rows.append(row)
     return Rows(rows, catalog.problems)
+
+
+def shopify_update_rows(product: dict[str, Any], pricing: Pricing, max_variants: int = 2048) -> Rows:
+    """``shopify-update``: a row per variant, found by its handle and option
+    values (as ``shopify`` wrote them), with its price, compare-at price,
+    cost and stock; a delisted product archived, its stock 0."""
+    full = shopify_rows(product, pricing, max_variants)
+    archived = "archived" if product.get("delisted_at") else ""
+    kept = [column for column in SHOPIFY_UPDATE_COLUMNS if column not in ("Title", "Status")]
+    rows = [
+        {**{column: row.get(column, "") for column in kept}, "Status": archived}
+        for row in full.rows
+        if row.get("Variant SKU")  # not an image row
+    ]
+    return Rows(rows, full.problems)
+
+
+def woocommerce_update_rows(product: dict[str, Any], pricing: Pricing) -> Rows:
+    """``woocommerce-update``: a row per variation (the product's own row for
+    a simple product), found by its SKU, with its price and stock; a
+    delisted product's stock 0."""
+    full = woocommerce_rows(product, pricing)
+    rows = [
+        {column: row.get(column, "") for column in WOOCOMMERCE_UPDATE_COLUMNS}
+        for row in full.rows
+        if row.get("Type") != "variable"
+    ]
+    return Rows(rows, full.problems)
 
 
 def _escape(value: str) -> str:
@@ -458,12 +568,18 @@ class RowsExporter(BaseItemExporter):
         *,
         pricing: Pricing | None = None,
         shopify_max_variants: int = 2048,
+        status: str = "draft",
+        media_base: str | None = None,
+        bom: bool = False,
         report: Callable[[Any, str], None] | None = None,
         **kwargs: Any,
     ):
         super().__init__(dont_fail=True, **kwargs)
         self.pricing = pricing or Pricing()
         self.shopify_max_variants = shopify_max_variants
+        self.status = status
+        self.media_base = media_base
+        self.bom = bom
         self.report = report or self._log
         self.stream = io.TextIOWrapper(
             file, line_buffering=False, write_through=True, encoding=self.encoding or "utf-8", newline=""
@@ -473,14 +589,14 @@ class RowsExporter(BaseItemExporter):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, file: IO[bytes], **kwargs: Any) -> Self:
-        config = config_from_settings(crawler.settings)
-        pricing = Pricing(Decimal(str(config.price_rate)), Decimal(str(config.price_markup)))
-        return cls(file, pricing=pricing, shopify_max_variants=config.shopify_max_variants, **kwargs)
+        return cls(file, **options_of(config_from_settings(crawler.settings)), **kwargs)
 
     def _log(self, item_id: Any, problem: str) -> None:
         logger.warning("%s export, product %s: %s", self.format, item_id, problem)
 
     def start_exporting(self) -> None:
+        if self.bom:
+            self.stream.write("\ufeff")  # Excel then reads the file as UTF-8
         self.writer.writerow(self.columns)
 
     def finish_exporting(self) -> None:
@@ -495,7 +611,10 @@ class RowsExporter(BaseItemExporter):
         for problem in made.problems:
             self.report(product.get("item_id"), problem)
         columns = self.columns
-        self.writer.writerows([[_text(row.get(c)) for c in columns] for row in made.rows])
+        # A product's rows in one write: a file that fails keeps none of them.
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([[_text(row.get(c)) for c in columns] for row in made.rows])
+        self.stream.write(text.getvalue())
         self.rows_written += len(made.rows)
 
 
@@ -512,7 +631,9 @@ class ShopifyExporter(RowsExporter):
     columns = SHOPIFY_COLUMNS
 
     def rows(self, product: dict[str, Any]) -> Rows:
-        return shopify_rows(product, self.pricing, self.shopify_max_variants)
+        return shopify_rows(
+            product, self.pricing, self.shopify_max_variants, status=self.status, media_base=self.media_base
+        )
 
 
 class WooCommerceExporter(RowsExporter):
@@ -520,10 +641,39 @@ class WooCommerceExporter(RowsExporter):
     columns = WOOCOMMERCE_COLUMNS
 
     def rows(self, product: dict[str, Any]) -> Rows:
-        return woocommerce_rows(product, self.pricing)
+        return woocommerce_rows(product, self.pricing, status=self.status, media_base=self.media_base)
+
+
+class ShopifyUpdateExporter(RowsExporter):
+    format = "shopify-update"
+    columns = SHOPIFY_UPDATE_COLUMNS
+
+    def rows(self, product: dict[str, Any]) -> Rows:
+        return shopify_update_rows(product, self.pricing, self.shopify_max_variants)
+
+
+class WooCommerceUpdateExporter(RowsExporter):
+    format = "woocommerce-update"
+    columns = WOOCOMMERCE_UPDATE_COLUMNS
+
+    def rows(self, product: dict[str, Any]) -> Rows:
+        return woocommerce_update_rows(product, self.pricing)
+
+
+def options_of(config: TmapiConfig) -> dict[str, Any]:
+    """The exporters' options from the ``TMAPI_*`` settings (a crawl's feeds
+    and ``scrapy export`` alike)."""
+    return {
+        "pricing": Pricing(Decimal(str(config.price_rate)), Decimal(str(config.price_markup))),
+        "shopify_max_variants": config.shopify_max_variants,
+        "status": config.export_status,
+        "media_base": config.media_url_base,
+        "bom": config.export_bom,
+    }
 
 
 #: Format name -> exporter (``FEED_EXPORTERS`` in the project's settings).
 EXPORTERS: dict[str, type[RowsExporter]] = {
-    cls.format: cls for cls in (SkusExporter, ShopifyExporter, WooCommerceExporter)
+    cls.format: cls
+    for cls in (SkusExporter, ShopifyExporter, WooCommerceExporter, ShopifyUpdateExporter, WooCommerceUpdateExporter)
 }

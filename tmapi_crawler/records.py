@@ -129,7 +129,7 @@ MEDIA_KINDS = ("main", "sku", "desc", "video")
 MediaKind = Literal["main", "sku", "desc", "video"]
 
 
-def _media_url(value: Any) -> str | None:
+def media_url(value: Any) -> str | None:
     """A media URL as 1688 gives it (``//host/path`` happens), or ``None``
     for an empty value."""
     if not isinstance(value, str) or not value.strip():
@@ -155,7 +155,7 @@ def media_urls(record: dict[str, Any], kind: str) -> list[str]:
         values = list(record.get("detail_imgs") or ())
     else:
         values = [record.get("video_url")]
-    return [url for url in map(_media_url, values) if url is not None]
+    return [url for url in map(media_url, values) if url is not None]
 
 
 def add_media(record: ProductItem, kinds: list[str] | tuple[str, ...]) -> ProductItem:

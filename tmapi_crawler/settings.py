@@ -53,6 +53,8 @@ FEED_EXPORTERS = {
     "skus": "tmapi_crawler.exports.SkusExporter",
     "shopify": "tmapi_crawler.exports.ShopifyExporter",
     "woocommerce": "tmapi_crawler.exports.WooCommerceExporter",
+    "shopify-update": "tmapi_crawler.exports.ShopifyUpdateExporter",
+    "woocommerce-update": "tmapi_crawler.exports.WooCommerceUpdateExporter",
 }
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 0

@@ -1,10 +1,12 @@
 """``scrapy catalog export`` and ``scrapy catalog changes``: what the catalog
 store holds, without a call.
 
-* ``scrapy catalog export [-O products.jsonl] [--delisted]``: the current
-  catalog, one product record a line (as the crawl's feed writes them, with
-  ``detail_fetched_at`` and ``desc_fetched_at``); ``--delisted`` adds the
-  products no listing names any more, with ``delisted_at``.
+* ``scrapy catalog export [-O products.jsonl] [--delisted]
+  [--changed-since DATE]``: the current catalog, one product record a line
+  (as the crawl's feed writes them, with ``detail_fetched_at`` and
+  ``desc_fetched_at``); ``--delisted`` adds the products no listing names any
+  more, with ``delisted_at``; ``--changed-since`` keeps only the products
+  with a change since then (delisted ones included): a shop's daily update.
 * ``scrapy catalog changes --since 2026-11-01 [--until ...] [--item-id N]
   [--change price,stock] [-O changes.jsonl]``: the change records the store
   kept, oldest first.
@@ -68,6 +70,9 @@ class Command(ScrapyCommand):
         parser.add_argument("-O", "--overwrite-output", dest="output", metavar="FILE", help="the file to write")
         parser.add_argument("--store", help="the store (default: the TMAPI_STORE setting)")
         parser.add_argument("--delisted", action="store_true", help="export: the delisted products too")
+        parser.add_argument(
+            "--changed-since", help="export: only products with a change from this date or time on (UTC)"
+        )
         parser.add_argument("--since", help="changes: from this date or time on (UTC)")
         parser.add_argument("--until", help="changes: before this date or time (UTC)")
         parser.add_argument("--item-id", type=int, help="changes: of one product")
@@ -93,12 +98,13 @@ class Command(ScrapyCommand):
                 refuse(f"--change={shown(opts.change)}: unknown {', '.join(unknown)}; the kinds are {kinds_known}")
             since = parse_time("since", opts.since)
             until = parse_time("until", opts.until) if opts.until else None
+        changed_since = parse_time("changed-since", opts.changed_since) if opts.changed_since else None
         try:
             db = CatalogDB(parse_store_url(str(given)), create=False)
         except StoreError as exc:
             refuse(str(exc))
         records = (
-            db.products(delisted=opts.delisted)
+            db.products(delisted=opts.delisted, changed_since=changed_since)
             if action == "export"
             else db.changes(since, until=until, item_id=opts.item_id, kinds=kinds)
         )

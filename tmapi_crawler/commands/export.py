@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 import tempfile
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from scrapy.exceptions import UsageError
 
 from tmapi_crawler.commands.crawl import refuse
 from tmapi_crawler.config import ConfigError, config_from_settings, describe_validation_error, shown
-from tmapi_crawler.exports import EXPORTERS, Pricing, RowsExporter
+from tmapi_crawler.exports import EXPORTERS, RowsExporter, options_of
 from tmapi_crawler.records import ProductItem, validate
 
 if TYPE_CHECKING:
@@ -89,8 +88,7 @@ class Command(ScrapyCommand):
             with whole_file(output) as out:
                 written = exporter(
                     out,
-                    pricing=Pricing(Decimal(str(config.price_rate)), Decimal(str(config.price_markup))),
-                    shopify_max_variants=config.shopify_max_variants,
+                    **options_of(config),
                     report=lambda item_id, problem: adjusted.append(f"product {item_id}: {problem}"),
                 )
                 products, bad = export_lines(path, written)

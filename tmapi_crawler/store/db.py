@@ -692,15 +692,25 @@ class CatalogDB:
 
     # -- reading it out ---------------------------------------------------------------------
 
-    def products(self, *, delisted: bool = False) -> Generator[dict[str, Any]]:
+    def products(self, *, delisted: bool = False, changed_since: str | None = None) -> Generator[dict[str, Any]]:
         """Every stored product as a product record (those delisted too when
-        asked, with ``delisted_at``), by item id."""
-        where = "" if delisted else " WHERE delisted_at IS NULL"
+        asked, with ``delisted_at``), by item id; with *changed_since*, only
+        those with a change detected then or later, delisted ones included
+        (the daily update of a shop)."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if changed_since is not None:
+            delisted = True
+            conditions.append("item_id IN (SELECT item_id FROM changes WHERE detected_at >= ?)")
+            params.append(changed_since)
+        if not delisted:
+            conditions.append("delisted_at IS NULL")
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         sql = (
             "SELECT item_id, detail, description, listing, source, language, detail_fetched_at, "  # noqa: S608
             f"desc_fetched_at, delisted_at FROM products{where} ORDER BY item_id"
         )
-        for row in self._stream(sql, ()):
+        for row in self._stream(sql, params):
             item_id, detail, desc, listing, source, language, detail_at, desc_at, delisted_at = row
             record: dict[str, Any] = {"item_id": item_id, **orjson.loads(detail)}
             record["item_id"] = item_id
