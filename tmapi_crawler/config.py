@@ -52,6 +52,16 @@ def is_distributed(settings: BaseSettings) -> bool:
     return bool(settings.get("REDIS_URL"))
 
 
+def _http_url(value: str | None, example: str) -> str | None:
+    """An optional http(s) URL setting: ``None`` when empty."""
+    if value in (None, ""):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"is not an http(s) URL such as {example}")
+    return value
+
+
 def _import_path(value: str) -> str:
     try:
         load_object(value)
@@ -142,24 +152,12 @@ class TmapiConfig(BaseModel):
     @field_validator("alert_webhook")
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("is not an http(s) URL such as https://hooks.example.com/tmapi")
-        return value
+        return _http_url(value, "https://hooks.example.com/tmapi")
 
     @field_validator("media_url_base")
     @classmethod
     def _media_url_base(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                "is not an http(s) URL such as https://cdn.example.com/media/ (where FILES_STORE is served)"
-            )
-        return value
+        return _http_url(value, "https://cdn.example.com/media/ (where FILES_STORE is served)")
 
     @field_validator("store", mode="before")
     @classmethod
