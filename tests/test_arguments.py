@@ -111,6 +111,9 @@ BAD_SETTINGS = {
     "TMAPI_EXPORT_STATUS": "published",
     "TMAPI_EXPORT_BOM": "maybe",
     "TMAPI_MEDIA_URL_BASE": "cdn.example.com/media/",
+    "TMAPI_ALERT_CHANGES": "price_jump",
+    "TMAPI_ALERT_MAX_CHANGES": "0",
+    "TMAPI_ALERT_FORMAT": "teams",
 }
 
 

@@ -1,17 +1,22 @@
-"""The alert webhook: one JSON POST when a crawl ends with a failed monitor
-(``TMAPI_ALERT_WEBHOOK``, docs/operations.md).
+"""The alert webhook (``TMAPI_ALERT_WEBHOOK``, docs/operations.md): one POST
+when a crawl ends with a failed monitor, or with changes of the catalog store
+that match ``TMAPI_ALERT_CHANGES`` (:mod:`tmapi_crawler.digest`); both in one
+POST when both happen, none when neither does.
 
-It runs after spidermon's monitors (:mod:`tmapi_crawler.monitors`), reads
-their results from the stats, and sends nothing for a crawl whose monitors
-all passed.  The POST goes through Twisted, without blocking the reactor:
-a webhook that is down or slow costs the crawl's end at most
-:data:`TRIES` x :data:`TIMEOUT` seconds and one warning line, never a
-failure.  The summary holds stats and monitor reasons only: never the token
-(no stat holds it), never a Redis or database URL.
+It runs after spidermon's monitors (:mod:`tmapi_crawler.monitors`) and reads
+their results from the stats.  In distributed mode each worker leaves its
+report in Redis when it stops, and the last one to stop sends the crawl's
+one alert with every worker's changes (:data:`~tmapi_crawler.cluster.lua.ALERT_LEAVE`).
+The POST goes through Twisted, without blocking the reactor: a webhook that
+is down or slow costs the crawl's end at most :data:`TRIES` x :data:`TIMEOUT`
+seconds and one warning line, never a failure.  The report holds stats,
+monitor reasons and change records only: never the token (no stat holds
+it), never a Redis or database URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from io import BytesIO
@@ -26,8 +31,13 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
-from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.config import config_from_settings, is_distributed
+from tmapi_crawler.digest import Digest, offer_url, parse_rules, render
+from tmapi_crawler.loops import looping_call
 from tmapi_crawler.monitors import RESULTS
+from tmapi_crawler.records import ChangeItem
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:
     from typing import Self
@@ -61,6 +71,10 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/..."
 
 
+#: The summary's numbers that add up across workers.
+ADDED = (*SUMMARY, "changes_matched")
+
+
 def summary(crawler: Crawler, reason: str) -> dict[str, Any]:
     stats = crawler.stats.get_stats() if crawler.stats else {}
     failed = [
@@ -89,7 +103,18 @@ class AlertWebhook:
     def __init__(self, crawler: Crawler, url: str):
         self.crawler = crawler
         self.url = url
+        config = config_from_settings(crawler.settings)
+        self.form = config.alert_format
+        self.rules = parse_rules(config.alert_changes) if config.alert_changes else []
+        self.digest = Digest(self.rules, config.alert_max_changes)
+        self.store = config.store.get_secret_value() if config.store is not None else None
+        self.lease_ms = int(config.lease_timeout * 1000)
+        self.cluster: Any = None  # distributed mode: Redis, and this worker's name there
+        self.renew_loop: Any = None
+        crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+        if self.rules:
+            crawler.signals.connect(self.item_scraped, signal=signals.item_scraped)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -98,12 +123,62 @@ class AlertWebhook:
             raise NotConfigured("TMAPI_ALERT_WEBHOOK is not set")
         return cls(crawler, url)
 
-    async def spider_closed(self, reason: str) -> None:
-        report = summary(self.crawler, reason)
-        if not report["failed_monitors"]:
-            logger.debug("Every monitor passed: no alert")
+    def item_scraped(self, item: Any) -> None:
+        if isinstance(item, ChangeItem):
+            self.digest.add(dict(item))
+
+    # -- distributed mode: one alert per crawl ------------------------------------------
+
+    def spider_opened(self) -> None:
+        if not is_distributed(self.crawler.settings):
             return
-        await self.post(json.dumps(report, ensure_ascii=False).encode("utf-8"))
+        from tmapi_crawler.cluster.alerts import AlertRoom  # Redis's client: distributed mode only
+
+        assert self.crawler.spider is not None
+        self.cluster = AlertRoom(self.crawler.settings, self.crawler.spider.name, self.lease_ms)
+        self.cluster.join()
+        self.renew_loop = looping_call(self.cluster.join, "alert membership", self.crawler.stats)
+        self.renew_loop.start(max(0.25, self.lease_ms / 3000), now=False)
+
+    # -- the crawl's end -------------------------------------------------------------------
+
+    async def spider_closed(self, reason: str) -> None:
+        if self.renew_loop is not None and self.renew_loop.running:
+            self.renew_loop.stop()
+        report = await self.report(reason)
+        if self.cluster is not None:
+            reports = self.cluster.leave(report)
+            if reports is None:
+                logger.info("This worker's alert report is in Redis: the last worker to stop sends the alert")
+                return
+            report = merge(reports)
+        if not report["failed_monitors"] and not report["changes_matched"]:
+            logger.debug("Every monitor passed and no change matched TMAPI_ALERT_CHANGES: no alert")
+            return
+        for payload in render(report, self.form):
+            await self.post(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+
+    async def report(self, reason: str) -> dict[str, Any]:
+        """This worker's report: the crawl's summary, the failed monitors,
+        and the changes that matched, with their products' titles."""
+        changes = self.digest.changes()
+        if changes and self.store:
+            titles = await asyncio.get_running_loop().run_in_executor(None, _titles, self.store, changes)
+            for change in changes:
+                title, skus = titles.get(change["item_id"], (None, {}))
+                change["title"] = title
+                change["sku"] = skus.get(change["skuid"]) if change.get("skuid") else None
+        for change in changes:
+            change["url"] = offer_url(change["item_id"])
+        return {
+            **summary(self.crawler, reason),
+            "changes_matched": self.digest.matched,
+            "changes_by_kind": dict(self.digest.by_kind),
+            "changes": changes,
+            "more_changes": self.digest.matched - len(changes),
+            "rules": [str(rule) for rule in self.rules],
+            "most_changes": self.digest.most,
+        }
 
     async def post(self, body: bytes) -> None:
         from twisted.internet import reactor  # the installed one (see compat.compact_timers)
@@ -137,3 +212,42 @@ class AlertWebhook:
             problem,
             attempt,
         )
+
+
+def _titles(store: str, changes: list[dict[str, Any]]) -> dict[int, tuple[str, dict[str, str | None]]]:
+    """The titles and SKU names of the products of *changes* (in a thread)."""
+    try:
+        db = CatalogDB(parse_store_url(store), create=False)
+    except StoreError as exc:
+        logger.warning("The alert names its products by id only: %s", exc)
+        return {}
+    try:
+        return db.titles(sorted({change["item_id"] for change in changes}))
+    except Exception as exc:
+        logger.warning("The alert names its products by id only: %s", db.error(exc))
+        return {}
+    finally:
+        db.close()
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' reports as the crawl's one: numbers added, finish
+    reasons and failed monitors of each worker, the largest changes of all."""
+    first = reports[0]
+    digest = Digest([], int(first.get("most_changes") or 50))
+    merged: dict[str, Any] = {**first, "workers": len(reports), "failed_monitors": []}
+    for name in ADDED:
+        merged[name] = sum(int(r.get(name) or 0) for r in reports)
+    reasons = sorted({str(r["finish_reason"]) for r in reports})
+    merged["finish_reason"] = reasons[0] if len(reasons) == 1 else ", ".join(reasons)
+    merged["started_at"] = min(str(r.get("started_at") or "") for r in reports)
+    merged["finished_at"] = max(str(r.get("finished_at") or "") for r in reports)
+    for number, r in enumerate(reports, start=1):
+        for failed in r.get("failed_monitors") or []:
+            merged["failed_monitors"].append({**failed, "worker": number})
+        digest.merge(r.get("changes") or [], int(r.get("changes_matched") or 0), r.get("changes_by_kind") or {})
+    merged["changes"] = digest.changes()
+    merged["changes_by_kind"] = digest.by_kind
+    merged["changes_matched"] = digest.matched
+    merged["more_changes"] = digest.matched - len(merged["changes"])
+    return merged

@@ -26,6 +26,7 @@ from pydantic import (
 from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
+from tmapi_crawler.digest import parse_rules
 from tmapi_crawler.store.url import StoreError, hide_password, parse_store_url
 
 if TYPE_CHECKING:
@@ -108,6 +109,10 @@ class TmapiConfig(BaseModel):
     #: Monitors and alerts (docs/operations.md).
     alert_webhook: str | None = Field(default=None, alias="TMAPI_ALERT_WEBHOOK")
     alert_failure_share: float = Field(default=0.05, ge=0, le=1, alias="TMAPI_ALERT_FAILURE_SHARE")
+    #: Changes of the catalog store worth an alert (rules, comma-separated).
+    alert_changes: str | None = Field(default=None, alias="TMAPI_ALERT_CHANGES")
+    alert_max_changes: int = Field(default=50, ge=1, alias="TMAPI_ALERT_MAX_CHANGES")
+    alert_format: Literal["json", "slack", "discord"] = Field(default="json", alias="TMAPI_ALERT_FORMAT")
     stall_timeout: float = Field(default=900.0, gt=0, alias="TMAPI_STALL_TIMEOUT")
     #: The catalog store (docs/catalog.md): a SQLite file or a PostgreSQL URL.
     #: A secret like the token: a PostgreSQL URL may hold a password.
@@ -153,6 +158,14 @@ class TmapiConfig(BaseModel):
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
         return _http_url(value, "https://hooks.example.com/tmapi")
+
+    @field_validator("alert_changes")
+    @classmethod
+    def _alert_changes(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parse_rules(value)
+        return value
 
     @field_validator("media_url_base")
     @classmethod

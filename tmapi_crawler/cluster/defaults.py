@@ -24,6 +24,10 @@ CRAWL_KEY = "%(spider)s:crawl"
 #: lease counts as expired meanwhile, so that every worker has the time to
 #: renew the leases it could not renew while Redis was away.
 GRACE_KEY = "%(spider)s:grace"
+#: The workers that will send the crawl's alert (a sorted set: worker ->
+#: deadline, renewed) and the reports of those that stopped (a list).
+ALERT_WORKERS_KEY = "%(spider)s:alert:workers"
+ALERT_REPORTS_KEY = "%(spider)s:alert:reports"
 #: Seeds pushed as JSON by users (``scrapy cluster push``), one a list entry.
 SEEDS_KEY = "tmapi:%(spider)s:seeds"
 #: The account's shared concurrency state and its holders (every spider of
@@ -38,6 +42,7 @@ GATE_ADMISSIONS_KEY = "tmapi:gate:admissions"
 def crawl_keys(spider: str) -> dict[str, str]:
     names = {"queue": QUEUE_KEY, "data": DATA_KEY, "leases": LEASES_KEY, "seq": SEQ_KEY}
     names |= {"dupefilter": DUPEFILTER_KEY, "seeds": SEEDS_KEY, "crawl": CRAWL_KEY, "grace": GRACE_KEY}
+    names |= {"alert_workers": ALERT_WORKERS_KEY, "alert_reports": ALERT_REPORTS_KEY}
     return {name: key % {"spider": spider} for name, key in names.items()}
 
 

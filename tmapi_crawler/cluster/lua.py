@@ -209,3 +209,24 @@ UNCLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+# -- one alert per crawl ----------------------------------------------------------------
+
+# KEYS: the workers sending alerts (a sorted set: worker -> deadline), their
+# reports (a list); ARGV: this worker, its report (JSON).  The report is
+# kept; the worker leaves, and so do those whose deadline passed (they died);
+# the last one out gets every report, to send as the crawl's one alert.
+# -> the reports, or false while other workers are still crawling.
+ALERT_LEAVE = (
+    LUA_NOW
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) > 0 then return false end
+local reports = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return reports
+"""
+)

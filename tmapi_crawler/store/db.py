@@ -692,6 +692,22 @@ class CatalogDB:
 
     # -- reading it out ---------------------------------------------------------------------
 
+    def titles(self, item_ids: Sequence[int]) -> dict[int, tuple[str, dict[str, str | None]]]:
+        """Each product's title and its SKUs' option names (``props_names``),
+        for what an alert says of a change (two queries)."""
+        if not item_ids:
+            return {}
+        marks = ",".join("?" * len(item_ids))
+        products = self.query(f"SELECT item_id, title FROM products WHERE item_id IN ({marks})", item_ids)  # noqa: S608
+        found: dict[int, tuple[str, dict[str, str | None]]] = {item_id: (title, {}) for item_id, title in products}
+        for item_id, skuid, props in self.query(
+            f"SELECT item_id, skuid, props_names FROM skus WHERE item_id IN ({marks})",  # noqa: S608
+            item_ids,
+        ):
+            if item_id in found:
+                found[item_id][1][skuid] = props
+        return found
+
     def products(self, *, delisted: bool = False, changed_since: str | None = None) -> Generator[dict[str, Any]]:
         """Every stored product as a product record (those delisted too when
         asked, with ``delisted_at``), by item id; with *changed_since*, only
