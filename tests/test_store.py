@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -529,3 +530,22 @@ def test_two_workers_share_one_postgresql_store(make_sandbox, redis_server, tmp_
     assert {c["item_id"] for c in changes if c["change"] == "price"} == fetched
     keys = [(c["change"], c["item_id"], c["skuid"]) for c in changes]
     assert len(keys) == len(set(keys))  # each said once
+
+
+@deferred_f_from_coro_f
+async def test_the_summary_says_what_the_store_did(make_sandbox, tmp_path, store, caplog):
+    sb = make_sandbox()
+    await store_crawl(sb, tmp_path, store, "1")
+    sb.revise(0.15)
+    caplog.set_level(logging.INFO)
+    second = await store_crawl(sb, tmp_path, store, "2")
+    served, saved = second.stats["tmapi/store/products_served"], second.stats["tmapi/store/calls_saved"]
+    fetched = second.extra["calls"].get("item_detail", 0)
+    assert served == PRODUCTS - fetched > 0
+    assert saved == 2 * PRODUCTS - fetched - second.extra["calls"].get("item_desc", 0)
+    kinds = Counter(c["change"] for c in second.extra["changes"])
+    assert all(second.stats[f"tmapi/changes/{kind}"] == count for kind, count in kinds.items())
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("TMAPI summary"))
+    assert f"from the store     {served} products ({saved} calls saved)" in summary
+    listed = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+    assert f"changes            {listed} in " in summary

@@ -53,6 +53,7 @@ class TmapiStats:
         config = config_from_settings(crawler.settings)
         self.interval = config.progress_interval
         self.failures_file = config.failures_file
+        self.changes_file = config.changes_file if config.store is not None else None
         self.guard: FeedGuard | None = None
         self.started = time.monotonic()
         self.task: Any = None
@@ -118,6 +119,26 @@ class TmapiStats:
     def log_progress(self) -> None:
         logger.info("Progress: %s", self.progress())
 
+    def _store_rows(self) -> list[tuple[str, Any]]:
+        """What the catalog store did: the products it served (each a call
+        saved, or two with the description), the changes by kind and where
+        they went; the same figures in the stats."""
+        get = self._get
+        served = get("tmapi/store/detail_from_store")
+        saved = served + get("tmapi/store/desc_from_store")
+        self.stats.set_value("tmapi/store/products_served", served)
+        self.stats.set_value("tmapi/store/calls_saved", saved)
+        kinds = {
+            key.removeprefix("tmapi/changes/"): value
+            for key, value in self.stats.get_stats().items()
+            if key.startswith("tmapi/changes/") and value
+        }
+        changes = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+        return [
+            ("from the store", f"{served} products ({saved} calls saved)"),
+            ("changes", f"{changes} in {self.changes_file}" if changes else "0"),
+        ]
+
     def spider_closed(self, reason: str) -> None:
         if self.task is not None and self.task.running:
             self.task.stop()
@@ -140,6 +161,8 @@ class TmapiStats:
         if get("tmapi/duplicates"):
             rows.append(("duplicates skipped", get("tmapi/duplicates")))
         rows.append(("failures", f"{failures} in {self.failures_file}" if failures else "0"))
+        if self.changes_file is not None:
+            rows += self._store_rows()
         if self.guard is not None and self.guard.failed:
             rows.append(("NOT WRITTEN", f"{self.guard.failed} (the counts above are what was written)"))
         rows.append(("elapsed", f"{elapsed:.1f} s ({get('tmapi/calls') / max(elapsed, 1e-6):.1f} calls/s)"))
