@@ -204,7 +204,9 @@ def test_another_schema_version_or_a_foreign_table_is_refused_in_one_line(store)
     url = parse_store_url(store)
     CatalogDB(url).close()
     _set_version(url, SCHEMA_VERSION + 1)
-    with pytest.raises(StoreError, match=r"schema version \d+, newer than this tmapi_crawler's \(1\): upgrade"):
+    with pytest.raises(
+        StoreError, match=rf"schema version \d+, newer than this tmapi_crawler's \({SCHEMA_VERSION}\): upgrade"
+    ):
         CatalogDB(url)
     _set_version(url, 0)  # older than any migration this release has
     with pytest.raises(StoreError, match="schema version 0, which this tmapi_crawler cannot migrate"):
@@ -215,6 +217,26 @@ def test_another_schema_version_or_a_foreign_table_is_refused_in_one_line(store)
             conn.execute("CREATE TABLE products (id INTEGER)")
         with pytest.raises(StoreError, match="products table that tmapi_crawler did not create"):
             CatalogDB(parse_store_url(str(other)))
+
+
+def test_a_store_of_schema_1_gets_its_crawls_table(store):
+    url = parse_store_url(store)
+    CatalogDB(url).close()
+    db = CatalogDB(url)
+    try:
+        with db.transaction() as cur:
+            cur.execute("DROP TABLE crawls")
+            cur.execute("UPDATE tmapi_schema SET version = 1")
+    finally:
+        db.close()
+    with pytest.raises(StoreError, match="has schema version 1: run a crawl with it once to migrate it"):
+        CatalogDB(url, create=False)
+    db = CatalogDB(url)  # as a crawl opens it
+    try:
+        assert db.query("SELECT version FROM tmapi_schema") == [(SCHEMA_VERSION,)]
+        assert db.query("SELECT COUNT(*) FROM crawls") == [(0,)]
+    finally:
+        db.close()
 
 
 def test_delisted_only_when_the_same_listing_was_read_completely(store):

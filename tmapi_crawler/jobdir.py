@@ -41,6 +41,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,22 @@ def has_state(settings: BaseSettings) -> bool:
     """Whether JOBDIR holds a crawl to resume."""
     jobdir = jobdir_of(settings)
     return jobdir is not None and (jobdir / STATE_FILE).is_file()
+
+
+def crawl_id(settings: BaseSettings) -> str | None:
+    """The id of the crawl kept in JOBDIR (the same across its resumes),
+    once its scheduler opened it; ``None`` without one."""
+    jobdir = jobdir_of(settings)
+    if jobdir is None or not (jobdir / STATE_FILE).is_file():
+        return None
+    db = sqlite3.connect(f"file:{jobdir / STATE_FILE}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'crawl'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return str(row[0]) if row else None
 
 
 def check_jobdir(settings: BaseSettings, spider: str) -> None:
@@ -224,6 +241,7 @@ class JobdirScheduler(BaseScheduler):
         self.state.check(spider.name)
         db = self.state.db
         db.execute("INSERT OR IGNORE INTO meta VALUES ('spider', ?)", (spider.name,))
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('crawl', ?)", (uuid.uuid4().hex,))
         back = db.execute("UPDATE requests SET leased = 0 WHERE leased = 1").rowcount
         self.pending = db.execute("SELECT count(*) FROM requests").fetchone()[0]
         self._repair_feeds()

@@ -24,6 +24,11 @@ CRAWL_KEY = "%(spider)s:crawl"
 #: lease counts as expired meanwhile, so that every worker has the time to
 #: renew the leases it could not renew while Redis was away.
 GRACE_KEY = "%(spider)s:grace"
+#: The workers crawling together now (a sorted set: worker -> deadline) and
+#: the id of their run: what the catalog store's ``crawls`` table calls a
+#: crawl (a daily run of the same crawl is a new one).
+RUN_WORKERS_KEY = "%(spider)s:run:workers"
+RUN_KEY = "%(spider)s:run"
 #: The workers that will send the crawl's alert (a sorted set: worker ->
 #: deadline, renewed) and the reports of those that stopped (a list).
 ALERT_WORKERS_KEY = "%(spider)s:alert:workers"
@@ -43,6 +48,7 @@ def crawl_keys(spider: str) -> dict[str, str]:
     names = {"queue": QUEUE_KEY, "data": DATA_KEY, "leases": LEASES_KEY, "seq": SEQ_KEY}
     names |= {"dupefilter": DUPEFILTER_KEY, "seeds": SEEDS_KEY, "crawl": CRAWL_KEY, "grace": GRACE_KEY}
     names |= {"alert_workers": ALERT_WORKERS_KEY, "alert_reports": ALERT_REPORTS_KEY}
+    names |= {"run_workers": RUN_WORKERS_KEY, "run": RUN_KEY}
     return {name: key % {"spider": spider} for name, key in names.items()}
 
 

@@ -23,6 +23,7 @@ persistence, flushed, another server): every worker then stops at once with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -36,7 +37,15 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.cluster.connection import redis_from_settings, safe_url
-from tmapi_crawler.cluster.defaults import CRAWL_KEY, GRACE_KEY, OUTAGE_PROBE_FIRST, OUTAGE_PROBE_MAX
+from tmapi_crawler.cluster.defaults import (
+    CRAWL_KEY,
+    GRACE_KEY,
+    OUTAGE_PROBE_FIRST,
+    OUTAGE_PROBE_MAX,
+    RUN_KEY,
+    RUN_WORKERS_KEY,
+)
+from tmapi_crawler.cluster.lua import RENEW, RUN_JOIN, RUN_LEAVE
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import now_precise
 from tmapi_crawler.throttle import gate_of
@@ -81,6 +90,12 @@ class RedisHealth:
         self.crawl_key = ""
         self.grace_key = ""
         self.crawl_id: bytes | None = None
+        self.run_id = ""
+        self.run_keys: list[str] = []
+        self.me = uuid.uuid4().hex[:12]
+        self._run_join = self.server.register_script(RUN_JOIN)
+        self._run_leave = self.server.register_script(RUN_LEAVE)
+        self._renew = self.server.register_script(RENEW)
         self.probe_delay = OUTAGE_PROBE_FIRST
         self.probe_timer: Any = None
         self.waiters: list[Deferred[None]] = []
@@ -98,12 +113,25 @@ class RedisHealth:
 
     def join(self, spider: str) -> None:
         """Join (or start) the crawl of *spider*: its marker is set by the
-        first worker and remembered by every one."""
+        first worker and remembered by every one; and the run of the
+        workers crawling it now (:attr:`run_id`)."""
         names = {"spider": spider}
         self.crawl_key, self.grace_key = CRAWL_KEY % names, GRACE_KEY % names
+        self.run_keys = [RUN_WORKERS_KEY % names, RUN_KEY % names]
         marker = json.dumps({"crawl": uuid.uuid4().hex, "started_at": now_precise()})
         self.server.set(self.crawl_key, marker, nx=True)
         self.crawl_id = self.server.get(self.crawl_key)  # type: ignore[assignment]
+        run = self._run_join(keys=self.run_keys, args=[self.me, self.lease_ms, uuid.uuid4().hex])
+        self.run_id = run.decode() if isinstance(run, bytes) else str(run)
+
+    def renew_run(self) -> None:
+        """Still one of the run's workers (raises RedisError)."""
+        self._renew(keys=self.run_keys[:1], args=[self.lease_ms, self.me])
+
+    def leave_run(self) -> None:
+        """This worker stops: the last one out ends the run."""
+        with contextlib.suppress(RedisError):  # else it expires
+            self._run_leave(keys=self.run_keys, args=[self.me])
 
     def on_back(self, callback: Callable[[], None]) -> None:
         """Call *callback* when Redis answers again after an outage (it

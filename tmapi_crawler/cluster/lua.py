@@ -230,3 +230,33 @@ redis.call('DEL', KEYS[2])
 return reports
 """
 )
+
+
+# -- runs: the workers crawling together now ----------------------------------------------
+
+# KEYS: the run's workers (a sorted set: worker -> deadline), the run's id;
+# ARGV: this worker, ms it stays a member unless renewed, a new id.  A worker
+# that finds no live worker starts a new run.  -> the run's id.
+RUN_JOIN = (
+    LUA_NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('GET', KEYS[2])
+"""
+)
+
+# KEYS: the run's workers, the run's id; ARGV: this worker.  The last one out
+# ends the run: the next worker starts a new one.
+RUN_LEAVE = (
+    LUA_NOW
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+)

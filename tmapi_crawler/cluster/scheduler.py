@@ -143,6 +143,7 @@ class LeasedScheduler(Scheduler):
                 "Redis does not answer: what this worker held returns to the queue when its leases expire "
                 "(TMAPI_LEASE_TIMEOUT); nothing is lost"
             )
+        self.health.leave_run()
 
     def __len__(self) -> int:
         try:
@@ -252,6 +253,7 @@ class LeasedScheduler(Scheduler):
             if now - self.last_renew >= self.lease_ms / 4000:
                 self.last_renew = now
                 self.queue.renew(self.leases.held)
+                self.health.renew_run()
                 back = self.queue.requeue()
                 if back:
                     logger.warning(

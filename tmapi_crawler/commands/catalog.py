@@ -10,6 +10,9 @@ store holds, without a call.
 * ``scrapy catalog changes --since 2026-11-01 [--until ...] [--item-id N]
   [--change price,stock] [-O changes.jsonl]``: the change records the store
   kept, oldest first.
+* ``scrapy catalog report [--since ...] [--until ...] [--item-id N ...]
+  [--top 20] -O report.html``: one self-contained HTML page of the period
+  (:mod:`tmapi_crawler.report`).
 
 The store is ``TMAPI_STORE`` (``-s TMAPI_STORE=catalog.sqlite``, or
 ``--store``).  Without ``-O`` the records go to standard output; with it,
@@ -32,15 +35,17 @@ from scrapy.exceptions import UsageError
 from tmapi_crawler.commands.crawl import refuse
 from tmapi_crawler.commands.export import whole_file
 from tmapi_crawler.config import shown
+from tmapi_crawler.report import Report
 from tmapi_crawler.store.changes import CHANGE_KINDS
 from tmapi_crawler.store.db import CatalogDB, iso
+from tmapi_crawler.store.history import History, Period
 from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
 
-ACTIONS = ("export", "changes")
+ACTIONS = ("export", "changes", "report")
 
 
 def parse_time(name: str, text: str) -> str:
@@ -75,19 +80,28 @@ class Command(ScrapyCommand):
         )
         parser.add_argument("--since", help="changes: from this date or time on (UTC)")
         parser.add_argument("--until", help="changes: before this date or time (UTC)")
-        parser.add_argument("--item-id", type=int, help="changes: of one product")
+        parser.add_argument(
+            "--item-id", type=int, action="append", help="changes, report: of this product (again for more)"
+        )
+        parser.add_argument("--top", type=int, default=20, help="report: the biggest price movers shown (20)")
         parser.add_argument("--change", help="changes: of these kinds only (" + ",".join(CHANGE_KINDS) + ")")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         if len(args) != 1 or args[0] not in ACTIONS:
-            raise UsageError("scrapy catalog export [-O products.jsonl] | scrapy catalog changes --since 2026-11-01")
+            raise UsageError(
+                "scrapy catalog export [-O products.jsonl] | scrapy catalog changes --since 2026-11-01 "
+                "| scrapy catalog report -O report.html"
+            )
         action = args[0]
         given = opts.store or self.settings.get("TMAPI_STORE")
         if isinstance(given, SecretStr):
             given = given.get_secret_value()
         if not given:
             refuse("no catalog store: give --store catalog.sqlite (or -s TMAPI_STORE=...), the crawl's TMAPI_STORE")
+        if action == "report":
+            self.report(str(given), opts)
+            return
         if action == "changes":
             if not opts.since:
                 refuse("give --since: scrapy catalog changes --since 2026-11-01")
@@ -106,7 +120,7 @@ class Command(ScrapyCommand):
         records = (
             db.products(delisted=opts.delisted, changed_since=changed_since)
             if action == "export"
-            else db.changes(since, until=until, item_id=opts.item_id, kinds=kinds)
+            else db.changes(since, until=until, item_ids=opts.item_id or (), kinds=kinds)
         )
         try:
             count = write_lines(records, opts.output, db)
@@ -115,6 +129,40 @@ class Command(ScrapyCommand):
             db.close()
         what = "products" if action == "export" else "changes"
         print(f"{count} {what} written to {opts.output or 'standard output'}", file=sys.stderr)
+
+    @staticmethod
+    def report(store: str, opts: argparse.Namespace) -> None:
+        if not opts.output:
+            refuse("give the file to write: scrapy catalog report -O report.html")
+        if opts.top < 1:
+            refuse(f"--top={opts.top}: give how many price movers to show, 1 or more (20 by default)")
+        period = Period(
+            parse_time("since", opts.since) if opts.since else None,
+            parse_time("until", opts.until) if opts.until else None,
+        )
+        if period.since and period.until and period.since >= period.until:
+            refuse(f"--since={opts.since} is not before --until={opts.until}: give a period that is not empty")
+        path = Path(opts.output)
+        if not path.parent.is_dir():
+            refuse(f"cannot write {opts.output}: the directory {path.parent} does not exist")
+        try:
+            db = CatalogDB(parse_store_url(store), create=False)
+        except StoreError as exc:
+            refuse(str(exc))
+        try:
+            page = Report(History(db), period)
+            text = page.render(opts.top, opts.item_id or [])
+            with whole_file(path) as out:
+                out.write(text.encode("utf-8"))
+        except StoreError as exc:
+            refuse(str(exc))
+        except OSError as exc:
+            refuse(f"cannot write {opts.output}: {exc}")
+        except Exception as exc:
+            refuse(str(db.error(exc)))
+        finally:
+            db.close()
+        print(f"{page.charts} charts written to {opts.output} ({path.stat().st_size // 1024} kB)", file=sys.stderr)
 
 
 def write_lines(records: Iterable[dict[str, Any]], output: str | None, db: CatalogDB) -> int:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -36,11 +37,12 @@ from scrapy.utils.asyncio import sleep
 from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.extensions import to_feeds
+from tmapi_crawler.jobdir import crawl_id
 from tmapi_crawler.leases import NotSafe
 from tmapi_crawler.loops import looping_call
-from tmapi_crawler.records import ChangeItem, ProductItem
+from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
 from tmapi_crawler.store.changes import listing_signature
-from tmapi_crawler.store.db import CatalogDB, PageNote
+from tmapi_crawler.store.db import CatalogDB, CrawlRow, PageNote, iso
 from tmapi_crawler.store.url import StoreError, parse_store_url
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
@@ -134,6 +136,7 @@ class CatalogStore:
         self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
         self._reading: asyncio.Task[None] | None = None
         self.failed: StoreError | None = None
+        self.crawl_id = ""
         #: Since when the store does not answer (an outage that may pass).
         self.down_since: float | None = None
         self._loop = looping_call(self._flush, "store flush", crawler.stats)
@@ -302,15 +305,56 @@ class CatalogStore:
 
     def _opened(self) -> None:
         logger.info("Catalog store: %s", self.url.display)
+        self.crawl_id = self._crawl_id()
         self._loop.start(FLUSH_INTERVAL, now=False)
 
-    def _closed(self) -> None:
+    def _closed(self, reason: str) -> None:
         if self._loop.running:
             self._loop.stop()
+        if self.failed is None:
+            try:
+                self.writer.record_crawl(self._crawl_row(reason))
+            except Exception as exc:
+                logger.warning("The crawl is not in the store's crawls table: %s", self.writer.error(exc))
         self._read_thread.shutdown()
         self._write_thread.shutdown()
         self.reader.close()
         self.writer.close()
+
+    def _crawl_id(self) -> str:
+        """One id per crawl: the run of the workers crawling together in
+        distributed mode (every worker adds to one row; the next day's run is
+        a new one), JOBDIR's across resumes, else a new one."""
+        settings = self.crawler.settings
+        if is_distributed(settings):
+            from tmapi_crawler.cluster.health import RedisHealth  # distributed mode only
+
+            health = self.crawler.get_extension(RedisHealth)
+            if health is not None and health.run_id:
+                return health.run_id
+        return crawl_id(settings) or uuid.uuid4().hex
+
+    def _crawl_row(self, reason: str) -> CrawlRow:
+        stats = self.crawler.stats.get_stats() if self.crawler.stats else {}
+        spider: Any = self.crawler.spider
+        args = getattr(spider, "args", None)
+        started = stats.get("start_time")
+        return CrawlRow(
+            id=self.crawl_id,
+            spider=spider.name if spider is not None else "",
+            seed=args.seeds() if args is not None and args.seeds() else None,
+            started_at=str(iso(started)) if started else now_precise(),
+            finished_at=now_precise(),
+            reason=reason,
+            products=int(stats.get("tmapi/products", 0)),
+            calls=int(stats.get("tmapi/calls", 0)),
+            served=int(stats.get("tmapi/store/detail_from_store", 0)),
+            changes={
+                key.removeprefix("tmapi/changes/"): int(value)
+                for key, value in stats.items()
+                if key.startswith("tmapi/changes/") and value
+            },
+        )
 
 
 def store_of(crawler: Crawler) -> CatalogStore | None:

@@ -33,11 +33,11 @@ from tmapi_crawler.store.changes import Sku, State, change_record, diff, listing
 from tmapi_crawler.store.url import StoreError, StoreURL
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 
 #: The store's schema version; a store written by a newer version is refused,
 #: an older one is migrated (:data:`MIGRATIONS`).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: SQLite's primary result codes of a lock held by another connection: it passes.
 SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 #: PostgreSQL's SQLSTATE classes and codes of an outage that passes:
@@ -85,6 +85,11 @@ class Dialect:
     #: Prices, exact as the API wrote them ("25.90"): SQLite would make a
     #: NUMERIC column a float ("25.9").
     decimal: str
+    #: What locks the rows a SELECT read, to the end of the transaction
+    #: (SQLite's transactions take the write lock at once: nothing).
+    lock: str = ""
+    #: A timestamp column's day, ``YYYY-MM-DD`` in UTC (``{}``: the column).
+    day: str = "substr({}, 1, 10)"
 
     def sql(self, text: str) -> str:
         return text
@@ -100,7 +105,11 @@ class _Postgres(Dialect):
 
 
 POSTGRES = _Postgres(
-    timestamp="TIMESTAMPTZ", serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", decimal="NUMERIC"
+    timestamp="TIMESTAMPTZ",
+    serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    decimal="NUMERIC",
+    lock=" FOR UPDATE",
+    day="to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 )
 
 
@@ -167,12 +176,33 @@ def _schema(d: Dialect) -> list[str]:
             read_id TEXT NOT NULL,
             PRIMARY KEY (listing_key, item_id)
         )""",
+        _crawls_table(d),
         f"INSERT INTO tmapi_schema (version) VALUES ({SCHEMA_VERSION})",  # noqa: S608 - a constant
     ]
 
 
-#: version -> the statements that bring a store of that version to the next.
-MIGRATIONS: dict[int, list[str]] = {}
+def _crawls_table(d: Dialect) -> str:
+    """Schema 2: each crawl that wrote to the store (one row per crawl in
+    distributed mode, every worker adding to it), for the report."""
+    ts = d.timestamp
+    return f"""CREATE TABLE crawls (
+            id TEXT PRIMARY KEY,
+            spider TEXT NOT NULL,
+            seed TEXT,
+            started_at {ts} NOT NULL,
+            finished_at {ts} NOT NULL,
+            finish_reason TEXT NOT NULL,
+            workers INTEGER NOT NULL,
+            products BIGINT NOT NULL,
+            calls BIGINT NOT NULL,
+            served BIGINT NOT NULL,
+            changes TEXT NOT NULL
+        )"""
+
+
+#: version -> the statements (for a dialect) that bring a store of that
+#: version to the next.
+MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {1: lambda d: [_crawls_table(d)]}
 
 
 # -- what is read and written -------------------------------------------------------
@@ -211,6 +241,22 @@ class PageNote:
     pages_total: int | None = None
     failed: bool = False
     at: str = field(default_factory=now_precise)
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlRow:
+    """A crawl (or one worker's part of it) as the ``crawls`` table adds it."""
+
+    id: str
+    spider: str
+    seed: Any
+    started_at: str
+    finished_at: str
+    reason: str
+    products: int
+    calls: int
+    served: int
+    changes: dict[str, int]
 
 
 @dataclass(slots=True)
@@ -358,7 +404,7 @@ class CatalogDB:
                     f"the catalog store {self.url.display} has schema version {version}, which this "
                     "tmapi_crawler cannot migrate: export it with the version that wrote it"
                 )
-            for statement in steps:
+            for statement in steps(self.dialect):
                 cur.execute(statement)
             version += 1
             cur.execute("UPDATE tmapi_schema SET version = version + 1")
@@ -618,7 +664,7 @@ class CatalogDB:
         one.  A read is complete when every page of it was read, none failed,
         and the number of pages is known."""
         sql = self.dialect.sql
-        lock = "" if self.dialect is SQLITE else " FOR UPDATE"
+        lock = self.dialect.lock
         key = note.listing_key
         row = cur.execute(
             sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{lock}"),  # noqa: S608
@@ -690,6 +736,43 @@ class CatalogDB:
         cur.execute(sql("DELETE FROM listing_members WHERE listing_key = ? AND read_id <> ?"), (key, note.read_id))
         cur.execute(sql("UPDATE listing_reads SET completed_at = ? WHERE listing_key = ?"), (note.at, key))
 
+    def record_crawl(self, crawl: CrawlRow) -> None:
+        """Add a crawl (or a worker's part of it) to ``crawls``: the numbers
+        of the workers of one crawl add up, under the row's lock."""
+        sql = self.dialect.sql
+        with self.transaction() as cur:
+            row = cur.execute(
+                sql(
+                    "SELECT seed, started_at, finished_at, finish_reason, workers, products, calls, served, changes "  # noqa: S608
+                    f"FROM crawls WHERE id = ?{self.dialect.lock}"
+                ),
+                (crawl.id,),
+            ).fetchone()
+            if row is None:
+                cur.execute(
+                    sql(
+                        "INSERT INTO crawls (id, spider, seed, started_at, finished_at, finish_reason, workers, "
+                        "products, calls, served, changes) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
+                    ),
+                    (crawl.id, crawl.spider, _json(crawl.seed), crawl.started_at, crawl.finished_at, crawl.reason,
+                     crawl.products, crawl.calls, crawl.served, _json(crawl.changes)),
+                )  # fmt: skip
+                return
+            seed, started, finished, reason, workers, products, calls, served, changes = row
+            kinds = orjson.loads(changes)
+            for kind, count in crawl.changes.items():
+                kinds[kind] = kinds.get(kind, 0) + count
+            reasons = sorted({*reason.split(", "), crawl.reason})
+            cur.execute(
+                sql(
+                    "UPDATE crawls SET seed = ?, started_at = ?, finished_at = ?, finish_reason = ?, workers = ?, "
+                    "products = ?, calls = ?, served = ?, changes = ? WHERE id = ?"
+                ),
+                (seed or _json(crawl.seed), min(str(iso(started)), str(iso(crawl.started_at))),
+                 max(str(iso(finished)), str(iso(crawl.finished_at))), ", ".join(reasons), workers + 1,
+                 products + crawl.products, calls + crawl.calls, served + crawl.served, _json(kinds), crawl.id),
+            )  # fmt: skip
+
     # -- reading it out ---------------------------------------------------------------------
 
     def titles(self, item_ids: Sequence[int]) -> dict[int, tuple[str, dict[str, str | None]]]:
@@ -726,7 +809,7 @@ class CatalogDB:
             "SELECT item_id, detail, description, listing, source, language, detail_fetched_at, "  # noqa: S608
             f"desc_fetched_at, delisted_at FROM products{where} ORDER BY item_id"
         )
-        for row in self._stream(sql, params):
+        for row in self.stream(sql, params):
             item_id, detail, desc, listing, source, language, detail_at, desc_at, delisted_at = row
             record: dict[str, Any] = {"item_id": item_id, **orjson.loads(detail)}
             record["item_id"] = item_id
@@ -744,7 +827,7 @@ class CatalogDB:
             yield record
 
     def changes(
-        self, since: str, *, until: str | None = None, item_id: int | None = None, kinds: Sequence[str] = ()
+        self, since: str, *, until: str | None = None, item_ids: Sequence[int] = (), kinds: Sequence[str] = ()
     ) -> Generator[dict[str, Any]]:
         """The stored changes detected at or after *since* (and before
         *until*), oldest first."""
@@ -752,9 +835,9 @@ class CatalogDB:
         if until is not None:
             where.append("detected_at < ?")
             params.append(until)
-        if item_id is not None:
-            where.append("item_id = ?")
-            params.append(item_id)
+        if item_ids:
+            where.append(f"item_id IN ({','.join('?' * len(item_ids))})")
+            params.extend(item_ids)
         if kinds:
             where.append(f"change IN ({','.join('?' * len(kinds))})")
             params.extend(kinds)
@@ -762,7 +845,7 @@ class CatalogDB:
             "SELECT change, item_id, skuid, field, old, new, detected_at, source FROM changes "  # noqa: S608
             f"WHERE {' AND '.join(where)} ORDER BY detected_at, id"
         )
-        for change, item, skuid, fld, old, new, at, source in self._stream(sql, params):
+        for change, item, skuid, fld, old, new, at, source in self.stream(sql, params):
             yield {
                 "change": change,
                 "item_id": item,
@@ -774,7 +857,8 @@ class CatalogDB:
                 "source": orjson.loads(source) if source else None,
             }
 
-    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+    def stream(self, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+        """The rows of *sql*, one at a time (PostgreSQL: a server-side cursor)."""
         if self.dialect is SQLITE:
             yield from self.conn.execute(sql, tuple(params))
             return
