@@ -490,6 +490,77 @@ def media(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+def _history(db: Any, products: int, changes: int, *, seed: int = 5) -> None:
+    """Fill the store *db* with *products* synthetic products (two SKUs
+    each, through the store's write path) and *changes* change records
+    spread over a year, as daily crawls would leave them."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    rng = random.Random(seed)
+    start = datetime(2025, 12, 1, tzinfo=UTC)
+    for first in range(0, products, 2000):
+        batch = []
+        for n in range(first, min(first + 2000, products)):
+            item_id = 800_000_000_000 + n
+            skus = [{"skuid": f"{item_id}{k}", "sale_price": f"{10 + n % 90}.{k}0", "stock": 100,
+                     "props_names": f"颜色:色{k}"} for k in range(2)]  # fmt: skip
+            batch.append({"item_id": item_id, "title": f"样品睡衣 #{n}", "skus": skus, "stock": 200,
+                          "price_info": {"price": skus[0]["sale_price"]}, "language": "zh",
+                          "detail_fetched_at": start.isoformat(), "desc_fetched_at": None,
+                          "source": {"spider": "shop"}, "listing": None})  # fmt: skip
+        db.write(batch)
+    kinds = ["price"] * 6 + ["stock"] * 10 + ["sold_out", "back_in_stock", "new", "delisted", "sku_added", "title"]
+    made = 0
+    while made < changes:
+        rows = []
+        for _ in range(min(20_000, changes - made)):
+            n = rng.randrange(products)
+            item_id, kind = 800_000_000_000 + n, rng.choice(kinds)
+            at = (start + timedelta(seconds=rng.randrange(365 * 86400))).isoformat()
+            old = rng.randrange(1000, 9000) / 100
+            new = round(old * rng.uniform(0.7, 1.3), 2) if kind == "price" else rng.randrange(200)
+            rows.append({"change": kind, "item_id": item_id, "skuid": f"{item_id}{rng.randrange(2)}",
+                         "field": "price" if kind == "price" else "stock", "old": old, "new": new,
+                         "detected_at": at, "source": None})  # fmt: skip
+        db.insert_changes(rows)
+        made += len(rows)
+
+
+def report(tmp: Path, quick: bool) -> list[Row]:
+    """``scrapy catalog report`` over a year of history: a store of 10,000
+    products and 100,000 change rows, then 100,000 and a million (SQLite):
+    the command's wall time, CPU and peak RSS, and the page's size."""
+    from tmapi_crawler.store.db import CatalogDB
+    from tmapi_crawler.store.url import parse_store_url
+
+    sizes = [(2_000, 20_000), (10_000, 100_000)] if quick else [(10_000, 100_000), (100_000, 1_000_000)]
+    rows: list[Row] = []
+    for products, changes in sizes:
+        store = tmp / f"report-{products}.sqlite"
+        filled = time.monotonic()
+        db = CatalogDB(parse_store_url(str(store)))
+        try:
+            _history(db, products, changes)
+        finally:
+            db.close()
+        fill_s = time.monotonic() - filled
+        workdir = tmp / f"report-{products}"
+        workdir.mkdir()
+        cmd = [str(BIN / "scrapy"), "catalog", "report", "--store", str(store), "--top", "20",
+               "--item-id", "800000000007", "-O", "report.html"]  # fmt: skip
+        run = _run(cmd, workdir, project_env())
+        page = workdir / "report.html"
+        rows.append(
+            Row("report", f"report: {products:,} products, {changes:,} change rows", products, 0, 0, 0,
+                round(run["wall"], 1),
+                {"cpu_s": round(run["cpu"], 1), "max_rss_mb": run["max_rss_mb"],
+                 "page_kb": page.stat().st_size // 1024 if page.exists() else 0,
+                 "store_mb": store.stat().st_size // 2**20, "fill_s": round(fill_s)}),
+        )  # fmt: skip
+    return rows
+
+
 SCENARIOS = {
     "ceiling": ceiling,
     "cpu": cpu,
@@ -500,6 +571,7 @@ SCENARIOS = {
     "export": export,
     "store": store,
     "media": media,
+    "report": report,
 }
 
 

@@ -207,7 +207,7 @@ def test_two_workers_send_one_alert(make_sandbox, redis_server, postgres, tmp_pa
         db.close()
     products = sum(len(w.records()) for w in second)
     assert [(row[0], row[1], row[3]) for row in crawls] == [(2, 200, "finished"), (2, products, "finished")]
-    assert crawls[1][2] == alert["calls"]
+    assert crawls[1][2] == alert["billed"]
 
 
 def calls_of(worker: Worker) -> int:

@@ -347,7 +347,7 @@ class CatalogStore:
             finished_at=now_precise(),
             reason=reason,
             products=int(stats.get("tmapi/products", 0)),
-            calls=int(stats.get("tmapi/calls", 0)),
+            calls=int(stats.get("tmapi/billed", 0)),
             served=int(stats.get("tmapi/store/detail_from_store", 0)),
             changes={
                 key.removeprefix("tmapi/changes/"): int(value)

@@ -634,6 +634,12 @@ class CatalogDB:
                     (description, desc_at, item_id),
                 )
 
+    def insert_changes(self, changes: Iterable[dict[str, Any]]) -> None:
+        """Store change records as they are, in one transaction (the
+        benchmarks fill a store with a year of history this way)."""
+        with self.transaction() as cur:
+            self._insert_changes(cur, changes)
+
     def _insert_changes(self, cur: Any, changes: Iterable[dict[str, Any]]) -> None:
         rows = [
             (
