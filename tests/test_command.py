@@ -182,3 +182,24 @@ def test_ctrl_c_twice_exits_130(make_sandbox, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert "forcing unclean shutdown" in stderr
     assert proc.returncode == 130, stderr[-2000:]
+
+
+def test_a_crawl_with_default_settings_logs_no_warning(sandbox, tmp_path):
+    result = run_scrapy(*crawl_cmd(sandbox, "shop", "-a", "member_id=b2b-sandbox0000", "-O", "out.jsonl"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if " WARNING: " in line] == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("TMAPI_RETRY_TIME=5", "unknown setting 'TMAPI_RETRY_TIME': did you mean TMAPI_RETRY_TIMES?"),
+        ("TMAPI_ALERT_CHANGE=sold_out", "unknown setting 'TMAPI_ALERT_CHANGE': did you mean TMAPI_ALERT_CHANGES?"),
+        ("TMAPI_NONSENSE=1", "unknown setting 'TMAPI_NONSENSE' (docs/settings.md lists them)"),
+    ],
+)
+def test_a_misspelled_setting_is_refused_with_the_closest_name(sandbox, tmp_path, setting, message):
+    result = run_scrapy(*crawl_cmd(sandbox, "shop", "-a", "member_id=x"), "-s", setting, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == f"Error: {message}\n"
+    assert sandbox.stats()["calls"] == 0

@@ -312,3 +312,17 @@ def test_a_stopped_export_leaves_no_temporary_file(tmp_path, product):
     assert done.returncode == 0, done.stderr
     assert f"Removed {leftover.name}" in done.stderr or f"Removed {leftover}" in done.stderr
     assert list(tmp_path.glob(".woo.csv*")) == []
+
+
+def test_plain_csv_writes_nested_fields_as_json(sandbox, tmp_path):
+    done = run_scrapy("crawl", "item", "-a", "item_ids=700000000012", "-O", "out.csv", "-s",
+                      f"TMAPI_BASE_URL={sandbox.url}", cwd=tmp_path, env={"TMAPI_TOKEN": sandbox.token})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (tmp_path / "out.csv").open(encoding="utf-8", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    skus = json.loads(row["skus"])  # JSON, not a Python repr
+    assert isinstance(skus, list) and skus and "skuid" in skus[0]
+    assert json.loads(row["source"]) == {"spider": "item", "input": "700000000012"}
+    assert isinstance(json.loads(row["main_imgs"]), list)
+    assert "\\u" not in row["skus"] and "'" not in row["source"]  # no escapes, no repr quotes
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in row["skus"])  # Chinese as it is

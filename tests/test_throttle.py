@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from scrapy import Request
 from scrapy.utils.defer import deferred_f_from_coro_f, deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
 
@@ -171,3 +172,42 @@ async def test_a_503_for_a_call_overtaken_in_its_burst_does_not_set_the_ceiling_
     gate.release(tickets[2], Outcome.CONCURRENCY)
     assert gate.ceiling == 4
     assert gate.limit == 4
+
+
+def _detail(n: int) -> Request:
+    """A call that starts a product whose description follows."""
+    return Request(
+        f"https://api.tmapi.io/1688/item_detail?item_id={n}",
+        meta={"tmapi": {"endpoint": "item_detail", "params": {"item_id": n}}},
+        cb_kwargs={"opts": {"follow": "detail+desc"}},
+    )
+
+
+@deferred_f_from_coro_f
+async def test_once_the_budget_is_reached_every_waiting_start_is_handed_back(make_gate):
+    """A product costs 2 of the budget (its detail, its description's place
+    kept). With 4, two products start; the calls waiting for a place that
+    would start a third are all handed back, none left waiting."""
+    gate = make_gate(start=1, cap=1, max_calls=4)
+    first = await gate.acquire(_detail(1))
+    waiting = [deferred_from_coro(gate.acquire(_detail(n))) for n in range(2, 6)]
+    gate.release(first, Outcome.OK)
+    second = await maybe_deferred_to_future(waiting[0])
+    assert (gate.sent, gate.reserved) == (2, 2)
+    gate.release(second, Outcome.OK)
+    for waiter in waiting[1:]:
+        with pytest.raises(CrawlStopping) as info:
+            await maybe_deferred_to_future(waiter)
+        assert info.value.reason == "tmapi_budget_exhausted"
+    assert gate.draining and gate.sent == 2
+    # The descriptions of the two products started still go out.
+    desc = Request("https://api.tmapi.io/1688/item_desc?item_id=1", meta={"tmapi": {"endpoint": "item_desc"}})
+    desc.meta.update(_detail_meta(gate))
+    gate.release(await gate.acquire(desc), Outcome.OK)
+    assert (gate.sent, gate.reserved) == (3, 1)
+
+
+def _detail_meta(gate: CallGate) -> dict:
+    from tmapi_crawler.throttle import RESERVED_META, STARTED_META
+
+    return {STARTED_META: gate.run_id, RESERVED_META: gate.run_id}

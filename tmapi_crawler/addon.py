@@ -202,7 +202,8 @@ class TmapiAddon:
             settings.set("SPIDERMON_ENABLED", True, "addon")
         settings.set_in_component_priority_dict("EXTENSIONS", Spidermon, None)  # replaced by:
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiSpidermon, 500)
-        settings.set_in_component_priority_dict("EXTENSIONS", AlertWebhook, 510)
+        if settings.get("TMAPI_ALERT_WEBHOOK"):  # else nothing to send, and no "Disabled" warning
+            settings.set_in_component_priority_dict("EXTENSIONS", AlertWebhook, 510)
         close = list(settings.getlist("SPIDERMON_SPIDER_CLOSE_MONITORS"))
         settings.set("SPIDERMON_SPIDER_CLOSE_MONITORS", [*close, _path(CrawlMonitors)], "addon")
         periodic = settings.getdict("SPIDERMON_PERIODIC_MONITORS")

@@ -9,6 +9,7 @@ setting (docs/settings.md).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from typing import TYPE_CHECKING, Any, Literal
@@ -244,9 +245,24 @@ def describe_validation_error(exc: ValidationError, names: dict[str, str] | None
     return "; ".join(parts)
 
 
+def unknown_settings(settings: BaseSettings) -> str | None:
+    """One line for a ``TMAPI_*`` setting this crawler does not have (a
+    typo would otherwise be ignored), with the closest one it has."""
+    for name in sorted(str(key) for key in settings):
+        if name.startswith("TMAPI_") and name not in DEFAULTS:
+            close = difflib.get_close_matches(name, DEFAULTS, n=1, cutoff=0.75)
+            hint = f": did you mean {close[0]}?" if close else " (docs/settings.md lists them)"
+            return f"unknown setting {shown(name)}{hint}"
+    return None
+
+
 def config_from_settings(settings: BaseSettings) -> TmapiConfig:
     """The validated ``TMAPI_*`` settings (the token from the environment
-    when the settings do not give it); raises :class:`ConfigError`."""
+    when the settings do not give it); raises :class:`ConfigError`, for an
+    unknown ``TMAPI_*`` setting too."""
+    unknown = unknown_settings(settings)
+    if unknown:
+        raise ConfigError(unknown)
     values = {name: settings.get(name) for name in DEFAULTS if settings.get(name) is not None}
     if not values.get("TMAPI_TOKEN"):
         values["TMAPI_TOKEN"] = os.environ.get("TMAPI_TOKEN") or None

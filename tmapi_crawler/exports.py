@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scrapy.exporters import BaseItemExporter
+import orjson
+from scrapy.exporters import BaseItemExporter, CsvItemExporter
 
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import media_url
@@ -658,6 +659,28 @@ class WooCommerceUpdateExporter(RowsExporter):
 
     def rows(self, product: dict[str, Any]) -> Rows:
         return woocommerce_update_rows(product, self.pricing)
+
+
+class CsvExporter(CsvItemExporter):
+    """Scrapy's ``csv`` format, with list and dict fields (SKUs, images,
+    the listing entry) as JSON text, Chinese as it is, where Scrapy would
+    write a Python repr or a comma-joined list; and the byte-order mark of
+    ``TMAPI_EXPORT_BOM``."""
+
+    def __init__(self, file: IO[bytes], *, bom: bool = False, **kwargs: Any):
+        kwargs.setdefault("encoding", "utf-8")
+        super().__init__(file, **kwargs)  # type: ignore[arg-type] # any binary file, as the feeds give it
+        if bom:
+            self.stream.write("\ufeff")
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, file: IO[bytes], **kwargs: Any) -> Self:
+        return cls(file, bom=config_from_settings(crawler.settings).export_bom, **kwargs)
+
+    def serialize_field(self, field: Any, name: str, value: Any) -> Any:
+        if "serializer" not in field and isinstance(value, (list, tuple, dict)):
+            return orjson.dumps(value).decode()
+        return super().serialize_field(field, name, value)
 
 
 def options_of(config: TmapiConfig) -> dict[str, Any]:

@@ -50,6 +50,7 @@ HTTPCACHE_POLICY = "tmapi_crawler.cache.ApiCachePolicy"
 FEED_EXPORT_ENCODING = "utf-8"
 # Formats for spreadsheets and stores (docs/exports.md): -O shop.csv:shopify
 FEED_EXPORTERS = {
+    "csv": "tmapi_crawler.exports.CsvExporter",  # nested fields as JSON, not Python reprs
     "skus": "tmapi_crawler.exports.SkusExporter",
     "shopify": "tmapi_crawler.exports.ShopifyExporter",
     "woocommerce": "tmapi_crawler.exports.WooCommerceExporter",

@@ -198,7 +198,9 @@ class CallGate:
     async def acquire(self, request: Request | None = None) -> Ticket:
         """Wait for a free place for *request*.  Raises
         :class:`CrawlStopping` when the call must not be sent."""
-        while self.stop_reason is None and not self._may_go():
+        # Once the budget is reached, a call that would start a product
+        # leaves at once (handed back), without waiting for a place.
+        while self.stop_reason is None and not self._may_go() and not (self.draining and not self._fits(request)):
             waiter: Deferred[None] = Deferred()
             self.waiters.append(waiter)
             await maybe_deferred_to_future(waiter)
@@ -314,8 +316,10 @@ class CallGate:
 
     def _wake(self) -> None:
         """Wake as many waiting calls as there are free places (all of them
-        when stopping, so that they can be handed back)."""
-        if self.stop_reason is not None:
+        when stopping, so that they can be handed back, and once the budget
+        is reached, so that those that start no product are handed back:
+        a call woken that does not leave waits again)."""
+        if self.stop_reason is not None or self.draining:
             free = len(self.waiters)
         elif self.paused_since is not None:
             free = 1 if self._may_go() else 0

@@ -187,8 +187,8 @@ class SharedCallGate(CallGate):
             self._health.wake()  # calls waiting for Redis: the crawl stops
 
     def _wake(self) -> None:
-        if self.stop_reason is not None:
-            super()._wake()
+        if self.stop_reason is not None or self.draining:
+            super()._wake()  # all of them
         elif self.waiters:
             self.waiters.popleft().callback(None)
 
