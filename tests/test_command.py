@@ -203,3 +203,32 @@ def test_a_misspelled_setting_is_refused_with_the_closest_name(sandbox, tmp_path
     assert result.returncode == 2
     assert result.stderr == f"Error: {message}\n"
     assert sandbox.stats()["calls"] == 0
+
+
+def test_failures_and_changes_files_hold_only_this_crawls_records(sandbox, tmp_path):
+    """Yesterday's failures and changes do not stay when today has none."""
+    for name in ("failures.jsonl", "changes.jsonl"):
+        (tmp_path / name).write_text('{"old": "yesterday"}\n')
+    store = ("-s", f"TMAPI_STORE={tmp_path / 'catalog.sqlite'}")
+    cmd = crawl_cmd(sandbox, "shop", "-a", "member_id=b2b-sandbox0000", "-a", "max_pages=1", "-O", "out.jsonl")
+    first = run_scrapy(*cmd, *store, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert not (tmp_path / "failures.jsonl").exists()
+    assert len(read_jsonl(tmp_path / "changes.jsonl")) == 20  # today's: 20 new products
+    again = run_scrapy(*cmd, *store, cwd=tmp_path)
+    assert again.returncode == 0
+    assert not (tmp_path / "changes.jsonl").exists()  # nothing changed today
+
+
+def test_a_crawl_that_read_no_listing_fails_and_an_empty_one_warns(make_sandbox, tmp_path):
+    sb = make_sandbox("--broken", "shop:b2b-sandbox0000:1:html")
+    failed = run_scrapy(*crawl_cmd(sb, "shop", "-a", "member_id=b2b-sandbox0000", "-O", "out.jsonl"), cwd=tmp_path)
+    assert failed.returncode == 9, failed.stderr[-2000:]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [
+        "Error: no listing page could be read (the first page of every listing failed: see failures.jsonl); "
+        "nothing was crawled"
+    ]
+    empty = run_scrapy(*crawl_cmd(sb, "shop", "-a", "member_id=b2b-emptyshop", "-O", "out.jsonl"), cwd=tmp_path)
+    assert empty.returncode == 0, empty.stderr[-2000:]
+    assert "WARNING: Shop b2b-emptyshop lists no product: nothing to crawl there" in empty.stderr

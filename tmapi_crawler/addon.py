@@ -50,7 +50,7 @@ from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
-from tmapi_crawler.outputs import FeedGuard, GuardedFileFeedStorage, GuardedSpiderState
+from tmapi_crawler.outputs import FRESH, FeedGuard, GuardedFileFeedStorage, GuardedSpiderState
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
@@ -254,6 +254,9 @@ class TmapiAddon:
             "store_empty": False,
             # A resumed crawl (JOBDIR) adds to the failures of its first run.
             "overwrite": not settings.get("JOBDIR"),
+            # Any other holds this crawl's records only: an older file goes
+            # when the crawl starts, even if this one has none.
+            FRESH: not resuming,
         }
         if settings.get("TMAPI_STORE"):
             changes = settings.get("TMAPI_CHANGES_FILE") or DEFAULTS["TMAPI_CHANGES_FILE"]

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 FEED_FAILED = "tmapi_feed_failed"
 #: The stat that holds the one line saying which file and why.
 FEED_ERROR_STAT = "tmapi/feed/error"
+#: A feed option of the failures and changes files: they hold this crawl's
+#: records only, so an older one is removed when the crawl starts.
+FRESH = "tmapi_fresh"
 
 
 def _reason(exc: BaseException) -> str:
@@ -122,10 +125,22 @@ class FeedGuard:
         self.resume = "; the same command resumes where it stopped" if resumable else ""
         self.listeners: list[Callable[[str], None]] = []
         crawler.signals.connect(self._item_scraped, signal=signals.item_scraped)
+        crawler.signals.connect(self._opened, signal=signals.spider_opened)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
+
+    def _opened(self) -> None:
+        """Remove the failures and changes files an earlier crawl left: a
+        crawl with none must not leave yesterday's."""
+        for uri, options in self.crawler.settings.getdict("FEEDS").items():
+            if (options or {}).get(FRESH):
+                path = Path(str(uri).removeprefix("file://"))
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    self.write_failed(str(path), exc)
 
     def _item_scraped(self) -> None:
         self.item_failed = False

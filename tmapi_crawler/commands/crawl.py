@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
@@ -41,6 +41,9 @@ EXIT_CODES = {
     "shutdown": 130,  # stopped by Ctrl-C or SIGTERM; resume with JOBDIR
 }
 EXIT_BAD_INPUT = 2
+#: A crawl that could read no listing at all (every first page failed).
+EXIT_NO_LISTING = 9
+LISTING_ENDPOINTS = ("shop_items", "category_items")
 
 
 def refuse(message: str) -> NoReturn:
@@ -117,3 +120,18 @@ class Command(ScrapyCrawlCommand):
         if crawler.stats and crawler.stats.get_value(FEED_ERROR_STAT) and exit_code_for(reason) == 0:
             reason = FEED_FAILED  # a file failed as the crawl closed: it is not whole
         self.exitcode = exit_code_for(reason)
+        if reason == "finished" and crawler.stats and self._read_no_listing(crawler.stats.get_stats()):
+            failures = config_from_settings(self.settings).failures_file if self.settings else "the failures file"
+            print(
+                f"Error: no listing page could be read (the first page of every listing failed: see {failures}); "
+                "nothing was crawled",
+                file=sys.stderr,
+            )
+            self.exitcode = EXIT_NO_LISTING
+
+    @staticmethod
+    def _read_no_listing(stats: dict[str, Any]) -> bool:
+        """Listing pages failed and none was read (an empty listing that was
+        read is a success, with a warning)."""
+        failed = sum(int(stats.get(f"tmapi/failures/{endpoint}", 0)) for endpoint in LISTING_ENDPOINTS)
+        return failed > 0 and not stats.get("tmapi/pages")

@@ -57,6 +57,8 @@ class CategorySpider(TmapiSpider):
         stats.inc_value("tmapi/pages")
         if page == 1:
             stats.inc_value("tmapi/pages_known")
+            if not data["items"] and not data["has_next_page"]:
+                self.logger.warning("Category %s lists no product: nothing to crawl there", cat_id)
         # The last page tells how many there are.
         self.note_page(response.request, data["items"], None if data["has_next_page"] else page)
         # A category says only whether there is a next page: one at a time.

@@ -87,6 +87,8 @@ class ShopSpider(TmapiSpider):
         assert stats is not None
         stats.inc_value("tmapi/pages")
         if page == 1:
+            if int(total) == 0:
+                self.logger.warning("Shop %s lists no product: nothing to crawl there", member_id)
             # Page 1 says how many there are: the next PAGES_AHEAD now, each
             # of the others when the page PAGES_AHEAD before it is done.
             page_size = opts["page_size"]
