@@ -232,3 +232,26 @@ def test_a_crawl_that_read_no_listing_fails_and_an_empty_one_warns(make_sandbox,
     empty = run_scrapy(*crawl_cmd(sb, "shop", "-a", "member_id=b2b-emptyshop", "-O", "out.jsonl"), cwd=tmp_path)
     assert empty.returncode == 0, empty.stderr[-2000:]
     assert "WARNING: Shop b2b-emptyshop lists no product: nothing to crawl there" in empty.stderr
+
+
+def test_settings_that_may_hold_a_password_come_from_the_environment(sandbox, redis_server, tmp_path):
+    """REDIS_URL, TMAPI_STORE, FILES_STORE and TMAPI_ALERT_WEBHOOK from the
+    environment (not in ps, not in scrapyd's job list); -s wins."""
+    env = {"TMAPI_TOKEN": sandbox.token, "REDIS_URL": redis_server.url, "TMAPI_STORE": str(tmp_path / "env.sqlite"),
+           "FILES_STORE": str(tmp_path / "files"),
+           "TMAPI_ALERT_WEBHOOK": "http://127.0.0.1:9/hooks/s3cr3t-path"}  # fmt: skip
+    cmd = ["crawl", "shop", "-a", "member_id=b2b-sandbox0000", "-a", "max_pages=1", "-O", "out.jsonl",
+           "-s", f"TMAPI_BASE_URL={sandbox.url}", "-s", "TMAPI_IDLE_TIMEOUT=0.5"]  # fmt: skip
+    # TMAPI_STORE with REDIS_URL needs PostgreSQL: the SQLite store from the
+    # environment is refused, naming the setting, which proves both were read.
+    refused = run_scrapy(*cmd, cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert "TMAPI_STORE=" in refused.stderr and "distributed crawl" in refused.stderr
+    # -s wins over the environment.
+    done = run_scrapy(*cmd, "-s", "TMAPI_STORE=", "-a", "media=main", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LeasedScheduler" in done.stderr  # distributed: REDIS_URL from the environment
+    assert list((tmp_path / "files").rglob("*.jpg"))  # FILES_STORE from the environment
+    assert "s3cr3t-path" not in done.stderr  # the webhook's secret path is masked in the log
+    cluster = run_scrapy("cluster", "status", "shop", cwd=tmp_path, env=env)
+    assert cluster.returncode == 0, cluster.stderr

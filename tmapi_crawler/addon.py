@@ -146,14 +146,19 @@ class TmapiAddon:
         self._feeds(settings)
 
     def _mask_media_passwords(self, settings: BaseSettings) -> None:
-        """A password in ``FILES_STORE`` or ``IMAGES_STORE`` (``ftp://user:pass@...``)
-        is masked in the log from now (Scrapy logs its settings as given, next)
-        to the end of the crawl.  Scrapy's stores need it as a plain string."""
-        for name in ("FILES_STORE", "IMAGES_STORE"):
+        """A password in ``FILES_STORE``, ``IMAGES_STORE`` (``ftp://user:pass@...``)
+        or ``REDIS_URL``, and the webhook's path, are masked in the log from
+        now (Scrapy logs its settings as given, next) to the end of the
+        crawl.  Those who use them need them as plain strings."""
+        for name in ("FILES_STORE", "IMAGES_STORE", "REDIS_URL"):
             value = settings.get(name)
             password = _password_of(value) if isinstance(value, str) else None
             if password:
                 self._unmask.append(redact_logs(password))
+        webhook = settings.get("TMAPI_ALERT_WEBHOOK")
+        path = urlsplit(webhook).path if isinstance(webhook, str) else ""
+        if len(path) > 1:  # a webhook's path is often its secret (Slack's)
+            self._unmask.append(redact_logs(path))
         if self._unmask and self.crawler is not None:
             self.crawler.signals.connect(self._engine_stopped, signal=signals.engine_stopped)
 

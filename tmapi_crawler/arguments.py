@@ -294,7 +294,8 @@ def check_media(args: CommonArgs, settings: BaseSettings) -> None:
     if not settings.get("FILES_STORE"):
         raise ConfigError(
             f"invalid argument: media={','.join(args.media)} needs FILES_STORE, where the files go: "
-            "add -s FILES_STORE=media (a directory, or s3://bucket/prefix, gs://..., ftp://...)"
+            "add -s FILES_STORE=media or set the FILES_STORE environment variable (a directory, or "
+            "s3://bucket/prefix, gs://..., ftp://...)"
         )
     from tmapi_crawler.media import check_files_store
 

@@ -6,6 +6,8 @@ in :mod:`tmapi_crawler.config`.  What is here is the Scrapy configuration that
 suits a paid JSON API rather than web pages.
 """
 
+import os
+
 BOT_NAME = "tmapi_crawler"
 SPIDER_MODULES = ["tmapi_crawler.spiders"]
 NEWSPIDER_MODULE = "tmapi_crawler.spiders"
@@ -59,3 +61,15 @@ FEED_EXPORTERS = {
 }
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 0
+
+# The settings that may hold a password, from the environment when they are
+# not given as settings (-s wins): they stay out of `ps` and of scrapyd's job
+# list. The token is read from TMAPI_TOKEN the same way (tmapi_crawler.config).
+if os.environ.get("REDIS_URL"):
+    REDIS_URL = os.environ["REDIS_URL"]
+if os.environ.get("TMAPI_STORE"):
+    TMAPI_STORE = os.environ["TMAPI_STORE"]
+if os.environ.get("TMAPI_ALERT_WEBHOOK"):
+    TMAPI_ALERT_WEBHOOK = os.environ["TMAPI_ALERT_WEBHOOK"]
+if os.environ.get("FILES_STORE"):
+    FILES_STORE = os.environ["FILES_STORE"]

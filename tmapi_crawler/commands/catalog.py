@@ -98,7 +98,10 @@ class Command(ScrapyCommand):
         if isinstance(given, SecretStr):
             given = given.get_secret_value()
         if not given:
-            refuse("no catalog store: give --store catalog.sqlite (or -s TMAPI_STORE=...), the crawl's TMAPI_STORE")
+            refuse(
+                "no catalog store: give --store catalog.sqlite, -s TMAPI_STORE=... or the TMAPI_STORE environment "
+                "variable (the crawl's TMAPI_STORE)"
+            )
         if action == "report":
             self.report(str(given), opts)
             return

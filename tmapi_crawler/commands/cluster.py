@@ -67,7 +67,9 @@ class Command(ScrapyCommand):
             raise UsageError(f"give an action: {', '.join(ACTIONS)}")
         action, spiders = args[0], args[1:]
         if not is_distributed(self.settings):
-            refuse("REDIS_URL is not set: give it with -s REDIS_URL=redis://host:6379/0 (or in settings.py)")
+            refuse(
+                "REDIS_URL is not set: set the REDIS_URL environment variable, or give -s REDIS_URL=redis://host:6379/0"
+            )
         # Redis's client loads only when this command runs, not for every
         # scrapy command (start-up time).
         from tmapi_crawler.cluster.connection import check_redis, redis_from_settings
