@@ -128,7 +128,10 @@ def test_three_kills_in_a_row(shop, tmp_path):
     assert stats["billed_twice"] <= 3 * BOUND
 
 
-def test_a_half_line_is_cut_and_a_finished_crawl_is_not_crawled_again(shop, tmp_path):
+def test_a_half_line_is_cut_and_a_finished_crawl_starts_anew(shop, tmp_path):
+    """The same command with a JOBDIR whose crawl finished (the cron line of
+    docs/operations.md, the next day) is a new crawl, not a resume that has
+    nothing to do; a half line at the feed's end is cut first."""
     resume(shop, tmp_path)
     feed = tmp_path / "products.jsonl"
     with feed.open("ab") as f:
@@ -136,8 +139,25 @@ def test_a_half_line_is_cut_and_a_finished_crawl_is_not_crawled_again(shop, tmp_
     billed = shop.stats()["billed"]
     again = resume(shop, tmp_path)
     assert "cut 19 bytes written after the last commit" in again.stderr
-    assert shop.stats()["billed"] == billed  # nothing pending, nothing sent
-    assert_each_product_once(shop, feed)
+    assert "holds a crawl that finished (finished, " in again.stderr
+    assert shop.stats()["billed"] == 2 * billed  # the whole shop again, a new crawl
+    records = [json.loads(line) for line in feed.read_text(encoding="utf-8").splitlines()]  # whole lines
+    assert len(records) == 2 * PRODUCTS  # -o appends: both days'
+
+
+def test_a_cron_line_with_a_fixed_jobdir_crawls_every_day(shop, tmp_path):
+    """Three "days" of the same command (-O, a fixed JOBDIR): each day a
+    whole crawl, each day's feed the day's products only."""
+    for day in range(3):
+        done = resume(shop, tmp_path, "-O", "products.jsonl")
+        assert ("holds a crawl that finished" in done.stderr) == (day > 0)
+        assert_each_product_once_today(tmp_path / "products.jsonl")
+    assert shop.stats()["billed"] == 3 * (2 * PRODUCTS + PRODUCTS // 20)
+
+
+def assert_each_product_once_today(feed: Path) -> None:
+    ids = [json.loads(line)["item_id"] for line in feed.read_text(encoding="utf-8").splitlines()]
+    assert len(ids) == len(set(ids)) == PRODUCTS
 
 
 def test_a_jobdir_from_scrapys_own_scheduler_is_refused_in_one_line(shop, tmp_path):

@@ -53,6 +53,7 @@ from tmapi_crawler.config import ConfigError, is_distributed, shown
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.outputs import guard_of
+from tmapi_crawler.records import now_precise
 from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
@@ -110,20 +111,25 @@ def jobdir_of(settings: BaseSettings) -> Path | None:
 
 
 def has_state(settings: BaseSettings) -> bool:
-    """Whether JOBDIR holds a crawl to resume."""
-    jobdir = jobdir_of(settings)
-    return jobdir is not None and (jobdir / STATE_FILE).is_file()
+    """Whether JOBDIR holds a crawl to resume (one that finished does not:
+    the next run with it is a new crawl)."""
+    return jobdir_of(settings) is not None and _meta(settings, "spider") is not None and not _meta(settings, "finished")
 
 
 def crawl_id(settings: BaseSettings) -> str | None:
     """The id of the crawl kept in JOBDIR (the same across its resumes),
     once its scheduler opened it; ``None`` without one."""
+    return _meta(settings, "crawl")
+
+
+def _meta(settings: BaseSettings, key: str) -> str | None:
+    """A value of the crawl's state in JOBDIR, read without changing it."""
     jobdir = jobdir_of(settings)
     if jobdir is None or not (jobdir / STATE_FILE).is_file():
         return None
     db = sqlite3.connect(f"file:{jobdir / STATE_FILE}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'crawl'").fetchone()
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     except sqlite3.Error:
         return None
     finally:
@@ -240,6 +246,15 @@ class JobdirScheduler(BaseScheduler):
         self.state = CrawlState(self.path)
         self.state.check(spider.name)
         db = self.state.db
+        finished = db.execute("SELECT value FROM meta WHERE key = 'finished'").fetchone()
+        if finished is not None:
+            # Every request of that crawl was done: this run is a new crawl
+            # (the feeds cut back to its end first: a half line goes).
+            self._repair_feeds()
+            for table in ("requests", "seen", "feeds"):
+                db.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
+            db.execute("DELETE FROM meta WHERE key IN ('finished', 'crawl')")
+            logger.info("%s holds a crawl that finished (%s): this is a new crawl", self.path.parent, finished[0])
         db.execute("INSERT OR IGNORE INTO meta VALUES ('spider', ?)", (spider.name,))
         db.execute("INSERT OR IGNORE INTO meta VALUES ('crawl', ?)", (uuid.uuid4().hex,))
         back = db.execute("UPDATE requests SET leased = 0 WHERE leased = 1").rowcount
@@ -267,6 +282,11 @@ class JobdirScheduler(BaseScheduler):
             if unfinished and self.broken is None:
                 self.state.db.executemany(
                     "UPDATE requests SET leased = 0 WHERE id = ?", [(int(i),) for i in unfinished]
+                )
+            if self.broken is None and not self.state.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
+                # Nothing left to do, whatever the finish reason: the next run is a new crawl.
+                self.state.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('finished', ?)", (f"{reason}, {now_precise()}",)
                 )
             self.state.close()
         except sqlite3.Error as exc:
