@@ -27,13 +27,13 @@ def commands(page: str) -> list[list[str]]:
     found: list[list[str]] = []
     in_block = False
     pending = ""
-    for line in (ROOT / "docs" / page).read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
+    for text in (ROOT / "docs" / page).read_text(encoding="utf-8").splitlines():
+        if text.startswith("```"):
             in_block = not in_block
             continue
         if not in_block:
             continue
-        line = pending + line
+        line = pending + text
         if line.rstrip().endswith("\\"):
             pending = line.rstrip()[:-1] + " "
             continue
@@ -45,11 +45,10 @@ def commands(page: str) -> list[list[str]]:
 
 
 def adapted(words: list[str], sandbox_url: str) -> list[str]:
-    out = []
-    for word in words[1:]:
-        word = re.sub(r"b2b-(22146365959302bc20|\.\.\.)", SHOP, word)
-        word = word.replace("/srv/", "srv/").replace("/var/lib/", "var/")
-        out.append(word)
+    out = [
+        re.sub(r"b2b-(22146365959302bc20|\.\.\.)", SHOP, word).replace("/srv/", "srv/").replace("/var/lib/", "var/")
+        for word in words[1:]
+    ]
     if out[0] == "crawl":
         out += ["-s", f"TMAPI_BASE_URL={sandbox_url}", "-s", "TMAPI_PROGRESS_INTERVAL=0"]
     return out
@@ -78,7 +77,7 @@ def test_the_cron_line_works_every_day(make_sandbox, tmp_path):
     words = [w for w in words if not w.startswith("TMAPI_TOKEN=")]
     sb = make_sandbox("--shops", "1", "--shop-size", "60")
     (tmp_path / "srv" / "data").mkdir(parents=True)
-    for day in range(3):
+    for _day in range(3):
         done = run_scrapy(*adapted(words, sb.url), cwd=tmp_path, env={"TMAPI_TOKEN": sb.token}, timeout=180)
         assert done.returncode == 0, done.stderr[-2000:]
     lines = (tmp_path / "srv" / "data" / "shop.jsonl").read_text(encoding="utf-8").splitlines()
