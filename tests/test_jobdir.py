@@ -7,6 +7,7 @@ written after the last commit)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -219,3 +220,18 @@ def test_a_kill_bills_again_at_most_about_twice_the_calls_in_flight(shop, tmp_pa
     stats = assert_each_product_once(shop, feed)
     print(f"billed twice after {kills} kills at {LIMIT} calls in flight: {stats['billed_twice']}")
     assert stats["billed_twice"] <= kills * 2 * LIMIT, stats["billed_twice_keys"]
+
+
+def test_the_progress_line_carries_on_after_a_resume(shop, tmp_path):
+    """A resumed crawl's progress line has the whole crawl's pages and an ETA
+    (page 1, which says how many there are, is not read again)."""
+    proc = start(shop, tmp_path)
+    kill_when(proc, lambda: shop.stats()["billed"] >= 120)
+    done = subprocess.run(
+        [*command(shop), "-s", "TMAPI_PROGRESS_INTERVAL=0.3"], cwd=tmp_path,
+        env=scrapy_env({"TMAPI_TOKEN": shop.token}), capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    progress = [line for line in done.stderr.splitlines() if "Progress: " in line]
+    assert progress, done.stderr[-2000:]
+    assert all(re.search(r"pages \d+/10, products \d+, .* ETA \d+:\d\d:\d\d", line) for line in progress), progress

@@ -6,6 +6,7 @@ host and port (the API's), and counts every file it was asked for."""
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -415,3 +416,17 @@ def test_thumbnails_asked_for_on_the_command_line(sandbox: SandboxProcess, tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     entries = read_jsonl(tmp_path / "out.jsonl")[0]["media"]
     assert entries and all((tmp_path / "files" / "thumbs" / "small" / Path(e["path"]).name).is_file() for e in entries)
+
+
+def test_the_summary_counts_failed_files_apart_from_failed_products(make_sandbox, tmp_path):
+    sb = make_sandbox("--media-fault", f"{FIRST + 2}:404,{FIRST + 3}:404")
+    done = run_scrapy("crawl", "shop", "-a", f"member_id={SHOP}", "-a", "max_pages=1", "-a", "media=main",
+                      "-O", "out.jsonl", "-s", f"TMAPI_BASE_URL={sb.url}", "-s", f"FILES_STORE={tmp_path / 'files'}",
+                      "-s", "TMAPI_RETRY_BACKOFF=0.01", cwd=tmp_path, env={"TMAPI_TOKEN": TOKEN})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed_files = [f for f in read_jsonl(tmp_path / "failures.jsonl") if f["endpoint"] == "media"]
+    assert failed_files
+    summary = done.stderr[done.stderr.index("TMAPI summary") :]
+    assert re.search(r"^\s+products\s+20$", summary, re.MULTILINE)
+    assert re.search(r"^\s+failures\s+0$", summary, re.MULTILINE)  # no product failed
+    assert re.search(rf"^\s+media files failed\s+{len(failed_files)} in failures.jsonl", summary, re.MULTILINE)

@@ -38,6 +38,27 @@ def to_feeds(crawler: Crawler, item: Any) -> None:
     crawler.signals.send_catch_log(signal=signals.item_scraped, item=item, response=None, spider=crawler.spider)
 
 
+#: The progress figures a resumed crawl carries on (JOBDIR keeps them), and
+#: the prefix of the stats that hold the earlier runs' part.
+PROGRESS_KEYS = (
+    "pages",
+    "pages_known",
+    "products_expected",
+    "products",
+    "products_failed",
+    "listings",
+    "failures",
+    "duplicates",
+)
+RESUMED = "tmapi/resumed"
+
+
+def progress_of(stats: dict[str, Any]) -> dict[str, int]:
+    """The progress figures of a crawl so far, its earlier runs' included
+    (what JOBDIR keeps for the next run)."""
+    return {key: int(stats.get(f"tmapi/{key}", 0)) + int(stats.get(f"{RESUMED}/{key}", 0)) for key in PROGRESS_KEYS}
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -104,15 +125,22 @@ class TmapiStats:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         calls = get("tmapi/calls")
         done = get("tmapi/products") + get("tmapi/products_failed") + get("tmapi/listings")
-        expected = get("tmapi/products_expected")
+        # A resumed crawl (JOBDIR) carries on the figures of its earlier runs.
+        before = {key: get(f"{RESUMED}/{key}") for key in PROGRESS_KEYS}
+        done_before = before["products"] + before["products_failed"] + before["listings"]
+        expected = get("tmapi/products_expected") + before["products_expected"]
         parts = []
-        if get("tmapi/pages_known"):
-            parts.append(f"pages {get('tmapi/pages')}/{get('tmapi/pages_known')}")
-        parts.append(f"products {get('tmapi/products') + get('tmapi/listings')}")
-        parts.append(f"failures {get('tmapi/failures')}")
+        pages_known = get("tmapi/pages_known") + before["pages_known"]
+        if pages_known:
+            parts.append(f"pages {get('tmapi/pages') + before['pages']}/{pages_known}")
+        parts.append(
+            f"products {get('tmapi/products') + get('tmapi/listings') + before['products'] + before['listings']}"
+        )
+        parts.append(f"failures {get('tmapi/failures') + before['failures']}")
         parts.append(f"{calls / elapsed:.1f} calls/s")
         if expected and done and self.crawler.spider is not None and self.crawler.spider.name == "shop":
-            remaining = max(expected - done - get("tmapi/duplicates"), 0)
+            duplicates = get("tmapi/duplicates") + before["duplicates"]
+            remaining = max(expected - done - done_before - duplicates, 0)
             parts.append(f"ETA {_duration(remaining / (done / elapsed))}")
         return ", ".join(parts)
 
@@ -147,7 +175,8 @@ class TmapiStats:
         per_endpoint = ", ".join(
             f"{e.value} {get(f'tmapi/calls/{e.value}')}" for e in Endpoint if get(f"tmapi/calls/{e.value}")
         )
-        failures = get("tmapi/failures")
+        media_failed = get("tmapi/failures/media")
+        failures = get("tmapi/failures") - media_failed
         rows = [
             ("finish reason", reason),
             ("calls sent", f"{get('tmapi/calls')}" + (f" ({per_endpoint})" if per_endpoint else "")),
@@ -161,6 +190,8 @@ class TmapiStats:
         if get("tmapi/duplicates"):
             rows.append(("duplicates skipped", get("tmapi/duplicates")))
         rows.append(("failures", f"{failures} in {self.failures_file}" if failures else "0"))
+        if media_failed:
+            rows.append(("media files failed", f"{media_failed} in {self.failures_file} (their products were written)"))
         if self.changes_file is not None:
             rows += self._store_rows()
         if self.guard is not None and self.guard.failed:

@@ -38,6 +38,7 @@ plus those whose records were written after the last commit.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -50,6 +51,7 @@ from scrapy.core.scheduler import BaseScheduler
 from tmapi_crawler import codec
 from tmapi_crawler.compat import local_feed_files
 from tmapi_crawler.config import ConfigError, is_distributed, shown
+from tmapi_crawler.extensions import RESUMED, progress_of
 from tmapi_crawler.leases import tracker_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.outputs import guard_of
@@ -261,6 +263,11 @@ class JobdirScheduler(BaseScheduler):
         self.pending = db.execute("SELECT count(*) FROM requests").fetchone()[0]
         self._repair_feeds()
         self.state.commit()
+        progress = db.execute("SELECT value FROM meta WHERE key = 'progress'").fetchone()
+        if progress is not None and self.pending:
+            # The progress line carries on: pages, products and ETA of the whole crawl.
+            for key, value in json.loads(progress[0]).items():
+                self.stats.set_value(f"{RESUMED}/{key}", value)
         if self.pending:
             logger.info(
                 "Resuming the crawl in %s: %d requests pending (%d of them were in hand when it stopped)",
@@ -399,6 +406,9 @@ class JobdirScheduler(BaseScheduler):
         db.executemany("DELETE FROM requests WHERE id = ?", [(int(lease),) for lease in leases])
         self._record_feeds()
         self.stats.inc_value("tmapi/jobdir/acked", len(leases))
+        # What the progress line of a resumed run carries on from.
+        progress = json.dumps(progress_of(self.stats.get_stats()))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('progress', ?)", (progress,))
 
     def _record_feeds(self) -> None:
         for path, file in local_feed_files(self.crawler):

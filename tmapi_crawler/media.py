@@ -108,6 +108,15 @@ def media_store(settings: BaseSettings) -> str | None:
 _WRITABLE: set[str] = set()
 
 
+def _scheme(uri: str) -> str:
+    return "file" if Path(uri).is_absolute() else urlsplit(uri).scheme
+
+
+def _local_directory(uri: str) -> Path | None:
+    """The directory of a local ``FILES_STORE`` (``None`` for S3, GCS, FTP)."""
+    return Path(uri.removeprefix("file://")) if _scheme(uri) in ("", "file") else None
+
+
 def check_files_store(settings: BaseSettings) -> None:
     """Refuse a ``FILES_STORE`` that Scrapy cannot store in, a local
     directory that cannot be written, or ``IMAGES_THUMBS`` that is not
@@ -126,15 +135,15 @@ def check_files_store(settings: BaseSettings) -> None:
         )
     uri = str(settings.get("FILES_STORE"))
     shown = hide_password(uri)  # ftp://user:password@host/...
-    scheme = "file" if Path(uri).is_absolute() else urlsplit(uri).scheme
+    scheme = _scheme(uri)
     if scheme not in FilesPipeline.STORE_SCHEMES:
         raise ConfigError(
             f"FILES_STORE={shown!r} is not a store Scrapy has: use a directory, s3://bucket/prefix, "
             "gs://bucket/prefix or ftp://user:pass@host/path"
         )
-    if scheme not in ("", "file") or uri in _WRITABLE:
+    directory = _local_directory(uri)
+    if directory is None or uri in _WRITABLE:
         return
-    directory = Path(uri.removeprefix("file://"))
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -361,6 +370,11 @@ class MediaFilesPipeline(FilesPipeline):
     the images."""
 
     def __init__(self, store_uri: str, *, crawler: Crawler):
+        local = _local_directory(store_uri)
+        if local is not None:
+            # Made first: Scrapy's store looks for it, then makes it, and of
+            # two workers starting together on one store, one fails.
+            local.mkdir(parents=True, exist_ok=True)
         super().__init__(store_uri, crawler=crawler)
         thumbs = bool(crawler.settings.getdict("IMAGES_THUMBS"))
         self.kinds = frozenset({"video"}) if thumbs else frozenset({*IMAGE_KINDS, "video"})
