@@ -255,3 +255,28 @@ def test_settings_that_may_hold_a_password_come_from_the_environment(sandbox, re
     assert "s3cr3t-path" not in done.stderr  # the webhook's secret path is masked in the log
     cluster = run_scrapy("cluster", "status", "shop", cwd=tmp_path, env=env)
     assert cluster.returncode == 0, cluster.stderr
+
+
+def test_fetch_shell_and_parse_on_an_api_url(sandbox, tmp_path):
+    """Scrapy's debugging commands on a TMAPI URL: the token is sent (it is
+    the API's own URL) and never shown; parse picks the callback from the
+    endpoint and prints the record."""
+    detail = f"{sandbox.url}/1688/item_detail?item_id=700000000012"
+    env = {"TMAPI_TOKEN": sandbox.token}
+    settings = ("-s", f"TMAPI_BASE_URL={sandbox.url}")
+    fetched = run_scrapy("fetch", "--nolog", detail, *settings, cwd=tmp_path, env=env)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert json.loads(fetched.stdout)["code"] == 200  # the token went with it
+    shell = run_scrapy("shell", detail, "--nolog", "-c", "response.json()['data']['item_id']", *settings,
+                       cwd=tmp_path, env=env)  # fmt: skip
+    assert shell.returncode == 0, shell.stderr[-2000:]
+    assert shell.stdout.strip() in ("700000000012", "'700000000012'")
+    parsed = run_scrapy("parse", "--spider", "item", detail, *settings, cwd=tmp_path, env=env)
+    assert parsed.returncode == 0, parsed.stderr[-2000:]
+    assert "'item_id': 700000000012" in parsed.stdout and "Scraped Items" in parsed.stdout
+    listing = f"{sandbox.url}/1688/shop/items?member_id=b2b-sandbox0000&page=1"
+    pages = run_scrapy("parse", "--spider", "shop", listing, *settings, cwd=tmp_path, env=env)
+    assert pages.returncode == 0, pages.stderr[-2000:]
+    assert pages.stdout.count("'item_id'") == 20
+    for done in (fetched, shell, parsed, pages):
+        assert sandbox.token not in done.stdout + done.stderr

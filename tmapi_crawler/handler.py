@@ -19,6 +19,7 @@ call is admitted by the gate (:mod:`tmapi_crawler.throttle`) and counted
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from scrapy import signals
 from scrapy.core.downloader.handlers.base import BaseDownloadHandler
@@ -26,7 +27,7 @@ from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import build_from_crawler, load_object
 from w3lib.url import add_or_replace_parameter
 
-from tmapi_crawler.api import TOKEN_PARAM, Outcome, endpoint_of, outcome_of
+from tmapi_crawler.api import TOKEN_PARAM, Endpoint, Outcome, endpoint_of, outcome_of
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.redaction import redact_exception, redact_logs
 from tmapi_crawler.throttle import gate_of
@@ -45,6 +46,7 @@ class TokenDownloadHandler(BaseDownloadHandler):
         config = config_from_settings(crawler.settings)
         self.token = config.token.get_secret_value() if config.token is not None else None
         self.api_host = config.api_host
+        self.api_scheme = urlparse(config.base_url).scheme
         self.stats = crawler.stats
         self.gate = gate_of(crawler)
         self.inner: Any = build_from_crawler(load_object(config.inner_download_handler), crawler)
@@ -60,7 +62,7 @@ class TokenDownloadHandler(BaseDownloadHandler):
         self.stop_redacting()
 
     async def download_request(self, request: Request) -> Response:
-        endpoint = endpoint_of(request)
+        endpoint = endpoint_of(request) or self._api_call(request)
         if endpoint is None or urlparse_cached(request).netloc != self.api_host or not self.token:
             # Not an API call (or no token to add): nothing of ours to add.
             return await self.inner.download_request(request)
@@ -83,6 +85,15 @@ class TokenDownloadHandler(BaseDownloadHandler):
         finally:
             self.gate.release(ticket, outcome)
         return response
+
+    def _api_call(self, request: Request) -> Endpoint | None:
+        """The endpoint of a request made by hand (``scrapy fetch``, ``scrapy
+        shell``, ``scrapy parse``) to the API's own URL, with its scheme
+        (https, unless TMAPI_BASE_URL itself is not): it gets the token too."""
+        url = urlparse_cached(request)
+        if url.scheme != self.api_scheme:
+            return None
+        return Endpoint.from_path(url.path)
 
     async def close(self) -> None:
         await self.inner.close()

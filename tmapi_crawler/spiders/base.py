@@ -10,10 +10,12 @@ import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy import Request, Spider
+from scrapy.utils.httpobj import urlparse_cached
 
 from tmapi_crawler import api
 from tmapi_crawler.api import FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
 from tmapi_crawler.arguments import CommonArgs, check_media, check_seed, parse_arguments, tool_arguments
+from tmapi_crawler.commands.parse import PARSING
 from tmapi_crawler.compat import wait_for_room
 from tmapi_crawler.config import config_from_settings, is_distributed
 from tmapi_crawler.leases import LeaseTracker, tracker_of
@@ -101,7 +103,7 @@ class TmapiSpider(Spider):
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = config_from_settings(crawler.settings)
-        if not is_distributed(crawler.settings):
+        if not is_distributed(crawler.settings) and PARSING not in kwargs:
             check_seed(spider.args)
         check_media(spider.args, crawler.settings)
         return spider
@@ -210,6 +212,29 @@ class TmapiSpider(Spider):
         yield self.detail_request(item_id, source=source, listing=entry, opts=opts)
 
     # -- callbacks ------------------------------------------------------------
+
+    def parse(self, response: Response, **_: Any) -> Iterator[Any]:
+        """``scrapy parse --spider <name> <TMAPI URL>``: the record the URL's
+        answer makes, by its endpoint: a product record (its description is
+        another call), a description, or a listing record per entry."""
+        endpoint = Endpoint.from_path(urlparse_cached(response).path)
+        envelope = envelope_of(response)
+        if envelope.code != 200:
+            self.logger.error("TMAPI answered %s: %s", envelope.code, envelope.msg)
+            return
+        source = {"spider": self.name, "input": response.url}
+        if endpoint in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL):
+            language = self.args.language or self.config.language
+            yield product_record(envelope.data, listing=None, source=source, language=language, fetched_at=None)
+        elif endpoint is Endpoint.ITEM_DESC:
+            yield dict(envelope.data) if isinstance(envelope.data, dict) else {"data": envelope.data}
+        elif endpoint in (Endpoint.SHOP_ITEMS, Endpoint.CATEGORY_ITEMS):
+            items = envelope.data.get("items") if isinstance(envelope.data, dict) else None
+            for position, entry in enumerate(items or []):
+                if isinstance(entry, dict):
+                    yield listing_record(entry, source={**source, "position": position})
+        else:
+            self.logger.error("%s is not a TMAPI call this crawler knows", response.url)
 
     @tracked
     def parse_detail(
