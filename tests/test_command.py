@@ -215,6 +215,10 @@ def test_failures_and_changes_files_hold_only_this_crawls_records(sandbox, tmp_p
     assert first.returncode == 0, first.stderr[-2000:]
     assert not (tmp_path / "failures.jsonl").exists()
     assert len(read_jsonl(tmp_path / "changes.jsonl")) == 20  # today's: 20 new products
+    # The same compact JSON as `scrapy catalog changes` writes.
+    listed = run_scrapy("catalog", "changes", "--since", "2000-01-01", "--store", str(tmp_path / "catalog.sqlite"),
+                        cwd=tmp_path)  # fmt: skip
+    assert set(listed.stdout.splitlines()) == set((tmp_path / "changes.jsonl").read_text().splitlines())
     again = run_scrapy(*cmd, *store, cwd=tmp_path)
     assert again.returncode == 0
     assert not (tmp_path / "changes.jsonl").exists()  # nothing changed today

@@ -253,7 +253,7 @@ class TmapiAddon:
             feeds[str(uri)] = options
         failures = settings.get("TMAPI_FAILURES_FILE") or DEFAULTS["TMAPI_FAILURES_FILE"]
         feeds[str(failures)] = {
-            "format": "jsonlines",
+            "format": "jsonlines-compact",
             "item_classes": [_path(FailureItem)],
             "encoding": "utf-8",
             "store_empty": False,

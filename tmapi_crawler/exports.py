@@ -25,6 +25,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
+from itemadapter import ItemAdapter
 from scrapy.exporters import BaseItemExporter, CsvItemExporter
 
 from tmapi_crawler.config import config_from_settings
@@ -681,6 +682,19 @@ class CsvExporter(CsvItemExporter):
         if "serializer" not in field and isinstance(value, (list, tuple, dict)):
             return orjson.dumps(value).decode()
         return super().serialize_field(field, name, value)
+
+
+class CompactJsonLinesExporter(BaseItemExporter):
+    """JSON lines as ``scrapy catalog changes`` writes them (compact, keys
+    in the record's order, Chinese as it is): the failures and changes
+    files."""
+
+    def __init__(self, file: IO[bytes], **kwargs: Any):
+        super().__init__(dont_fail=True, **kwargs)
+        self.file = file
+
+    def export_item(self, item: Any) -> None:
+        self.file.write(orjson.dumps(dict(ItemAdapter(item).items())) + b"\n")
 
 
 def options_of(config: TmapiConfig) -> dict[str, Any]:

@@ -58,6 +58,8 @@ FEED_EXPORTERS = {
     "woocommerce": "tmapi_crawler.exports.WooCommerceExporter",
     "shopify-update": "tmapi_crawler.exports.ShopifyUpdateExporter",
     "woocommerce-update": "tmapi_crawler.exports.WooCommerceUpdateExporter",
+    # The failures and changes files: compact, as `scrapy catalog changes` writes
+    "jsonlines-compact": "tmapi_crawler.exports.CompactJsonLinesExporter",
 }
 LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 0
