@@ -176,3 +176,31 @@ def minimum_calls(pages: int, products: int, follow: str = "detail+desc") -> int
     description per distinct product."""
     per_product = {"listing": 0, "detail": 1, "detail+desc": 2}[follow]
     return pages + per_product * products
+
+
+# -- the fast part: `pytest -m "not slow"` ---------------------------------------------
+
+#: Fixtures that start a process or a server: a test that uses one is slow.
+SLOW_FIXTURES = frozenset(
+    {
+        "sandbox", "sandbox_session", "make_sandbox", "shop", "sb", "filled", "installed",
+        "redis_server", "redis_session", "redis_aof", "redis_volatile", "make_gate",
+        "postgres", "postgres_session", "pg", "store", "scrapyd", "tmpfs", "small_disk", "ftp_store",
+    }
+)  # fmt: skip
+#: What a test's own code calls that runs a process (the real command).
+SLOW_CALLS = ("run_scrapy(", "subprocess.", "Worker(", "crawl(", "SandboxProcess(", "RedisServer(")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that starts a process or a server (by its
+    fixtures, or by what its own code calls), so that ``pytest -m "not
+    slow"`` runs the rest in seconds."""
+    import inspect
+
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if fixtures & SLOW_FIXTURES or any(call in source for call in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)
