@@ -114,6 +114,7 @@ BAD_SETTINGS = {
     "TMAPI_ALERT_CHANGES": "price_jump",
     "TMAPI_ALERT_MAX_CHANGES": "0",
     "TMAPI_ALERT_FORMAT": "teams",
+    "TMAPI_CHANGES_RETENTION": "a year",
 }
 
 

@@ -224,8 +224,9 @@ def test_a_store_of_schema_1_gets_its_crawls_table(store):
     CatalogDB(url).close()
     db = CatalogDB(url)
     try:
-        with db.transaction() as cur:
+        with db.transaction() as cur:  # as schema 1 was
             cur.execute("DROP TABLE crawls")
+            cur.execute("ALTER TABLE listing_reads DROP COLUMN pages_read")
             cur.execute("UPDATE tmapi_schema SET version = 1")
     finally:
         db.close()
@@ -571,3 +572,41 @@ async def test_the_summary_says_what_the_store_did(make_sandbox, tmp_path, store
     assert f"from the store     {served} products ({saved} calls saved)" in summary
     listed = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
     assert f"changes            {listed} in " in summary
+
+
+def test_a_store_of_schema_2_counts_its_listing_pages(store):
+    url = parse_store_url(store)
+    db = CatalogDB(url)
+    try:
+        db.write([], [PageNote("shop_items?member_id=m", "r1", page, [page], pages_total=3) for page in (1, 2)])
+        with db.transaction() as cur:
+            cur.execute("ALTER TABLE listing_reads DROP COLUMN pages_read")
+            cur.execute("UPDATE tmapi_schema SET version = 2")
+    finally:
+        db.close()
+    db = CatalogDB(url)  # migrated: the pages already read are counted
+    try:
+        assert db.query("SELECT pages_read FROM listing_reads") == [(2,)]
+        db.write([], [PageNote("shop_items?member_id=m", "r1", 3, [3])])
+        assert db.query("SELECT completed_at IS NOT NULL FROM listing_reads") in ([(1,)], [(True,)])
+    finally:
+        db.close()
+
+
+@deferred_f_from_coro_f
+async def test_old_changes_are_pruned_when_a_crawl_ends(make_sandbox, tmp_path, store):
+    db = CatalogDB(parse_store_url(store))
+    try:
+        old = [{"change": "price", "item_id": 1, "skuid": "1", "field": "price", "old": "1.00", "new": "2.00",
+                "detected_at": f"2025-01-{day:02d}T00:00:00Z", "source": None} for day in range(1, 29)]  # fmt: skip
+        db.insert_changes(old)
+    finally:
+        db.close()
+    result = await store_crawl(make_sandbox(), tmp_path, store, "1", settings={"TMAPI_CHANGES_RETENTION": "30d"})
+    assert result.stats["tmapi/store/changes_pruned"] == 28
+    db = CatalogDB(parse_store_url(store))
+    try:
+        kept = db.query("SELECT change, COUNT(*) FROM changes GROUP BY change")
+    finally:
+        db.close()
+    assert kept == [("new", PRODUCTS)]  # today's, none of last year's

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -121,6 +122,9 @@ class TmapiConfig(BaseModel):
     detail_max_age: float = Field(default=86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
     desc_max_age: float = Field(default=2592000.0, ge=0, alias="TMAPI_DESC_MAX_AGE")
     changes_file: str = Field(default="changes.jsonl", min_length=1, alias="TMAPI_CHANGES_FILE")
+    #: Change rows older than this are pruned when a crawl ends (seconds;
+    #: given as 365d, 48h, 90m or seconds; unset: kept for ever).
+    changes_retention: float | None = Field(default=None, gt=0, alias="TMAPI_CHANGES_RETENTION")
     #: How long the store's writes and lookups are tried again (a restart).
     store_outage_timeout: float = Field(default=60.0, ge=0, alias="TMAPI_STORE_OUTAGE_TIMEOUT")
     #: Media downloads (-a media=..., docs/media.md): apart from API calls.
@@ -167,6 +171,16 @@ class TmapiConfig(BaseModel):
             return None
         parse_rules(value)
         return value
+
+    @field_validator("changes_retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return None
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", str(value))
+        if not found:
+            raise ValueError("is not a duration: give 365d, 48h, 90m or seconds")
+        return float(found.group(1)) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[found.group(2)]
 
     @field_validator("media_url_base")
     @classmethod

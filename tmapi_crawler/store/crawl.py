@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -42,7 +42,7 @@ from tmapi_crawler.leases import NotSafe
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
 from tmapi_crawler.store.changes import listing_signature
-from tmapi_crawler.store.db import CatalogDB, CrawlRow, PageNote, iso
+from tmapi_crawler.store.db import PRUNE_BATCH, CatalogDB, CrawlRow, PageNote, iso
 from tmapi_crawler.store.url import StoreError, parse_store_url
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
@@ -67,6 +67,8 @@ BATCH_SIZE = 200
 FLUSH_INTERVAL = 0.2
 #: The finish reason of a crawl stopped because the store failed.
 STORE_FAILED = "tmapi_store_failed"
+#: Seconds a crawl's end spends at most on pruning old changes.
+PRUNE_SECONDS = 30.0
 #: Seconds before the first and the longest between two tries of a store
 #: that does not answer (TMAPI_STORE_OUTAGE_TIMEOUT in all).
 OUTAGE_RETRY_FIRST = 0.1
@@ -316,10 +318,30 @@ class CatalogStore:
                 self.writer.record_crawl(self._crawl_row(reason))
             except Exception as exc:
                 logger.warning("The crawl is not in the store's crawls table: %s", self.writer.error(exc))
+            if self.config.changes_retention:
+                self._prune(self.config.changes_retention)
         self._read_thread.shutdown()
         self._write_thread.shutdown()
         self.reader.close()
         self.writer.close()
+
+    def _prune(self, retention: float) -> None:
+        """``TMAPI_CHANGES_RETENTION``: delete the older change rows, a batch
+        a transaction, for at most :data:`PRUNE_SECONDS` (the next crawl
+        goes on where this one stopped), when the crawl is over."""
+        before = str(iso(datetime.now(UTC) - timedelta(seconds=retention)))
+        started, pruned = time.monotonic(), 0
+        try:
+            while time.monotonic() - started < PRUNE_SECONDS:
+                deleted = self.writer.prune_changes(before)
+                pruned += deleted
+                if deleted < PRUNE_BATCH:
+                    break
+        except Exception as exc:
+            logger.warning("Old changes were not all pruned: %s", self.writer.error(exc))
+        if pruned:
+            self.stats.set_value("tmapi/store/changes_pruned", pruned)
+            logger.info("Pruned %d change rows detected before %s (TMAPI_CHANGES_RETENTION)", pruned, before)
 
     def _crawl_id(self) -> str:
         """One id per crawl: the run of the workers crawling together in

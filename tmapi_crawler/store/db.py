@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 #: The store's schema version; a store written by a newer version is refused,
 #: an older one is migrated (:data:`MIGRATIONS`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLite's primary result codes of a lock held by another connection: it passes.
 SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 #: PostgreSQL's SQLSTATE classes and codes of an outage that passes:
@@ -45,6 +45,8 @@ SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 #: connections, a serialization failure or deadlock (a transaction to try again).
 PG_TRANSIENT_CLASSES = frozenset({"08"})
 PG_TRANSIENT = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
+#: Change rows deleted in one transaction when old ones are pruned.
+PRUNE_BATCH = 5000
 #: The PostgreSQL advisory lock taken while the tables are created or migrated.
 SCHEMA_LOCK = 0x746D617069  # "tmapi"
 
@@ -163,7 +165,8 @@ def _schema(d: Dialect) -> list[str]:
             started_at {ts} NOT NULL,
             pages_total INTEGER,
             failed BOOLEAN NOT NULL,
-            completed_at {ts}
+            completed_at {ts},
+            pages_read INTEGER NOT NULL DEFAULT 0
         )""",
         """CREATE TABLE listing_pages (
             listing_key TEXT NOT NULL,
@@ -202,7 +205,16 @@ def _crawls_table(d: Dialect) -> str:
 
 #: version -> the statements (for a dialect) that bring a store of that
 #: version to the next.
-MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {1: lambda d: [_crawls_table(d)]}
+MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
+    1: lambda d: [_crawls_table(d)],
+    # Schema 3: the pages of a listing's read counted as they come, so that no
+    # statement run per page counts them all (it grew with the pages squared).
+    2: lambda d: [
+        "ALTER TABLE listing_reads ADD COLUMN pages_read INTEGER NOT NULL DEFAULT 0",
+        "UPDATE listing_reads SET pages_read = "
+        "(SELECT COUNT(*) FROM listing_pages p WHERE p.listing_key = listing_reads.listing_key)",
+    ],
+}
 
 
 # -- what is read and written -------------------------------------------------------
@@ -634,6 +646,19 @@ class CatalogDB:
                     (description, desc_at, item_id),
                 )
 
+    def prune_changes(self, before: str, batch: int = PRUNE_BATCH) -> int:
+        """Delete one batch of change rows detected before *before* (one
+        short transaction: the writers of a crawl are not held up); how many."""
+        with self.transaction() as cur:
+            deleted = cur.execute(
+                self.dialect.sql(
+                    "DELETE FROM changes WHERE id IN "  # noqa: S608
+                    f"(SELECT id FROM changes WHERE detected_at < ? ORDER BY detected_at LIMIT {int(batch)})"
+                ),
+                (before,),
+            ).rowcount
+        return int(deleted)
+
     def insert_changes(self, changes: Iterable[dict[str, Any]]) -> None:
         """Store change records as they are, in one transaction (the
         benchmarks fill a store with a year of history this way)."""
@@ -682,7 +707,7 @@ class CatalogDB:
                     "INSERT INTO listing_reads (listing_key, read_id, started_at, pages_total, failed, completed_at) "
                     "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT (listing_key) DO UPDATE SET "
                     "read_id = excluded.read_id, started_at = excluded.started_at, pages_total = NULL, "
-                    "failed = excluded.failed, completed_at = NULL"
+                    "failed = excluded.failed, completed_at = NULL, pages_read = 0"
                 ),
                 (key, note.read_id, note.at, False),
             )
@@ -692,10 +717,12 @@ class CatalogDB:
         if note.failed:
             cur.execute(sql("UPDATE listing_reads SET failed = ? WHERE listing_key = ?"), (True, key))
             return
-        cur.execute(
+        added = cur.execute(
             sql("INSERT INTO listing_pages (listing_key, page) VALUES (?, ?) ON CONFLICT DO NOTHING"),
             (key, note.page),
-        )
+        ).rowcount
+        if added:
+            cur.execute(sql("UPDATE listing_reads SET pages_read = pages_read + 1 WHERE listing_key = ?"), (key,))
         cur.executemany(
             sql(
                 "INSERT INTO listing_members (listing_key, item_id, read_id) VALUES (?, ?, ?) "
@@ -705,11 +732,12 @@ class CatalogDB:
         )
         if note.pages_total is not None:
             cur.execute(sql("UPDATE listing_reads SET pages_total = ? WHERE listing_key = ?"), (note.pages_total, key))
-        total, failed = cur.execute(
-            sql("SELECT pages_total, failed FROM listing_reads WHERE listing_key = ?"), (key,)
+        total, failed, pages_read = cur.execute(
+            sql("SELECT pages_total, failed, pages_read FROM listing_reads WHERE listing_key = ?"), (key,)
         ).fetchone()
-        if failed or total is None:
-            return
+        if failed or total is None or pages_read < total:
+            return  # one row read per page, whatever the listing's size
+        # Counted enough: once a read, make sure they are its pages 1 to total.
         read = cur.execute(
             sql("SELECT COUNT(*) FROM listing_pages WHERE listing_key = ? AND page <= ?"), (key, total)
         ).fetchone()[0]
