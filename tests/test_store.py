@@ -610,3 +610,18 @@ async def test_old_changes_are_pruned_when_a_crawl_ends(make_sandbox, tmp_path, 
     finally:
         db.close()
     assert kept == [("new", PRODUCTS)]  # today's, none of last year's
+
+
+def test_ages_are_spread_per_product():
+    """A product's share of the max age is the same every run, from half to
+    all of it, and spread: the details fetched together on a first day come
+    due over the second half of the period, not all on one day."""
+    from tmapi_crawler.store.crawl import age_share
+
+    shares = [age_share(700020000000 + n) for n in range(1000)]
+    assert shares == [age_share(700020000000 + n) for n in range(1000)]
+    assert all(0.5 <= share < 1 for share in shares)
+    week = 7
+    due_on = Counter(int(share * week) for share in shares)  # the day a detail fetched on day 0 comes due
+    assert set(due_on) == {3, 4, 5, 6}
+    assert max(due_on.values()) < 0.35 * len(shares)

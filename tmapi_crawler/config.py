@@ -119,7 +119,9 @@ class TmapiConfig(BaseModel):
     #: The catalog store (docs/catalog.md): a SQLite file or a PostgreSQL URL.
     #: A secret like the token: a PostgreSQL URL may hold a password.
     store: SecretStr | None = Field(default=None, alias="TMAPI_STORE")
-    detail_max_age: float = Field(default=86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
+    #: A week: a daily crawl refreshes a share of the details each day (the
+    #: age is jittered per product), not all of them every 24 hours.
+    detail_max_age: float = Field(default=7 * 86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
     desc_max_age: float = Field(default=2592000.0, ge=0, alias="TMAPI_DESC_MAX_AGE")
     changes_file: str = Field(default="changes.jsonl", min_length=1, alias="TMAPI_CHANGES_FILE")
     #: Change rows older than this are pruned when a crawl ends (seconds;

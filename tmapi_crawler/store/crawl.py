@@ -414,7 +414,8 @@ class StoreMiddleware:
             raise CrawlStopping(STORE_FAILED) from None
         now = datetime.now(UTC)
         if endpoint == Endpoint.ITEM_DESC.value:
-            if stored is not None and stored.description is not None and self._young(stored.desc_age(now), "desc"):
+            young = stored is not None and self._young(stored.desc_age(now), "desc", stored.item_id)
+            if stored is not None and stored.description is not None and young:
                 self.stats.inc_value("tmapi/store/desc_from_store")
                 return stored_response(request, stored.description, str(stored.desc_fetched_at))
             return None
@@ -439,13 +440,25 @@ class StoreMiddleware:
             return "language"
         if listing is not None and listing_signature(listing) != stored.listing_sig:
             return "listing"
-        if not self._young(stored.detail_age(now), "detail"):
+        if not self._young(stored.detail_age(now), "detail", stored.item_id):
             return "age"
         return None
 
-    def _young(self, age: float | None, what: str) -> bool:
+    def _young(self, age: float | None, what: str, item_id: int = 0) -> bool:
+        """Whether a stored answer of this *age* is still good: under its
+        product's share of the max age, between half of it and all of it
+        (:func:`age_share`), so that products fetched together come due on
+        different days."""
         most = self.config.detail_max_age if what == "detail" else self.config.desc_max_age
-        return age is not None and most > 0 and age <= most
+        return age is not None and most > 0 and age <= most * age_share(item_id)
+
+
+def age_share(item_id: int) -> float:
+    """A product's share of ``TMAPI_DETAIL_MAX_AGE`` (and of the description's),
+    from 0.5 to 1, the same on every run and every worker (a hash of its id):
+    the details a first crawl fetched together are fetched again over the
+    second half of the period, not all on one day."""
+    return 0.5 + 0.5 * ((item_id * 2654435761) % 2**32) / 2**32
 
 
 _STORED_ENDPOINTS = frozenset(e.value for e in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL, Endpoint.ITEM_DESC))

@@ -224,6 +224,7 @@ MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
 class Stored:
     """What the store has of a product, for the refresh decision."""
 
+    item_id: int
     detail: bytes
     detail_fetched_at: str
     description: bytes | None
@@ -515,6 +516,7 @@ class CatalogDB:
         )
         return {
             item_id: Stored(
+                item_id=item_id,
                 detail=detail.encode(),
                 detail_fetched_at=str(iso(detail_at)),
                 description=desc.encode() if desc is not None else None,
