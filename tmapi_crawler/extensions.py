@@ -53,6 +53,15 @@ PROGRESS_KEYS = (
 RESUMED = "tmapi/resumed"
 
 
+def changes_by_kind(stats: dict[str, Any]) -> dict[str, int]:
+    """The change records written in this crawl, by kind (``tmapi/changes/<kind>``)."""
+    return {
+        key.removeprefix("tmapi/changes/"): int(value)
+        for key, value in stats.items()
+        if key.startswith("tmapi/changes/") and value
+    }
+
+
 def progress_of(stats: dict[str, Any]) -> dict[str, int]:
     """The progress figures of a crawl so far, its earlier runs' included
     (what JOBDIR keeps for the next run)."""
@@ -156,11 +165,7 @@ class TmapiStats:
         saved = served + get("tmapi/store/desc_from_store")
         self.stats.set_value("tmapi/store/products_served", served)
         self.stats.set_value("tmapi/store/calls_saved", saved)
-        kinds = {
-            key.removeprefix("tmapi/changes/"): value
-            for key, value in self.stats.get_stats().items()
-            if key.startswith("tmapi/changes/") and value
-        }
+        kinds = changes_by_kind(self.stats.get_stats())
         changes = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
         return [
             ("from the store", f"{served} products ({saved} calls saved)"),

@@ -36,7 +36,7 @@ from scrapy.utils.asyncio import sleep
 
 from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
-from tmapi_crawler.extensions import to_feeds
+from tmapi_crawler.extensions import changes_by_kind, to_feeds
 from tmapi_crawler.jobdir import crawl_id
 from tmapi_crawler.leases import NotSafe
 from tmapi_crawler.loops import looping_call
@@ -360,22 +360,19 @@ class CatalogStore:
         stats = self.crawler.stats.get_stats() if self.crawler.stats else {}
         spider: Any = self.crawler.spider
         args = getattr(spider, "args", None)
+        seeds = args.seeds() if args is not None else []
         started = stats.get("start_time")
         return CrawlRow(
             id=self.crawl_id,
             spider=spider.name if spider is not None else "",
-            seed=args.seeds() if args is not None and args.seeds() else None,
+            seed=seeds or None,
             started_at=str(iso(started)) if started else now_precise(),
             finished_at=now_precise(),
             reason=reason,
             products=int(stats.get("tmapi/products", 0)),
             calls=int(stats.get("tmapi/billed", 0)),
             served=int(stats.get("tmapi/store/detail_from_store", 0)),
-            changes={
-                key.removeprefix("tmapi/changes/"): int(value)
-                for key, value in stats.items()
-                if key.startswith("tmapi/changes/") and value
-            },
+            changes=changes_by_kind(stats),
         )
 
 
