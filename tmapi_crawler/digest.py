@@ -125,14 +125,19 @@ class Digest:
         self.matched += 1
         kind = change["change"]
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
-        entry = {**change, "relative_change": None if relative is None else round(relative, 4)}
+        self._keep({**change, "relative_change": None if relative is None else round(relative, 4)})
+        return True
+
+    def _keep(self, entry: dict[str, Any]) -> None:
+        """Keep *entry* if it is among the *most* largest price moves (a
+        change of another kind after them, the earlier first)."""
+        relative = entry.get("relative_change")
         # A min-heap of the kept: the smallest move (then the latest) goes first.
         rank = (abs(relative) if relative is not None else -1.0, -next(self._order), entry)
         if len(self._kept) < self.most:
             heapq.heappush(self._kept, rank)
         elif rank[:2] > self._kept[0][:2]:
             heapq.heapreplace(self._kept, rank)
-        return True
 
     def changes(self) -> list[dict[str, Any]]:
         return [entry for *_, entry in sorted(self._kept, key=lambda rank: rank[:2], reverse=True)]
@@ -140,12 +145,7 @@ class Digest:
     def merge(self, changes: list[dict[str, Any]], matched: int, by_kind: dict[str, int]) -> None:
         """Another worker's digest (its kept changes and its counts)."""
         for change in changes:
-            relative = change.get("relative_change")
-            rank = (abs(relative) if relative is not None else -1.0, -next(self._order), change)
-            if len(self._kept) < self.most:
-                heapq.heappush(self._kept, rank)
-            elif rank[:2] > self._kept[0][:2]:
-                heapq.heapreplace(self._kept, rank)
+            self._keep(change)
         self.matched += matched
         for kind, count in by_kind.items():
             self.by_kind[kind] = self.by_kind.get(kind, 0) + count
