@@ -561,6 +561,170 @@ def report(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+def store_scale(tmp: Path, quick: bool) -> list[Row]:
+    """The catalog store as the catalog grows (latency 0, no limit): a first
+    crawl, the same crawl again (unchanged), and one after 5% of the prices
+    changed, at 10,000 and 100,000 products, with no store, SQLite and
+    PostgreSQL: CPU, wall, peak RSS, calls, the store threads' CPU and the
+    most records that waited for the writer."""
+    from tmapi_crawler.sandbox.harness import PostgresServer
+
+    sizes: tuple[int, ...] = (1_000, 10_000) if quick else (10_000, 100_000)
+    if os.environ.get("BENCH_SIZES"):
+        sizes = tuple(int(n) for n in os.environ["BENCH_SIZES"].split(","))
+    rows: list[Row] = []
+    pg = PostgresServer()
+    try:
+        for size in sizes:
+            pages = -(-size // 20)
+            minimum = pages + 2 * size
+            stores: dict[str, str | None] = {
+                "no store": None,
+                "SQLite": str(tmp / f"scale-{size}.sqlite"),
+                "PostgreSQL": pg.database(f"bench_scale_{size}"),
+            }
+            with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
+                first_cpu: dict[str, float] = {}
+                for name, url in stores.items():
+                    runs = [("first crawl", None)] if url is None else [
+                        ("first crawl", None), ("unchanged re-crawl", None), ("5% revised re-crawl", 0.05)]  # fmt: skip
+                    for label, revise in runs:
+                        if revise is not None:
+                            sb.revise(revise)
+                        workdir = tmp / f"scale-{size}-{name}-{len(rows)}"
+                        settings = ["LOG_FILE=crawl.log", "LOG_LEVEL=INFO", "TMAPI_REMEMBER_LIMIT=false"]
+                        if url is not None:
+                            settings.append(f"TMAPI_STORE={url}")
+                        run = run_ours(sb, workdir, *settings)
+                        row = measure(sb, "store-scale", f"{size:,}: {name}, {label}", minimum, run)
+                        stats = _crawl_stats(workdir)
+                        row.figures["cpu_s"] = round(run["cpu"], 1)
+                        row.figures["wall_s"] = round(run["wall"], 1)
+                        row.figures["cpu_ms_per_product"] = round(1000 * run["cpu"] / max(run["products"], 1), 2)
+                        for key in ("max_waiting", "cpu_seconds/write", "cpu_seconds/read", "detail_from_store"):
+                            if f"tmapi/store/{key}" in stats:
+                                row.figures[key.replace("/", "_")] = stats[f"tmapi/store/{key}"]
+                        if label == "first crawl":
+                            first_cpu[name] = run["cpu"]
+                            if name != "no store":
+                                row.figures["cpu_vs_no_store"] = round(run["cpu"] / first_cpu["no store"], 2)
+                        else:
+                            row.figures["cpu_vs_first"] = round(run["cpu"] / first_cpu[name], 3)
+                        rows.append(row)
+    finally:
+        pg.stop()
+    return rows
+
+
+def _plan(db: Any, statement: str) -> str:
+    """SQLite's plan of *statement* (its parameters already in it), one line."""
+    return "; ".join(str(row[-1]) for row in db.conn.execute("EXPLAIN QUERY PLAN " + statement))
+
+
+def million(tmp: Path, quick: bool) -> list[Row]:
+    """A store of a million products (SQLite) and a year of daily changes
+    for 1% of them a day, filled through the store's own write path (no
+    crawl): a re-crawl's lookups per second, ``scrapy catalog export``,
+    ``catalog changes --item-id`` and ``catalog report`` (wall, CPU, RSS),
+    the plan of each statement they run, and the size on disk a product."""
+    import random
+
+    from tmapi_crawler.report import Report
+    from tmapi_crawler.store.db import CatalogDB
+    from tmapi_crawler.store.history import History, Period
+    from tmapi_crawler.store.url import parse_store_url
+
+    products = 100_000 if quick else 1_000_000
+    changes = products // 100 * 365
+    store = tmp / "million.sqlite"
+    db = CatalogDB(parse_store_url(str(store)))
+    rows: list[Row] = []
+    try:
+        started = time.monotonic()
+        _history(db, products, changes)
+        fill_s = time.monotonic() - started
+        size = sum(f.stat().st_size for f in tmp.glob("million.sqlite*"))
+        figures = {"store_mb": size // 2**20, "bytes_per_product": size // products}
+        label = f"fill: {products:,} products, {changes:,} rows"
+        rows.append(Row("million", label, products, 0, 0, 0, round(fill_s, 1), figures))
+        rng = random.Random(7)
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        db.lookup([800_000_000_000 + rng.randrange(products) for _ in range(20)])
+        list(db.changes("2000-01-01T00:00:00Z", item_ids=[800_000_000_007]))
+        next(iter(db.products()), None)
+        Report(History(db), Period()).render(20, [800_000_000_007])
+        db.conn.set_trace_callback(None)
+        looked, started = 0, time.monotonic()
+        while time.monotonic() - started < 5:
+            db.lookup([800_000_000_000 + rng.randrange(products) for _ in range(20)])  # a listing page's
+            looked += 20
+        rate = looked / (time.monotonic() - started)
+        rows.append(Row("million", "lookups (20 a query, as a listing page)", looked, 0, 0, 0, 5.0,
+                        {"lookups_per_second": round(rate)}))  # fmt: skip
+        plans = {s.split("FROM", 1)[0][:40] + "... " + s.split("FROM", 1)[-1][:60]: _plan(db, s) for s in statements}
+        rows.append(Row("million", "plans", 0, 0, 0, 0, 0.0, plans))
+    finally:
+        db.close()
+    commands = {
+        "catalog export (every product, jsonl)": ["catalog", "export", "--store", str(store), "-O", "all.jsonl"],
+        "catalog changes --item-id": ["catalog", "changes", "--store", str(store), "--item-id", "800000000007"],
+        "catalog report --item-id --top 20": [
+            *("catalog", "report", "--store", str(store), "--item-id", "800000000007", "--top", "20"),
+            *("-O", "report.html"),
+        ],
+    }
+    for label, args in commands.items():
+        workdir = tmp / f"million-{len(rows)}"
+        run = _run([str(BIN / "scrapy"), *args], workdir, project_env())
+        rows.append(Row("million", label, products, 0, 0, 0, round(run["wall"], 1),
+                        {"cpu_s": round(run["cpu"], 1), "max_rss_mb": run["max_rss_mb"]}))  # fmt: skip
+    return rows
+
+
+def daily_bill(tmp: Path, quick: bool) -> list[Row]:
+    """An unchanged 1,000-product shop crawled once a day for a week with the
+    default TMAPI_DETAIL_MAX_AGE (a week, jittered per product) and
+    TMAPI_DESC_MAX_AGE (30 days), the days shortened in proportion: a day
+    is DAY seconds and both ages are scaled alike.  Calls billed each day."""
+    day = 4.0 if quick else 8.0
+    size = 1000
+    scale = day / 86400
+    detail_age, desc_age = 7 * 86400 * scale, 30 * 86400 * scale
+    rows: list[Row] = []
+    store = tmp / "daily.sqlite"
+    with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
+        begun = time.monotonic()
+        for n in range(15):
+            while time.monotonic() < begun + n * day:
+                time.sleep(0.05)
+            settings = (f"TMAPI_STORE={store}", f"TMAPI_DETAIL_MAX_AGE={detail_age}", f"TMAPI_DESC_MAX_AGE={desc_age}",
+                        "TMAPI_REMEMBER_LIMIT=false")  # fmt: skip
+            run = run_ours(sb, tmp / f"daily-{n}", *settings)
+            row = measure(sb, "daily", f"day {n}" + (" (first crawl)" if n == 0 else ""), -(-size // 20), run)
+            rows.append(row)
+    return rows
+
+
+def remembered_limit(tmp: Path, quick: bool) -> list[Row]:
+    """A 500-product crawl twice on an account of 16 calls in flight, 100 ms
+    a call (at most 160 a second), the limit not told: the first finds it,
+    the second starts where the first ended (.scrapy/tmapi-limits.json)."""
+    size = 200 if quick else 500
+    minimum = -(-size // 20) + 2 * size
+    rows: list[Row] = []
+    workdir = tmp / "remembered"
+    with SandboxProcess("--latency-ms", "100", "--concurrency", "16", "--shops", "1", "--shop-size", str(size)) as sb:
+        for label in ("first crawl (finds the limit)", "second crawl (starts at the remembered limit)"):
+            run = run_ours(sb, workdir, "LOG_FILE=crawl.log", "LOG_LEVEL=INFO")
+            row = measure(sb, "limit", label, minimum, run)
+            rate = row.billed / row.seconds if row.seconds else 0.0
+            row.figures["share_of_ceiling"] = round(rate / 160, 3)
+            row.figures["answers_503"] = row.figures["codes"].get("503", 0)
+            rows.append(row)
+    return rows
+
+
 SCENARIOS = {
     "ceiling": ceiling,
     "cpu": cpu,
@@ -572,6 +736,10 @@ SCENARIOS = {
     "store": store,
     "media": media,
     "report": report,
+    "store-scale": store_scale,
+    "million": million,
+    "daily-bill": daily_bill,
+    "remembered-limit": remembered_limit,
 }
 
 

@@ -86,6 +86,9 @@ def base_settings(sandbox: SandboxProcess, tmp_path: Path, **overrides: Any) -> 
         "TMAPI_FAILURES_FILE": str(tmp_path / "failures.jsonl"),
         "TMAPI_RETRY_BACKOFF": 0.01,
         "TMAPI_PROGRESS_INTERVAL": 0,
+        # Each test finds the limit of its own sandbox (tests of the
+        # remembered limit turn this on).
+        "TMAPI_REMEMBER_LIMIT": False,
         "FEEDS": {str(tmp_path / "products.jsonl"): {"format": "jsonlines", "overwrite": True}},
         "LOG_LEVEL": "INFO",
     }

@@ -75,6 +75,7 @@ BAD_SETTINGS = {
     "TMAPI_TOKEN": "has a space",
     "TMAPI_BASE_URL": "ftp://api.tmapi.io",
     "TMAPI_ALLOW_HTTP": "maybe",
+    "TMAPI_REMEMBER_LIMIT": "perhaps",
     "TMAPI_LANGUAGE": "fr",
     "TMAPI_MAX_CALLS": "-1",
     "TMAPI_CONCURRENCY": "lots",

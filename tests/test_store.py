@@ -226,6 +226,7 @@ def test_a_store_of_schema_1_gets_its_crawls_table(store):
     try:
         with db.transaction() as cur:  # as schema 1 was
             cur.execute("DROP TABLE crawls")
+            cur.execute("DROP TABLE account_limits")
             cur.execute("ALTER TABLE listing_reads DROP COLUMN pages_read")
             cur.execute("UPDATE tmapi_schema SET version = 1")
     finally:
@@ -236,6 +237,7 @@ def test_a_store_of_schema_1_gets_its_crawls_table(store):
     try:
         assert db.query("SELECT version FROM tmapi_schema") == [(SCHEMA_VERSION,)]
         assert db.query("SELECT COUNT(*) FROM crawls") == [(0,)]
+        assert db.query("SELECT COUNT(*) FROM account_limits") == [(0,)]
     finally:
         db.close()
 
@@ -580,6 +582,7 @@ def test_a_store_of_schema_2_counts_its_listing_pages(store):
     try:
         db.write([], [PageNote("shop_items?member_id=m", "r1", page, [page], pages_total=3) for page in (1, 2)])
         with db.transaction() as cur:
+            cur.execute("DROP TABLE account_limits")
             cur.execute("ALTER TABLE listing_reads DROP COLUMN pages_read")
             cur.execute("UPDATE tmapi_schema SET version = 2")
     finally:

@@ -7,16 +7,20 @@ the Lua scripts of tmapi_crawler.cluster.lua).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from hashlib import sha256
 
 import pytest
 from scrapy import Request
 from scrapy.utils.defer import deferred_f_from_coro_f, deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
 
+from tests.conftest import crawl
 from tmapi_crawler.api import Outcome
 from tmapi_crawler.cluster.gate import SharedCallGate
+from tmapi_crawler.limits import FileMemory, LimitMemory, RedisMemory, Remembered, StoreMemory, account_of
 from tmapi_crawler.spiders.item import ItemSpider
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, CrawlStopping
 
@@ -211,3 +215,62 @@ def _detail_meta(gate: CallGate) -> dict:
     from tmapi_crawler.throttle import RESERVED_META, STARTED_META
 
     return {STARTED_META: gate.run_id, RESERVED_META: gate.run_id}
+
+
+# -- the limit remembered across crawls ---------------------------------------------------
+
+
+@pytest.fixture(params=["file", "sqlite", "redis"])
+def memory(request, tmp_path, monkeypatch) -> LimitMemory:
+    monkeypatch.chdir(tmp_path)
+    if request.param == "file":
+        return FileMemory()
+    if request.param == "sqlite":
+        return StoreMemory(get_crawler(ItemSpider, {"TMAPI_STORE": str(tmp_path / "c.sqlite")}).settings)
+    settings = {"REDIS_URL": request.getfixturevalue("redis_server").url}
+    return RedisMemory(get_crawler(ItemSpider, settings).settings)
+
+
+def test_a_remembered_limit_is_kept_per_account_and_never_holds_the_token(memory):
+    assert memory.load("api.tmapi.io:0123") is None
+    memory.save("api.tmapi.io:0123", Remembered(limit=12, ceiling=9, saved_at="2026-11-30T00:00:00Z"))
+    memory.save("api.tmapi.io:4567", Remembered(limit=3))
+    assert memory.load("api.tmapi.io:0123") == Remembered(limit=12, ceiling=9, saved_at="2026-11-30T00:00:00Z")
+    assert memory.load("api.tmapi.io:4567") == Remembered(limit=3)
+    settings = get_crawler(
+        ItemSpider, {"TMAPI_TOKEN": "secret-token-1", "TMAPI_BASE_URL": "https://x.test:8443"}
+    ).settings
+    account = account_of(settings)
+    assert account is not None
+    assert account.startswith("x.test:8443:")
+    assert "secret-token-1" not in account
+    other = get_crawler(ItemSpider, {"TMAPI_TOKEN": "secret-token-2", "TMAPI_BASE_URL": "https://x.test:8443"})
+    assert account_of(other.settings) != account
+    # What does not parse is forgotten, not an error.
+    assert Remembered.parse(b"{not json") is None
+    assert Remembered.parse('{"ceiling": 3}') is None
+
+
+@deferred_f_from_coro_f
+async def test_the_next_crawl_starts_at_the_limit_the_last_one_found(make_sandbox, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # .scrapy/ is here
+    sb = make_sandbox("--latency-ms", "20", "--concurrency", "6", "--shops", "1", "--shop-size", "100")
+    settings = {"TMAPI_REMEMBER_LIMIT": True}
+    first = await crawl("shop", sb, tmp_path / "1", settings, member_id="b2b-sandbox0000")
+    first_503 = sb.stats()["codes"].get("503", 0)
+    assert first_503 >= 1  # slow start found the limit
+    assert first.stats["tmapi/throttle/ceiling"] == 5 or first.stats["tmapi/throttle/ceiling"] == 6
+    assert "tmapi/throttle/remembered" not in first.stats
+    saved = json.loads((tmp_path / ".scrapy" / "tmapi-limits.json").read_text())
+    assert list(saved) == [f"127.0.0.1:{sb.url.rsplit(':', 1)[1]}:{sha256(sb.token.encode()).hexdigest()[:16]}"]
+    assert sb.token not in json.dumps(saved)
+    sb.reset()
+    second = await crawl("shop", sb, tmp_path / "2", settings, member_id="b2b-sandbox0000")
+    assert second.stats["tmapi/throttle/remembered"] == first.stats["tmapi/throttle/ceiling"]
+    assert len(second.records) == len(first.records) == 100
+    assert sb.stats()["codes"].get("503", 0) <= first_503
+    # TMAPI_CONCURRENCY wins, and TMAPI_REMEMBER_LIMIT=false finds it anew.
+    told = await crawl("shop", sb, tmp_path / "3", {**settings, "TMAPI_CONCURRENCY": 2}, member_id="b2b-sandbox0000")
+    assert "tmapi/throttle/remembered" not in told.stats
+    anew = await crawl("shop", sb, tmp_path / "4", {"TMAPI_REMEMBER_LIMIT": False}, member_id="b2b-sandbox0000")
+    assert "tmapi/throttle/remembered" not in anew.stats

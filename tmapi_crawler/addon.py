@@ -54,7 +54,7 @@ from tmapi_crawler.outputs import FRESH, FeedGuard, GuardedFileFeedStorage, Guar
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
-from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline
+from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline, StoreSpiderMiddleware
 from tmapi_crawler.throttle import DEFAULT_CAP, BudgetScheduler, TmapiThrottle
 
 if TYPE_CHECKING:
@@ -123,6 +123,9 @@ class TmapiAddon:
             # Before AnswerMiddleware (550) and the gate: a stored answer is no call.
             settings.set_in_component_priority_dict("EXTENSIONS", CatalogStore, 0)
             settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", StoreMiddleware, 540)
+            # Next to the spider (Scrapy's own are 50 to 900): a product the
+            # store answers is a record before any other middleware sees it.
+            settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", StoreSpiderMiddleware, 950)
             settings.set_in_component_priority_dict("ITEM_PIPELINES", StorePipeline, 200)
         # The gate decides how many calls are in flight; Scrapy's own limits
         # only need to leave it room.

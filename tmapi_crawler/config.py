@@ -86,6 +86,8 @@ class TmapiConfig(BaseModel):
     language: str = Field(default="zh", alias="TMAPI_LANGUAGE")
     max_calls: int = Field(default=0, ge=0, alias="TMAPI_MAX_CALLS")
     concurrency: int = Field(default=0, ge=0, alias="TMAPI_CONCURRENCY")
+    #: Start where the last crawl of the account ended (tmapi_crawler.limits).
+    remember_limit: bool = Field(default=True, alias="TMAPI_REMEMBER_LIMIT")
     retry_times: int = Field(default=3, ge=0, alias="TMAPI_RETRY_TIMES")
     retry_backoff: float = Field(default=1.0, ge=0, alias="TMAPI_RETRY_BACKOFF")
     retry_backoff_max: float = Field(default=30.0, ge=0, alias="TMAPI_RETRY_BACKOFF_MAX")

@@ -18,6 +18,7 @@ Prices in the store formats are the SKU's own (single-unit) price in CNY x
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from itemadapter import ItemAdapter
-from scrapy.exporters import BaseItemExporter, CsvItemExporter
+from scrapy.exporters import BaseItemExporter, CsvItemExporter, JsonLinesItemExporter
 
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import media_url
@@ -682,6 +683,24 @@ class CsvExporter(CsvItemExporter):
         if "serializer" not in field and isinstance(value, (list, tuple, dict)):
             return orjson.dumps(value).decode()
         return super().serialize_field(field, name, value)
+
+
+class JsonLinesExporter(JsonLinesItemExporter):
+    """Scrapy's JSON lines, written with orjson: compact (no space after
+    ``,`` and ``:``) and several times faster, which the feed of a re-crawl
+    answered from the store notices.  With ``FEED_EXPORT_FIELDS``, field
+    for an item that is not a dict (declared fields may have serializers),
+    or an encoding other than UTF-8, Scrapy's own writes it."""
+
+    def export_item(self, item: Any) -> None:
+        if isinstance(item, dict) and self.fields_to_export is None and self._utf8:
+            self.file.write(orjson.dumps(item, default=self.encoder.default) + b"\n")
+        else:
+            super().export_item(item)
+
+    @functools.cached_property
+    def _utf8(self) -> bool:
+        return (self.encoding or "").lower().replace("-", "").replace("_", "") == "utf8"
 
 
 class CompactJsonLinesExporter(BaseItemExporter):

@@ -203,6 +203,21 @@ class LeaseTracker:
             state.done_yielding = True
             self._check(lease, state)
 
+    def replace(self, request: Request, outputs: list[Any]) -> list[Any]:
+        """*request*, an output of a tracked callback that is not scheduled
+        (a spider middleware answered it), stands for *outputs* instead: they
+        are what the lease waits for."""
+        lease = request.meta.pop(PARENT_META, None)
+        state = self.held.get(lease) if lease else None
+        if lease is None or state is None:
+            return outputs
+        for out in outputs:
+            if isinstance(out, Request):
+                out.meta[PARENT_META] = lease
+        state.pending += sum(out is not None for out in outputs) - 1
+        self._check(lease, state)
+        return outputs
+
     def _lease_of(self, response: Any) -> tuple[str | None, _Lease | None]:
         # For an errback's records, Scrapy passes the Failure as "response";
         # Scrapy sets its .request.

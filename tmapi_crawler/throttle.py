@@ -57,14 +57,18 @@ from twisted.internet.defer import Deferred
 from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, Outcome, calls_to_finish, endpoint_of
 from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.limits import Remembered, keep, recall
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.outputs import guard_of
+from tmapi_crawler.records import now_iso
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler
+
+    from tmapi_crawler.limits import LimitMemory
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +172,50 @@ class CallGate:
         self.probe_out = False
         self.probe_timer: Any = None
         self.shutdown_poll: Any = None
+        #: When this crawl's last 439 pause began (remembered for the next).
+        self.quota_paused_at: str | None = None
+        self._memory: tuple[LimitMemory, str] | None = None
         self._publish()
+
+    # -- the limit remembered across crawls (tmapi_crawler.limits) -------------
+
+    def recall(self) -> None:
+        """Start where the last crawl of this account ended: at the limit it
+        proved (slow start goes on from there), or at the ceiling its 503s
+        revealed (held there, probed upward as usual)."""
+        found = recall(self.crawler.settings)
+        if found is None:
+            return
+        memory, account, remembered = found
+        self._memory = (memory, account)
+        if remembered is None:
+            return
+        self.ceiling = None if remembered.ceiling is None else min(remembered.ceiling, self.cap)
+        self.start = min(self.cap, remembered.limit if self.ceiling is None else self.ceiling)
+        self.limit = float(self.start)
+        self.proven = self.start
+        self.stats.set_value("tmapi/throttle/remembered", self.start)
+        self._publish()
+        logger.info(
+            "Starting at %d calls in flight (%s), as the last crawl of this account found on %s "
+            "(remembered in %s; TMAPI_CONCURRENCY sets it instead)",
+            self.start,
+            "the ceiling its 503s showed" if self.ceiling is not None else "proved without a 503",
+            remembered.saved_at or "an unknown date",
+            memory.where,
+        )
+        if remembered.quota_paused_at:
+            logger.info("The last crawl of this account met a 439 pause on %s", remembered.quota_paused_at)
+
+    def remember(self) -> None:
+        """Keep what this crawl found, for the next (when the crawl sent calls)."""
+        if self._memory is None or not self.proven:
+            return
+        limit = self.ceiling if self.ceiling is not None else max(self.proven, self.start)
+        remembered = Remembered(
+            limit=limit, ceiling=self.ceiling, quota_paused_at=self.quota_paused_at, saved_at=now_iso()
+        )
+        keep(*self._memory, remembered)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -183,6 +230,7 @@ class CallGate:
             probe_first=config.quota_probe,
             probe_max=config.quota_probe_max,
         )
+        gate.recall()
         crawler.signals.connect(gate.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(gate.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(gate.spider_idle, signal=signals.spider_idle)
@@ -373,6 +421,7 @@ class CallGate:
         now = time.monotonic()
         if self.paused_since is None:
             self.paused_since = now
+            self.quota_paused_at = now_iso()
             self.probe_interval = self.probe_first
             self.stats.inc_value("tmapi/throttle/pauses")
             logger.warning(
@@ -462,6 +511,7 @@ class CallGate:
             self._add_paused(time.monotonic() - self.paused_since)
         self._cancel_probe_timer()
         self._stop_poll()
+        self.remember()
 
 
 class TmapiThrottle:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from scrapy import signals
+from scrapy import Request, signals
 from scrapy.exceptions import NotConfigured
 from scrapy.http import Response
 from scrapy.utils.asyncio import sleep
@@ -38,7 +39,7 @@ from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, 
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.extensions import changes_by_kind, to_feeds
 from tmapi_crawler.jobdir import crawl_id
-from tmapi_crawler.leases import NotSafe
+from tmapi_crawler.leases import NotSafe, tracker_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
 from tmapi_crawler.store.changes import listing_signature
@@ -47,10 +48,9 @@ from tmapi_crawler.store.url import StoreError, parse_store_url
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator
     from typing import Self, TypeVar
 
-    from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
@@ -67,6 +67,15 @@ BATCH_SIZE = 200
 FLUSH_INTERVAL = 0.2
 #: The finish reason of a crawl stopped because the store failed.
 STORE_FAILED = "tmapi_store_failed"
+#: Seconds a thread runs before a waiting one gets the GIL, at most (Python's
+#: default is 5 ms).  Each statement the store's threads run lets the GIL go;
+#: with the default, a busy reactor made each of them wait 5 ms for it back,
+#: a batch took seconds instead of milliseconds, and thousands of records
+#: waited in memory (docs/performance.md).
+SWITCH_INTERVAL = 0.0005
+#: Products remembered at most by :class:`StoreMiddleware` as having no
+#: description to give (about the descriptions in flight).
+DESC_DUE_MAX = 10_000
 #: Seconds a crawl's end spends at most on pruning old changes.
 PRUNE_SECONDS = 30.0
 #: Seconds before the first and the longest between two tries of a store
@@ -130,13 +139,20 @@ class CatalogStore:
             self.writer = CatalogDB(url)
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-read")
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-write")
+        self._names = {self._read_thread: "read", self._write_thread: "write"}
+        self._cpu = dict.fromkeys(self._names.values(), 0.0)
         self._records: list[tuple[ProductItem, asyncio.Future[ProductItem]]] = []
         self._pages: list[PageNote] = []
         self._writing: asyncio.Task[None] | None = None
         self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
         self._reading: asyncio.Task[None] | None = None
+        #: The records made from the store's answers alone, on their way to
+        #: the pipeline: item id -> their fetch times (nothing to write).
+        self.served: dict[int, tuple[str, str | None]] = {}
         self.failed: StoreError | None = None
         self.crawl_id = ""
         #: Since when the store does not answer (an outage that may pass).
@@ -154,9 +170,20 @@ class CatalogStore:
 
     # -- threads ---------------------------------------------------------------------
 
-    @staticmethod
-    async def _in(thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(thread, call, *args)
+    async def _in(self, thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in *thread*; the CPU it took is counted under
+        ``tmapi/store/cpu_seconds/<read|write>``."""
+
+        def timed() -> T:
+            started = time.thread_time()
+            try:
+                return call(*args)
+            finally:
+                name = self._names[thread]
+                self._cpu[name] += time.thread_time() - started
+                self.stats.set_value(f"tmapi/store/cpu_seconds/{name}", round(self._cpu[name], 3))
+
+        return await asyncio.get_running_loop().run_in_executor(thread, timed)
 
     async def _call(self, db: CatalogDB, thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` in *thread*; an outage that may pass (PostgreSQL
@@ -208,6 +235,48 @@ class CatalogStore:
             self._reading = asyncio.ensure_future(self._read())
         return await future
 
+    async def lookup_all(self, item_ids: Iterable[int]) -> dict[int, Stored]:
+        """What the store has of each of *item_ids*: one query (with any other
+        lookups under way)."""
+        ids = list(dict.fromkeys(item_ids))
+        found = await asyncio.gather(*(self.lookup(item_id) for item_id in ids))
+        return {item_id: stored for item_id, stored in zip(ids, found, strict=True) if stored is not None}
+
+    # -- the refresh decision --------------------------------------------------------
+
+    def fresh_detail(
+        self, stored: Stored | None, language: str | None, listing: dict[str, Any] | None, now: datetime
+    ) -> str | None:
+        """``None`` when the stored detail can be used, else why it cannot:
+        ``new`` (not stored), ``language`` (stored in another one),
+        ``listing`` (the listing entry's title or price fields differ from
+        the stored entry's), ``age`` (older than ``TMAPI_DETAIL_MAX_AGE``)."""
+        if stored is None:
+            return "new"
+        if language is not None and language != stored.language:
+            return "language"
+        if listing is not None and listing_signature(listing) != stored.listing_sig:
+            return "listing"
+        if not self._young(stored.detail_age(now), self.config.detail_max_age, stored.item_id):
+            return "age"
+        return None
+
+    def fresh_desc(self, stored: Stored | None, now: datetime) -> bool:
+        """Whether the stored description can be used."""
+        return (
+            stored is not None
+            and stored.description is not None
+            and self._young(stored.desc_age(now), self.config.desc_max_age, stored.item_id)
+        )
+
+    @staticmethod
+    def _young(age: float | None, most: float, item_id: int) -> bool:
+        """Whether a stored answer of this *age* is still good: under its
+        product's share of the max age, between half of it and all of it
+        (:func:`age_share`), so that products fetched together come due on
+        different days."""
+        return age is not None and most > 0 and age <= most * age_share(item_id)
+
     async def _read(self) -> None:
         try:
             while self._lookups:
@@ -236,6 +305,7 @@ class CatalogStore:
             raise NotStored(record["item_id"], self.failed)
         future: asyncio.Future[ProductItem] = asyncio.get_running_loop().create_future()
         self._records.append((record, future))
+        self.stats.max_value("tmapi/store/max_waiting", len(self._records))
         if len(self._records) >= BATCH_SIZE:
             self._flush()
         return await future
@@ -390,7 +460,9 @@ class StoreMiddleware:
             raise NotConfigured("no TMAPI_STORE")
         self.store = store
         self.stats = crawler.stats
-        self.config = store.config
+        #: Products whose description the store cannot give (found when their
+        #: detail was looked up): their description call needs no lookup.
+        self._desc_due: set[int] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -403,51 +475,125 @@ class StoreMiddleware:
         endpoint = info["endpoint"]
         if endpoint not in _STORED_ENDPOINTS:
             return None
+        item_id = request.cb_kwargs["item_id"]
+        if endpoint == Endpoint.ITEM_DESC.value and item_id in self._desc_due:
+            self._desc_due.discard(item_id)
+            return None  # its detail's lookup found no good description
         try:
-            stored = await self.store.lookup(request.cb_kwargs["item_id"])
+            stored = await self.store.lookup(item_id)
         except StoreError:
             # The store failed (the crawl stops): the request is kept for the resume.
             self.stats.inc_value("tmapi/store/read_errors")
             raise CrawlStopping(STORE_FAILED) from None
         now = datetime.now(UTC)
         if endpoint == Endpoint.ITEM_DESC.value:
-            young = stored is not None and self._young(stored.desc_age(now), "desc", stored.item_id)
-            if stored is not None and stored.description is not None and young:
+            if self.store.fresh_desc(stored, now):
+                assert stored is not None
+                assert stored.description is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
                 return stored_response(request, stored.description, str(stored.desc_fetched_at))
             return None
-        reason = self.fresh_detail(stored, info["params"].get("language"), request.cb_kwargs.get("listing"), now)
+        reason = self.store.fresh_detail(stored, info["params"].get("language"), request.cb_kwargs.get("listing"), now)
         if reason is None:
             assert stored is not None
             self.stats.inc_value("tmapi/store/detail_from_store")
             return stored_response(request, stored.detail, stored.detail_fetched_at)
         self.stats.inc_value(f"tmapi/store/detail_fetched/{reason}")
+        if request.cb_kwargs.get("opts", {}).get("follow") == "detail+desc" and not self.store.fresh_desc(stored, now):
+            if len(self._desc_due) >= DESC_DUE_MAX:
+                self._desc_due.clear()  # details whose description never came (failed): looked up again
+            self._desc_due.add(item_id)
         return None
 
-    def fresh_detail(
-        self, stored: Stored | None, language: str | None, listing: dict[str, Any] | None, now: datetime
-    ) -> str | None:
-        """``None`` when the stored detail can be used, else why it cannot:
-        ``new`` (not stored), ``language`` (stored in another one),
-        ``listing`` (the listing entry's title or price fields differ from
-        the stored entry's), ``age`` (older than ``TMAPI_DETAIL_MAX_AGE``)."""
-        if stored is None:
-            return "new"
-        if language is not None and language != stored.language:
-            return "language"
-        if listing is not None and listing_signature(listing) != stored.listing_sig:
-            return "listing"
-        if not self._young(stored.detail_age(now), "detail", stored.item_id):
-            return "age"
-        return None
 
-    def _young(self, age: float | None, what: str, item_id: int = 0) -> bool:
-        """Whether a stored answer of this *age* is still good: under its
-        product's share of the max age, between half of it and all of it
-        (:func:`age_share`), so that products fetched together come due on
-        different days."""
-        most = self.config.detail_max_age if what == "detail" else self.config.desc_max_age
-        return age is not None and most > 0 and age <= most * age_share(item_id)
+class StoreSpiderMiddleware:
+    """Answers from the store the product details (and descriptions) that a
+    listing page asks for, before they are scheduled: one query for the
+    page's products, and an unchanged product becomes its record at once,
+    made by the spider's own callbacks from the stored answers, with no
+    request of its own.  What the store cannot answer goes on as a request
+    (:class:`StoreMiddleware` answers what it can of those, later).
+
+    A product the store answered is answered once a crawl: a listing that
+    names it again (pages that shifted while they were read) adds nothing,
+    as the dupefilter does for a request.  The records count toward the
+    lease of the page that listed them (:meth:`LeaseTracker.replace`)."""
+
+    def __init__(self, crawler: Crawler):
+        store = store_of(crawler)
+        if store is None:
+            raise NotConfigured("no TMAPI_STORE")
+        self.store = store
+        self.stats = crawler.stats
+        self.leases = tracker_of(crawler)
+        #: Hashes of the detail calls answered here (the dupefilter's job for
+        #: the calls that are made).
+        self._answered: set[int] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    async def process_spider_output(self, response: Response, result: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        outputs = [out async for out in result]  # one callback's: a listing page's entries at most
+        details = [out for out in outputs if _is_detail(out)]
+        found: dict[int, Stored] = {}
+        if details:
+            try:
+                found = await self.store.lookup_all(r.cb_kwargs["item_id"] for r in details)
+            except StoreError:
+                found = {}  # the store failed (the crawl stops): the requests go on, and are kept
+        now = datetime.now(UTC)
+        for out in outputs:
+            stored = found.get(out.cb_kwargs["item_id"]) if found and _is_detail(out) else None
+            if stored is None:
+                yield out
+                continue
+            params = out.meta["tmapi"]["params"]
+            if self.store.fresh_detail(stored, params.get("language"), out.cb_kwargs.get("listing"), now) is not None:
+                yield out  # StoreMiddleware counts why it is fetched
+                continue
+            key = hash((stored.item_id, *sorted(params.items())))
+            if key in self._answered:
+                self.stats.inc_value("tmapi/store/answered_twice")
+                self.leases.replace(out, [])
+                continue
+            self._answered.add(key)
+            for answer in self.leases.replace(out, list(self._answer(out, stored, now))):
+                yield answer
+
+    def _answer(self, request: Request, stored: Stored, now: datetime) -> Iterator[Any]:
+        """What the spider's callbacks make of the stored detail (and of the
+        stored description, when it is still good)."""
+        self.stats.inc_value("tmapi/store/detail_from_store")
+        response = stored_response(request, stored.detail, stored.detail_fetched_at)
+        assert request.callback is not None
+        for out in request.callback(response, **request.cb_kwargs):
+            if _is_desc(out) and self.store.fresh_desc(stored, now):
+                assert stored.description is not None
+                assert out.callback is not None
+                self.stats.inc_value("tmapi/store/desc_from_store")
+                answer = stored_response(out, stored.description, str(stored.desc_fetched_at))
+                for product in out.callback(answer, **out.cb_kwargs):
+                    self._note(product)
+                    yield product
+            else:
+                self._note(out)
+                yield out
+
+    def _note(self, out: Any) -> None:
+        if isinstance(out, ProductItem):
+            self.store.served[out["item_id"]] = (out["detail_fetched_at"], out["desc_fetched_at"])
+
+
+def _is_detail(out: Any) -> bool:
+    info = out.meta.get("tmapi") if isinstance(out, Request) else None
+    return info is not None and info["endpoint"] in _DETAIL_ENDPOINTS and out.cb_kwargs.get("item_id") is not None
+
+
+def _is_desc(out: Any) -> bool:
+    info = out.meta.get("tmapi") if isinstance(out, Request) else None
+    return info is not None and info["endpoint"] == Endpoint.ITEM_DESC.value
 
 
 def age_share(item_id: int) -> float:
@@ -458,7 +604,8 @@ def age_share(item_id: int) -> float:
     return 0.5 + 0.5 * ((item_id * 2654435761) % 2**32) / 2**32
 
 
-_STORED_ENDPOINTS = frozenset(e.value for e in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL, Endpoint.ITEM_DESC))
+_DETAIL_ENDPOINTS = frozenset(e.value for e in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL))
+_STORED_ENDPOINTS = _DETAIL_ENDPOINTS | {Endpoint.ITEM_DESC.value}
 
 
 class NotStored(NotSafe):
@@ -483,9 +630,11 @@ class StorePipeline:
         return cls(crawler)
 
     async def process_item(self, item: Any) -> Any:
-        if isinstance(item, ProductItem):
-            return await self.store.save(item)
-        return item
+        if not isinstance(item, ProductItem):
+            return item
+        if self.store.served.pop(item["item_id"], None) == (item["detail_fetched_at"], item["desc_fetched_at"]):
+            return item  # answered from the store: nothing new to write
+        return await self.store.save(item)
 
     async def close_spider(self) -> None:
         await self.store.drain()

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 #: The store's schema version; a store written by a newer version is refused,
 #: an older one is migrated (:data:`MIGRATIONS`).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: SQLite's primary result codes of a lock held by another connection: it passes.
 SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 #: PostgreSQL's SQLSTATE classes and codes of an outage that passes:
@@ -180,6 +180,7 @@ def _schema(d: Dialect) -> list[str]:
             PRIMARY KEY (listing_key, item_id)
         )""",
         _crawls_table(d),
+        _limits_table(d),
         f"INSERT INTO tmapi_schema (version) VALUES ({SCHEMA_VERSION})",  # noqa: S608 - a constant
     ]
 
@@ -203,6 +204,16 @@ def _crawls_table(d: Dialect) -> str:
         )"""
 
 
+def _limits_table(d: Dialect) -> str:
+    """Schema 4: the concurrency limit the gate found for an account (API
+    host and token fingerprint), where the next crawl starts."""
+    return f"""CREATE TABLE account_limits (
+            account TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            updated_at {d.timestamp} NOT NULL
+        )"""
+
+
 #: version -> the statements (for a dialect) that bring a store of that
 #: version to the next.
 MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
@@ -214,6 +225,7 @@ MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
         "UPDATE listing_reads SET pages_read = "
         "(SELECT COUNT(*) FROM listing_pages p WHERE p.listing_key = listing_reads.listing_key)",
     ],
+    3: lambda d: [_limits_table(d)],
 }
 
 
@@ -570,8 +582,29 @@ class CatalogDB:
         return old
 
     def _write_products(self, cur: Any, records: Sequence[dict[str, Any]], result: WriteResult) -> None:
+        """The batch's records, a run of distinct products at a time (a
+        product twice in a batch is compared with what the first wrote)."""
+        run: list[dict[str, Any]] = []
+        ids: set[int] = set()
+        for record in records:
+            item_id = int(record["item_id"])
+            if item_id in ids:
+                self._write_run(cur, run, result)
+                run, ids = [], set()
+            run.append(record)
+            ids.add(item_id)
+        if run:
+            self._write_run(cur, run, result)
+
+    def _write_run(self, cur: Any, records: Sequence[dict[str, Any]], result: WriteResult) -> None:
+        """Records of distinct products: a few statements for them all
+        (``executemany``), whatever their number."""
         sql = self.dialect.sql
-        old = self._old_states(cur, sorted({int(r["item_id"]) for r in records}))
+        old = self._old_states(cur, sorted(int(r["item_id"]) for r in records))
+        products: list[tuple[Any, ...]] = []
+        skus: list[tuple[Any, ...]] = []
+        descriptions: list[tuple[Any, ...]] = []
+        changes: list[dict[str, Any]] = []
         for record in records:
             item_id = int(record["item_id"])
             before = old.get(item_id)
@@ -586,67 +619,74 @@ class CatalogDB:
                 if desc_new
                 else None
             )
-            if detail_new:
-                detail = _detail_of(record)
-                state = state_of(detail, record["language"])
-                cur.execute(
-                    sql(
-                        "INSERT INTO products (item_id, title, language, shop, price, stock, sold_out, listing_sig, "
-                        "listing, source, detail, detail_fetched_at, description, desc_fetched_at, first_seen_at, "
-                        "delisted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
-                        "ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, language = excluded.language, "
-                        "shop = excluded.shop, price = excluded.price, stock = excluded.stock, "
-                        "sold_out = excluded.sold_out, "
-                        "listing_sig = COALESCE(excluded.listing_sig, products.listing_sig), "
-                        "listing = COALESCE(excluded.listing, products.listing), source = excluded.source, "
-                        "detail = excluded.detail, detail_fetched_at = excluded.detail_fetched_at, "
-                        "description = COALESCE(excluded.description, products.description), "
-                        "desc_fetched_at = COALESCE(excluded.desc_fetched_at, products.desc_fetched_at), "
-                        "delisted_at = NULL"
-                    ),
-                    (
-                        item_id,
-                        state.title,
-                        record["language"],
-                        _shop(detail),
-                        _price_of(detail),
-                        state.stock,
-                        state.sold_out,
-                        listing_signature(record.get("listing")),
-                        _json(record.get("listing")),
-                        _json(record.get("source")),
-                        orjson.dumps(detail).decode(),
-                        detail_at,
-                        description,
-                        desc_at if desc_new else None,
-                        detail_at,
-                    ),
-                )
-                cur.execute(sql("DELETE FROM skus WHERE item_id = ?"), (item_id,))
-                cur.executemany(
-                    sql(
-                        "INSERT INTO skus (item_id, skuid, props_names, price, stock, updated_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)"
-                    ),
-                    [
-                        (item_id, skuid, sku.props, _number(sku.price), sku.stock, detail_at)
-                        for skuid, sku in state.skus.items()
-                    ],
-                )
-                changes = diff(
+            if not detail_new:
+                descriptions.append((description, desc_at, item_id))
+                continue
+            detail = _detail_of(record)
+            state = state_of(detail, record["language"])
+            products.append(
+                (
                     item_id,
-                    before[0] if before else None,
-                    state,
-                    detected_at=str(detail_at),
-                    source=record.get("source"),
+                    state.title,
+                    record["language"],
+                    _shop(detail),
+                    _price_of(detail),
+                    state.stock,
+                    state.sold_out,
+                    listing_signature(record.get("listing")),
+                    _json(record.get("listing")),
+                    _json(record.get("source")),
+                    orjson.dumps(detail).decode(),
+                    detail_at,
+                    description,
+                    desc_at if desc_new else None,
+                    detail_at,
                 )
-                self._insert_changes(cur, changes)
-                result.changes += changes
-            else:
+            )
+            skus += [
+                (item_id, skuid, sku.props, _number(sku.price), sku.stock, detail_at)
+                for skuid, sku in state.skus.items()
+            ]
+            changes += diff(
+                item_id, before[0] if before else None, state, detected_at=str(detail_at), source=record.get("source")
+            )
+        if products:
+            cur.executemany(
+                sql(
+                    "INSERT INTO products (item_id, title, language, shop, price, stock, sold_out, listing_sig, "
+                    "listing, source, detail, detail_fetched_at, description, desc_fetched_at, first_seen_at, "
+                    "delisted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+                    "ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, language = excluded.language, "
+                    "shop = excluded.shop, price = excluded.price, stock = excluded.stock, "
+                    "sold_out = excluded.sold_out, "
+                    "listing_sig = COALESCE(excluded.listing_sig, products.listing_sig), "
+                    "listing = COALESCE(excluded.listing, products.listing), source = excluded.source, "
+                    "detail = excluded.detail, detail_fetched_at = excluded.detail_fetched_at, "
+                    "description = COALESCE(excluded.description, products.description), "
+                    "desc_fetched_at = COALESCE(excluded.desc_fetched_at, products.desc_fetched_at), "
+                    "delisted_at = NULL"
+                ),
+                products,
+            )
+            written = [row[0] for row in products if row[0] in old]
+            if written:
                 cur.execute(
-                    sql("UPDATE products SET description = ?, desc_fetched_at = ? WHERE item_id = ?"),
-                    (description, desc_at, item_id),
+                    sql(f"DELETE FROM skus WHERE item_id IN ({','.join('?' * len(written))})"),  # noqa: S608
+                    written,
                 )
+        if skus:
+            cur.executemany(
+                sql(
+                    "INSERT INTO skus (item_id, skuid, props_names, price, stock, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                ),
+                skus,
+            )
+        if descriptions:
+            cur.executemany(
+                sql("UPDATE products SET description = ?, desc_fetched_at = ? WHERE item_id = ?"), descriptions
+            )
+        self._insert_changes(cur, changes)
+        result.changes += changes
 
     def prune_changes(self, before: str, batch: int = PRUNE_BATCH) -> int:
         """Delete one batch of change rows detected before *before* (one
@@ -771,6 +811,21 @@ class CatalogDB:
         )
         cur.execute(sql("DELETE FROM listing_members WHERE listing_key = ? AND read_id <> ?"), (key, note.read_id))
         cur.execute(sql("UPDATE listing_reads SET completed_at = ? WHERE listing_key = ?"), (note.at, key))
+
+    def account_limit(self, account: str) -> str | None:
+        """The remembered limit of *account* (JSON), if any."""
+        rows = self.query("SELECT state FROM account_limits WHERE account = ?", (account,))
+        return str(rows[0][0]) if rows else None
+
+    def remember_limit(self, account: str, state: str) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                self.dialect.sql(
+                    "INSERT INTO account_limits (account, state, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (account) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
+                ),
+                (account, state, now_precise()),
+            )
 
     def record_crawl(self, crawl: CrawlRow) -> None:
         """Add a crawl (or a worker's part of it) to ``crawls``: the numbers
