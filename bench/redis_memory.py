@@ -17,10 +17,10 @@ from pathlib import Path
 
 from scrapy.utils.test import get_crawler
 
+from tests.harness import RedisServer
 from tmapi_crawler.api import Endpoint
 from tmapi_crawler.cluster.queue import LeasedQueue
 from tmapi_crawler.records import product_record
-from tmapi_crawler.sandbox.harness import RedisServer
 from tmapi_crawler.spiders.shop import ShopSpider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,8 @@ def main() -> None:
     detail = json.loads((examples / "item_detail.json").read_text())["data"]
     crawler = get_crawler(ShopSpider, {"TMAPI_TOKEN": "bench", "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}})
     spider = ShopSpider.from_crawler(crawler, member_id="b2b-22146365959302bc20")
-    opts = {**spider.options(spider.args), "page_size": 20}
+    opts = spider.options(spider.args)
+    opts["page_size"] = 20
     source = {"spider": "shop", "member_id": "b2b-22146365959302bc20", "page": 1, "position": 0}
     detail_request = spider.detail_request(859086919394, source=source, listing=listing, opts=opts)
     product = product_record(detail, listing=listing, source=source, language="zh")

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from tmapi_crawler.sandbox.harness import SandboxProcess
+from tests.harness import SandboxProcess
 
 
 def cpu_seconds(pid: int) -> float:

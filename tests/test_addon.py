@@ -11,7 +11,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 
-from tests.conftest import TOKEN, crawl
+from tests.helpers import TOKEN, crawl
 from tmapi_crawler.addon import TmapiAddon
 from tmapi_crawler.answers import AnswerMiddleware
 from tmapi_crawler.compat import InternalsCheck
@@ -115,3 +115,39 @@ def test_feeds_get_the_records_and_failures_their_own_file(tmp_path):
     ]
     assert feeds["failures.jsonl"]["item_classes"] == ["tmapi_crawler.records.FailureItem"]
     assert feeds["failures.jsonl"]["store_empty"] is False
+
+
+def test_a_user_can_turn_off_or_reorder_each_optional_component(tmp_path):
+    from tmapi_crawler.extensions import TimerCompaction, TmapiStats
+    from tmapi_crawler.media import MediaFilesPipeline, MediaMiddleware
+    from tmapi_crawler.monitors import TmapiSpidermon
+    from tmapi_crawler.store.crawl import CatalogStore, StorePipeline, StoreSpiderMiddleware
+
+    optional: dict[str, list[type]] = {
+        "EXTENSIONS": [TmapiStats, TimerCompaction, TmapiSpidermon],
+        "ITEM_PIPELINES": [ValidationPipeline, StorePipeline, MediaFilesPipeline],
+        "SPIDER_MIDDLEWARES": [StoreSpiderMiddleware],
+        "DOWNLOADER_MIDDLEWARES": [MediaMiddleware],
+    }
+    given = {"TMAPI_STORE": str(tmp_path / "c.sqlite"), "FILES_STORE": str(tmp_path / "files")}
+    on = settings_of(**given)
+    for name, classes in optional.items():
+        for cls in classes:
+            assert components(on, name)[path(cls)] is not None, cls  # on by default
+            off = settings_of(**given, **{name: {path(cls): None}})
+            assert components(off, name)[path(cls)] is None, cls  # by path
+            moved = settings_of(**given, **{name: {cls: 777}})
+            assert components(moved, name)[path(cls)] == 777, cls  # by class
+    # What the crawler's safety rests on stays, whatever the settings say.
+    forced = settings_of(
+        **given,
+        EXTENSIONS={path(LeaseTracker): None, path(InternalsCheck): None, path(CatalogStore): None},
+        DOWNLOADER_MIDDLEWARES={path(AnswerMiddleware): None},
+    )
+    for name, cls in [
+        ("EXTENSIONS", LeaseTracker),
+        ("EXTENSIONS", InternalsCheck),
+        ("EXTENSIONS", CatalogStore),
+        ("DOWNLOADER_MIDDLEWARES", AnswerMiddleware),
+    ]:
+        assert components(forced, name)[path(cls)] is not None, cls

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import crawl, read_jsonl, run_scrapy
+from tests.helpers import crawl, read_jsonl, run_scrapy
 from tests.test_cluster import Worker
 from tests.test_operations import Receiver, receiver  # noqa: F401 - the fixture
 from tmapi_crawler.digest import (

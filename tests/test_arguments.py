@@ -91,6 +91,7 @@ BAD_SETTINGS = {
     "TMAPI_LEASE_TIMEOUT": "0",
     "TMAPI_INNER_DOWNLOAD_HANDLER": "no.such.Handler",
     "TMAPI_GATE_CLASS": "tmapi_crawler.throttle.NoSuchGate",
+    "TMAPI_MEDIA_CLAIMS_CLASS": "tmapi_crawler.cluster.claims.NoSuchClaims",
     "TMAPI_PRICE_RATE": "0",
     "TMAPI_PRICE_MARKUP": "cheap",
     "TMAPI_SHOPIFY_MAX_VARIANTS": "0",

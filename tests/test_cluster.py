@@ -19,7 +19,7 @@ from scrapy import Request
 from scrapy.http import JsonRequest
 from scrapy.utils.test import get_crawler
 
-from tests.conftest import SCRAPY, TOKEN, RedisServer, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
+from tests.helpers import SCRAPY, TOKEN, RedisServer, SandboxProcess, needs, read_jsonl, run_scrapy, scrapy_env
 from tmapi_crawler import codec
 from tmapi_crawler.cluster.connection import safe_url
 from tmapi_crawler.records import ProductItem
@@ -397,6 +397,7 @@ def test_a_malformed_queue_entry_is_logged_and_skipped(sandbox, redis_server, tm
 
 
 def test_a_password_protected_redis(sandbox, tmp_path):
+    needs("redis")
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", password="s3cret-pw")
     try:

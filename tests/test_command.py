@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import SCRAPY, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
+from tests.helpers import SCRAPY, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
 
 
 def crawl_cmd(sandbox: SandboxProcess, *args: str, token: str | None = "sandbox") -> list[str]:

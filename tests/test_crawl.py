@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import SandboxProcess, base_settings, crawl, minimum_calls
+from tests.helpers import SandboxProcess, base_settings, crawl, minimum_calls
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "tmapi_crawler" / "sandbox" / "data"
 DOC_SELLER = "b2b-22146365959302bc20"

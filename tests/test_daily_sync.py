@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SandboxProcess, read_jsonl, run_scrapy
+from tests.helpers import SandboxProcess, read_jsonl, run_scrapy
 
 SHOP = "b2b-sandbox0000"
 BASE = "https://cdn.example.com/media/"

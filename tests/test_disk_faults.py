@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCRAPY, SandboxProcess, run_scrapy, scrapy_env
+from tests.helpers import SCRAPY, SandboxProcess, needs, run_scrapy, scrapy_env
 
 SHOP = "b2b-sandbox0000"
 PRODUCTS = 200
 EXIT_FEED_FAILED = 6
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-
 
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """A real 4 MB tmpfs, unmounted after the test."""
+    needs("root")
     mount = tmp_path / "disk"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)

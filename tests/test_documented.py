@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_scrapy
+from tests.helpers import ROOT, run_scrapy
 
 SHOP = "b2b-sandbox0000"
 

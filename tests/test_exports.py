@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SCRAPY, run_scrapy, scrapy_env
+from tests.helpers import ROOT, SCRAPY, run_scrapy, scrapy_env
 from tmapi_crawler.exports import (
     Pricing,
     RowsExporter,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, read_jsonl
+from tests.helpers import ROOT, read_jsonl
 
 SHOP = "b2b-sandbox0000"
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import TOKEN, SandboxProcess, crawl, minimum_calls, read_jsonl, run_scrapy
+from tests.helpers import TOKEN, SandboxProcess, crawl, minimum_calls, read_jsonl, run_scrapy
 from tmapi_crawler.media import looks_like
 from tmapi_crawler.records import ProductItem, add_media, media_urls, validate
 
@@ -364,7 +364,7 @@ def test_killed_while_files_are_in_flight(make_sandbox, tmp_path):
     for twice but those in flight at the kill."""
     import signal
 
-    from tests.conftest import SCRAPY, scrapy_env
+    from tests.helpers import SCRAPY, scrapy_env
 
     products = 150
     sb = make_sandbox("--shops", "1", "--shop-size", str(products), "--media-latency-ms", "30")

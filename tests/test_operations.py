@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import ROOT, TOKEN, crawl, run_scrapy
+from tests.harness import ScrapydServer
+from tests.helpers import ROOT, TOKEN, crawl, run_scrapy
 from tmapi_crawler import addon, alerts
-from tmapi_crawler.sandbox.harness import ScrapydServer
 
 SHOP = "b2b-sandbox0000"  # 60 products
 

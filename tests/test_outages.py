@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCRAPY, PostgresServer, RedisServer, SandboxProcess, scrapy_env
+from tests.helpers import SCRAPY, PostgresServer, RedisServer, SandboxProcess, needs, scrapy_env
 from tests.test_cluster import SHOP_A, Worker, assert_each_product_once, assert_nothing_left
 from tmapi_crawler.store.db import CatalogDB
 from tmapi_crawler.store.url import parse_store_url
@@ -26,6 +26,7 @@ EXIT_REDIS_UNAVAILABLE, EXIT_REDIS_STATE_LOST = 7, 8
 @pytest.fixture
 def redis_aof(tmp_path: Path):
     """A redis-server of this test's own, with its append-only file."""
+    needs("redis")
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis", persist=True)
     yield server
@@ -36,6 +37,7 @@ def redis_aof(tmp_path: Path):
 @pytest.fixture
 def redis_volatile(tmp_path: Path):
     """A redis-server of this test's own, in memory only."""
+    needs("redis")
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis")
     yield server
@@ -164,6 +166,7 @@ STORE_SHOP, STORE_PRODUCTS = "b2b-sandbox0000", 400
 @pytest.fixture
 def pg():
     """A PostgreSQL cluster of this test's own, to restart and stop."""
+    needs("postgres")
     server = PostgresServer()
     yield server
     server.stop()

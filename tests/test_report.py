@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_jsonl, run_scrapy
+from tests.helpers import needs, read_jsonl, run_scrapy
 
 SHOP = "b2b-sandbox0000"
 CHROMIUM = shutil.which("chromium")
@@ -53,8 +53,15 @@ def open_in_chromium(page: Path, workdir: Path) -> tuple[str, str]:
     return done.stdout, done.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/test installs it)")
-def test_the_report_opens_offline_with_every_data_point(filled, tmp_path):
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium, headless."""
+    needs("chromium")
+    assert CHROMIUM is not None
+    return CHROMIUM
+
+
+def test_the_report_opens_offline_with_every_data_point(filled, chromium, tmp_path):
     store, changes = filled
     product = next(c["item_id"] for c in changes if c["change"] == "price")
     done = run_scrapy("catalog", "report", "--store", store, "--top", "3", "--item-id", str(product),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import ROOT, SandboxProcess, crawl, minimum_calls, read_jsonl
+from tests.helpers import ROOT, SandboxProcess, crawl, minimum_calls, read_jsonl
 
 SHOP = "b2b-sandbox0000"  # 60 products: 3 pages, 120 detail and desc calls
 FULL = minimum_calls(pages=3, products=60)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SandboxProcess
+from tests.helpers import SandboxProcess
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "tmapi_crawler" / "sandbox" / "data"
 

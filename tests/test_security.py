@@ -15,7 +15,7 @@ from scrapy.http import Request, TextResponse
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
-from tests.conftest import TOKEN, crawl, run_scrapy
+from tests.helpers import TOKEN, crawl, run_scrapy
 from tmapi_crawler import api
 from tmapi_crawler.api import Endpoint, MalformedAnswer
 from tmapi_crawler.records import FailureItem, ProductItem, validate

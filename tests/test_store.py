@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import subprocess
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import TOKEN, PostgresServer, SandboxProcess, crawl, read_jsonl, run_scrapy
+from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, read_jsonl, run_scrapy
 from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
 from tmapi_crawler.store.db import SCHEMA_VERSION, CatalogDB, PageNote
@@ -227,6 +226,7 @@ def test_a_store_of_schema_1_gets_its_crawls_table(store):
         with db.transaction() as cur:  # as schema 1 was
             cur.execute("DROP TABLE crawls")
             cur.execute("DROP TABLE account_limits")
+            cur.execute("DROP INDEX changes_by_kind")
             cur.execute("ALTER TABLE listing_reads DROP COLUMN pages_read")
             cur.execute("UPDATE tmapi_schema SET version = 1")
     finally:
@@ -291,6 +291,28 @@ async def test_the_same_crawl_again_bills_only_the_listing_pages(make_sandbox, t
             old["detail_html"],
         )
         assert record["listing"] is not None and record["crawled_at"] >= old["crawled_at"]
+
+
+@deferred_f_from_coro_f
+async def test_an_unchanged_product_is_a_record_without_a_request_of_its_own(make_sandbox, tmp_path, store):
+    sb = make_sandbox()
+    first = await store_crawl(sb, tmp_path, store, "1")
+    assert first.stats["scheduler/enqueued"] == PAGES + 2 * PRODUCTS
+    second = await store_crawl(sb, tmp_path, store, "2")
+    # The listing pages only: each page's products came from one store query.
+    assert second.stats["scheduler/enqueued"] == PAGES
+    assert second.stats["tmapi/store/detail_from_store"] == PRODUCTS
+    assert second.stats["tmapi/store/desc_from_store"] == PRODUCTS
+    assert sorted(second.ids()) == sorted(first.ids())
+    # Without the spider middleware, the same records through a request each.
+    off = {"SPIDER_MIDDLEWARES": {"tmapi_crawler.store.crawl.StoreSpiderMiddleware": None}}
+    third = await store_crawl(sb, tmp_path, store, "3", settings=off)
+    assert third.stats["scheduler/enqueued"] == PAGES + 2 * PRODUCTS
+    assert third.extra["calls"] == {"total": PAGES, "shop_items": PAGES}
+    strip = ("crawled_at",)
+    assert [
+        {k: v for k, v in r.items() if k not in strip} for r in sorted(third.records, key=lambda r: r["item_id"])
+    ] == [{k: v for k, v in r.items() if k not in strip} for r in sorted(second.records, key=lambda r: r["item_id"])]
 
 
 @deferred_f_from_coro_f
@@ -434,8 +456,7 @@ def test_postgres_refusing_the_password_is_one_line(sandbox, tmp_path, postgres_
 def small_disk(tmp_path: Path):
     """A directory on a file system of its own, 1 MB, that a test can make
     read-only or fill (a tmpfs; root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    needs("root")
     where = tmp_path / "disk"
     where.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
@@ -583,6 +604,7 @@ def test_a_store_of_schema_2_counts_its_listing_pages(store):
         db.write([], [PageNote("shop_items?member_id=m", "r1", page, [page], pages_total=3) for page in (1, 2)])
         with db.transaction() as cur:
             cur.execute("DROP TABLE account_limits")
+            cur.execute("DROP INDEX changes_by_kind")
             cur.execute("ALTER TABLE listing_reads DROP COLUMN pages_read")
             cur.execute("UPDATE tmapi_schema SET version = 2")
     finally:

@@ -17,7 +17,7 @@ from scrapy import Request
 from scrapy.utils.defer import deferred_f_from_coro_f, deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.test import get_crawler
 
-from tests.conftest import crawl
+from tests.helpers import crawl
 from tmapi_crawler.api import Outcome
 from tmapi_crawler.cluster.gate import SharedCallGate
 from tmapi_crawler.limits import FileMemory, LimitMemory, RedisMemory, Remembered, StoreMemory, account_of

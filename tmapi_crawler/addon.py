@@ -1,28 +1,13 @@
 """The add-on: every component of the crawler registered in one place.
 
 ``ADDONS = {"tmapi_crawler.addon.TmapiAddon": 0}`` (the project's settings do
-this) turns a Scrapy project into a TMAPI crawler.  It only configures:
-
-* the token setting (and ``TMAPI_STORE``, whose URL may hold a password) is
-  wrapped as a secret (``SecretStr``), so that the settings Scrapy logs show
-  ``**********``; the download handler is the one
-  component that reads its value;
-* the components: the download handler that adds the token (a handler the
-  user set for https becomes the one it wraps), the middleware that acts on
-  the API's answers (in place of ``RetryMiddleware``), the validation
-  pipeline, the gate, the lease tracker, stats and the internals check;
-* the mode, chosen here and only here: with ``REDIS_URL`` the scheduler, the
-  dupefilter, the gate and the seeds come from :mod:`tmapi_crawler.cluster`
-  (by class path, so nothing of it is imported otherwise); with ``JOBDIR``
-  alone, the crash-safe scheduler of :mod:`tmapi_crawler.jobdir`;
-* feeds: every feed the user configured (``-o``, ``-O``, ``FEEDS``) gets the
-  product and listing records; failure records go to
-  ``TMAPI_FAILURES_FILE``, created only when there is one;
-* with ``TMAPI_STORE``, the catalog store (:mod:`tmapi_crawler.store`), and
-  its change records in ``TMAPI_CHANGES_FILE``;
-* with ``FILES_STORE``, the media pipelines (:mod:`tmapi_crawler.media`):
-  Scrapy's files pipeline, and its images pipeline when ``IMAGES_THUMBS``
-  asks for thumbnails.
+this) turns a Scrapy project into a TMAPI crawler.  It only configures: the
+secrets wrapped so that Scrapy's log of its settings masks them, the
+components (those the crawler's safety rests on forced, the others only where
+the user's settings do not name them: docs/development.md lists which), the
+mode (``REDIS_URL``: :mod:`tmapi_crawler.cluster`, by class path; ``JOBDIR``:
+:mod:`tmapi_crawler.jobdir`), and the feeds (records to the user's feeds,
+failures and changes to their files).
 """
 
 from __future__ import annotations
@@ -36,6 +21,7 @@ from scrapy import signals
 from scrapy.core.scheduler import Scheduler
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.extensions.spiderstate import SpiderState
+from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 from scrapy.utils.misc import load_object
 from spidermon.contrib.scrapy.extensions import Spidermon
 
@@ -62,7 +48,6 @@ if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
-    from scrapy.settings import BaseSettings
 
 #: Distributed mode's components, by class path (imported only when used).
 CLUSTER = "tmapi_crawler.cluster"
@@ -70,6 +55,7 @@ CLUSTER_COMPONENTS = {
     "SCHEDULER": f"{CLUSTER}.scheduler.LeasedScheduler",
     "DUPEFILTER_CLASS": f"{CLUSTER}.dupefilter.RedisDupeFilter",
     "TMAPI_GATE_CLASS": f"{CLUSTER}.gate.SharedCallGate",
+    "TMAPI_MEDIA_CLAIMS_CLASS": f"{CLUSTER}.claims.MediaClaims",
 }
 CLUSTER_SEEDS = f"{CLUSTER}.seeds.RedisSeedsMiddleware"
 CLUSTER_HEALTH = f"{CLUSTER}.health.RedisHealth"
@@ -84,6 +70,19 @@ def _password_of(url: str) -> str | None:
 
 def _path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _given(settings: BaseSettings, name: str, component: type) -> bool:
+    """Whether the user's *name* (``EXTENSIONS``, ...) names *component*
+    (enabled, reordered or disabled with ``None``), by class or by path."""
+    return any(load_object(key) is component for key in settings.getdict(name))
+
+
+def _default(settings: BaseSettings, name: str, component: type, priority: int) -> None:
+    """Add an optional *component*, unless the user's settings name it: it
+    stays where they put it, or off (docs/development.md lists which)."""
+    if not _given(settings, name, component):
+        settings.set_in_component_priority_dict(name, component, priority)
 
 
 class TmapiAddon:
@@ -104,9 +103,9 @@ class TmapiAddon:
         self._download_handlers(settings)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", RetryMiddleware, None)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", AnswerMiddleware, 550)
-        settings.set_in_component_priority_dict("ITEM_PIPELINES", ValidationPipeline, 100)
-        settings.set_in_component_priority_dict("EXTENSIONS", TmapiStats, 500)
-        settings.set_in_component_priority_dict("EXTENSIONS", TimerCompaction, 0)
+        _default(settings, "ITEM_PIPELINES", ValidationPipeline, 100)
+        _default(settings, "EXTENSIONS", TmapiStats, 500)
+        _default(settings, "EXTENSIONS", TimerCompaction, 0)
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiThrottle, 0)
         # After the feed exports (0): for a record, they write it before the
         # tracker counts it as safe.
@@ -125,8 +124,8 @@ class TmapiAddon:
             settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", StoreMiddleware, 540)
             # Next to the spider (Scrapy's own are 50 to 900): a product the
             # store answers is a record before any other middleware sees it.
-            settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", StoreSpiderMiddleware, 950)
-            settings.set_in_component_priority_dict("ITEM_PIPELINES", StorePipeline, 200)
+            _default(settings, "SPIDER_MIDDLEWARES", StoreSpiderMiddleware, 950)
+            _default(settings, "ITEM_PIPELINES", StorePipeline, 200)
         # The gate decides how many calls are in flight; Scrapy's own limits
         # only need to leave it room.
         cap = settings.getint("TMAPI_CONCURRENCY") or DEFAULT_CAP
@@ -177,7 +176,7 @@ class TmapiAddon:
         settings.set_in_component_priority_dict("EXTENSIONS", MediaDownloads, 0)
         # Before the store's answers (540): an API call waits there while
         # too many records wait for their files.
-        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", MediaMiddleware, 530)
+        _default(settings, "DOWNLOADER_MIDDLEWARES", MediaMiddleware, 530)
         thumbs = settings.get("IMAGES_THUMBS")
         if isinstance(thumbs, str):
             # From the command line: JSON, which Scrapy's images pipeline
@@ -189,8 +188,8 @@ class TmapiAddon:
         if settings.getdict("IMAGES_THUMBS"):
             if not settings.get("IMAGES_STORE"):
                 settings.set("IMAGES_STORE", settings.get("FILES_STORE"), settings.getpriority("FILES_STORE") or 0)
-            settings.set_in_component_priority_dict("ITEM_PIPELINES", MediaImagesPipeline, 150)
-        settings.set_in_component_priority_dict("ITEM_PIPELINES", MediaFilesPipeline, 160)
+            _default(settings, "ITEM_PIPELINES", MediaImagesPipeline, 150)
+        _default(settings, "ITEM_PIPELINES", MediaFilesPipeline, 160)
         try:
             media = settings.getint("TMAPI_MEDIA_CONCURRENCY") or DEFAULTS["TMAPI_MEDIA_CONCURRENCY"]
         except ValueError:  # refused in one line by the config check, before the crawl
@@ -205,13 +204,17 @@ class TmapiAddon:
         turns spidermon off, and always when a webhook is set: it reports
         on them."""
         if settings.get("TMAPI_ALERT_WEBHOOK"):
-            settings.set("SPIDERMON_ENABLED", True, max(settings.getpriority("SPIDERMON_ENABLED") or 0, 40))
+            settings.set(
+                "SPIDERMON_ENABLED",
+                True,
+                max(settings.getpriority("SPIDERMON_ENABLED") or 0, SETTINGS_PRIORITIES["cmdline"]),
+            )
         elif settings.get("SPIDERMON_ENABLED") is None:
             settings.set("SPIDERMON_ENABLED", True, "addon")
         settings.set_in_component_priority_dict("EXTENSIONS", Spidermon, None)  # replaced by:
-        settings.set_in_component_priority_dict("EXTENSIONS", TmapiSpidermon, 500)
+        _default(settings, "EXTENSIONS", TmapiSpidermon, 500)
         if settings.get("TMAPI_ALERT_WEBHOOK"):  # else nothing to send, and no "Disabled" warning
-            settings.set_in_component_priority_dict("EXTENSIONS", AlertWebhook, 510)
+            _default(settings, "EXTENSIONS", AlertWebhook, 510)
         close = list(settings.getlist("SPIDERMON_SPIDER_CLOSE_MONITORS"))
         settings.set("SPIDERMON_SPIDER_CLOSE_MONITORS", [*close, _path(CrawlMonitors)], "addon")
         periodic = settings.getdict("SPIDERMON_PERIODIC_MONITORS")

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from tmapi_crawler.api import LANGUAGES, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
-from tmapi_crawler.config import ConfigError, describe_validation_error, shown
+from tmapi_crawler.config import ConfigError, check_files_store, describe_validation_error, shown
 from tmapi_crawler.records import MEDIA_KINDS, MediaKind
 
 if TYPE_CHECKING:
@@ -297,8 +297,6 @@ def check_media(args: CommonArgs, settings: BaseSettings) -> None:
             "add -s FILES_STORE=media or set the FILES_STORE environment variable (a directory, or "
             "s3://bucket/prefix, gs://..., ftp://...)"
         )
-    from tmapi_crawler.media import check_files_store
-
     check_files_store(settings)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from scrapy.utils.request import request_from_dict
 
+from tmapi_crawler.compat import request_dict
 from tmapi_crawler.records import FailureItem, ListingItem, ProductItem
 
 if TYPE_CHECKING:
@@ -126,32 +127,9 @@ def loads(data: bytes | str) -> dict[str, Any]:
         raise CodecError(f"not a JSON request: {exc}") from None
 
 
-class _Callbacks:
-    """What ``Request.to_dict`` is shown of the spider: only the request's
-    callback and errback.  Scrapy finds their names with
-    ``inspect.getmembers`` over the whole spider, which costs more than the
-    rest of a request's encoding; shown two members, it finds the same names."""
-
-    def __init__(self, spider: Spider, request: Request):
-        self._methods = {}
-        for func in (request.callback, request.errback):
-            name = getattr(func, "__name__", None)
-            if name and getattr(getattr(spider, name, None), "__func__", None) is getattr(func, "__func__", 0):
-                self._methods[name] = func
-
-    def __dir__(self) -> list[str]:
-        return list(self._methods)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["_methods"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 def encode_request(request: Request, spider: Spider) -> bytes:
     """*request* as JSON; its callback and errback by name."""
-    return dumps(request.to_dict(spider=_Callbacks(spider, request)))  # type: ignore[arg-type]
+    return dumps(request_dict(request, spider))
 
 
 def decode_request(data: bytes | str, spider: Spider) -> Request:

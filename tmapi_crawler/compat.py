@@ -2,8 +2,11 @@
 
 Scrapy has no public call for what these do: tell that the engine is
 closing, wake it when work arrived from elsewhere (Redis), reach the files
-its feed exports write (to fsync them before a lease is acknowledged), and
-make Twisted drop its cancelled timers.  Each name is used directly here,
+its feed exports write (to fsync them before a lease is acknowledged), make
+Twisted drop its cancelled timers, give a media host a download slot of its
+own, reach the media pipeline's per-crawl cache of files and its files
+store (to bound the one and replace the other), and let ``Request.to_dict``
+find a callback's name without looking through the whole spider.  Each name is used directly here,
 never through ``getattr(..., default)``: were it renamed, a silent default
 would skip an fsync and acknowledge work that is not safe.  Instead
 :class:`InternalsCheck` looks for every one of them when a crawl opens and
@@ -20,8 +23,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import scrapy
-from scrapy import signals
+from scrapy import Request, signals
 from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
+from scrapy.pipelines.files import FilesPipeline
+from scrapy.pipelines.media import MediaPipeline
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import IO, Self
 
+    from scrapy import Spider
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
@@ -118,16 +124,6 @@ def compact_timers() -> None:
     reactor.runUntilCurrent()
 
 
-async def wait_for_room(crawler: Crawler) -> None:
-    """While the downloader is full (``ExecutionEngine.needs_backout``, not
-    documented), wait until the scheduler is empty: Scrapy takes whatever
-    ``start()`` yields as fast as it comes, so without this an ids file of
-    millions of lines would be read into memory at once."""
-    engine = crawler.engine
-    if engine is not None and engine.needs_backout():
-        await crawler.signals.wait_for(signals.scheduler_empty)
-
-
 def set_slot(crawler: Crawler, key: str, concurrency: int) -> None:
     """Give the download slot *key* its own concurrency and no delay before
     its first request (``Downloader.per_slot_settings``: what Scrapy read
@@ -136,33 +132,108 @@ def set_slot(crawler: Crawler, key: str, concurrency: int) -> None:
     crawler.engine.downloader.per_slot_settings.setdefault(key, {"concurrency": concurrency, "delay": 0, "jitter": 0})
 
 
+def media_cache(pipeline: MediaPipeline) -> Any:
+    """The media pipeline's cache of this crawl's files (``spiderinfo``, made
+    in ``open_spider``, and its ``downloaded`` dict, which keeps every file
+    of the crawl: :class:`tmapi_crawler.media.MediaFilesPipeline` bounds it)."""
+    return pipeline.spiderinfo
+
+
+def files_store(pipeline: FilesPipeline) -> Any:
+    """The files pipeline's store (``FilesPipeline.store``, made from
+    ``FILES_STORE`` by ``_get_store``)."""
+    return pipeline.store
+
+
+def replace_files_store(pipeline: FilesPipeline, store: Any) -> None:
+    """Give the files pipeline another store object (ours write local files
+    in threads, and keep FTP connections)."""
+    pipeline.store = store
+
+
+class CallbackNames:
+    """What ``Request.to_dict`` is shown of the spider: only the request's
+    callback and errback.  Scrapy finds their names with
+    ``inspect.getmembers`` over the whole spider (``_find_method``), which
+    costs more than the rest of a request's encoding; shown two members, it
+    finds the same names."""
+
+    def __init__(self, spider: Spider, request: Request):
+        self._methods = {}
+        for func in (request.callback, request.errback):
+            name = getattr(func, "__name__", None)
+            if name and getattr(getattr(spider, name, None), "__func__", None) is getattr(func, "__func__", 0):
+                self._methods[name] = func
+
+    def __dir__(self) -> list[str]:
+        return list(self._methods)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_methods"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def request_dict(request: Request, spider: Spider) -> dict[str, Any]:
+    """``request.to_dict()``, its callback and errback found by name through
+    :class:`CallbackNames`."""
+    return request.to_dict(spider=CallbackNames(spider, request))  # type: ignore[arg-type]
+
+
 def missing_internals(crawler: Crawler) -> list[str]:
     """The internals above that this Scrapy and Twisted lack, by name."""
-    missing = []
+    return [*_engine(crawler), *_feeds(crawler), *_media(crawler), *_codec(crawler), *_reactor()]
+
+
+def _engine(crawler: Crawler) -> Iterator[str]:
     engine = crawler.engine
-    if not hasattr(engine, "needs_backout"):
-        missing.append("ExecutionEngine.needs_backout")
     if not isinstance(getattr(getattr(engine, "downloader", None), "per_slot_settings", None), dict):
-        missing.append("Downloader.per_slot_settings")
+        yield "Downloader.per_slot_settings"
     if not hasattr(engine, "_slot"):
-        missing.append("ExecutionEngine._slot")
-    else:
-        slot = engine._slot
-        missing += [f"engine slot.{name}" for name in ("closing", "nextcall") if slot and not hasattr(slot, name)]
+        yield "ExecutionEngine._slot"
+        return
+    slot = engine._slot
+    yield from (f"engine slot.{name}" for name in ("closing", "nextcall") if slot and not hasattr(slot, name))
+
+
+def _feeds(crawler: Crawler) -> Iterator[str]:
     exporter = crawler.get_extension(FeedExporter)
-    if exporter is not None:
-        if not hasattr(exporter, "slots"):
-            missing.append("FeedExporter.slots")
-        else:
-            for name in ("file", "storage", "feed_options"):
-                if any(not hasattr(slot, name) for slot in exporter.slots):
-                    missing.append(f"FeedSlot.{name}")
+    if exporter is None:
+        return
+    if not hasattr(exporter, "slots"):
+        yield "FeedExporter.slots"
+        return
+    for name in ("file", "storage", "feed_options"):
+        if any(not hasattr(slot, name) for slot in exporter.slots):
+            yield f"FeedSlot.{name}"
+
+
+def _media(crawler: Crawler) -> Iterator[str]:
+    if "downloaded" not in vars(MediaPipeline.SpiderInfo(getattr(crawler, "spider", None))):  # type: ignore[arg-type]
+        yield "MediaPipeline.SpiderInfo.downloaded"
+    if not callable(getattr(FilesPipeline, "_get_store", None)):
+        yield "FilesPipeline._get_store (FilesPipeline.store)"
+
+
+def _codec(crawler: Crawler) -> Iterator[str]:
+    spider = getattr(crawler, "spider", None)
+    if spider is None or not callable(getattr(spider, "parse", None)):
+        return
+    try:
+        found = request_dict(Request("http://127.0.0.1/", callback=spider.parse), spider).get("callback")
+    except (ValueError, AttributeError, TypeError):
+        found = None
+    if found != "parse":
+        yield "Request.to_dict finding callbacks with inspect.getmembers"
+
+
+def _reactor() -> Iterator[str]:
     if is_asyncio_reactor_installed():
         from twisted.internet import reactor  # see compact_timers
 
         if not hasattr(reactor, "runUntilCurrent"):
-            missing.append("reactor.runUntilCurrent")
-    return missing
+            yield "reactor.runUntilCurrent"
 
 
 class InternalsCheck:

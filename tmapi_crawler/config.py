@@ -13,6 +13,8 @@ import difflib
 import ipaddress
 import os
 import re
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -25,11 +27,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from scrapy.pipelines.files import FilesPipeline
 from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
 from tmapi_crawler.digest import parse_rules
-from tmapi_crawler.store.url import StoreError, hide_password, parse_store_url
+from tmapi_crawler.redaction import hide_password
+from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -147,6 +151,8 @@ class TmapiConfig(BaseModel):
     #: The call gate: one process, or shared through Redis (the add-on sets
     #: it in distributed mode, as it sets SCHEDULER and DUPEFILTER_CLASS).
     gate_class: str = Field(default="tmapi_crawler.throttle.CallGate", alias="TMAPI_GATE_CLASS")
+    #: Who downloads a media file among the workers ("": this process alone).
+    media_claims_class: str = Field(default="", alias="TMAPI_MEDIA_CLAIMS_CLASS")
 
     @field_validator("language")
     @classmethod
@@ -205,10 +211,10 @@ class TmapiConfig(BaseModel):
             raise ValueError(str(exc).removeprefix(shown).lstrip(": ")) from None
         return value
 
-    @field_validator("inner_download_handler", "gate_class")
+    @field_validator("inner_download_handler", "gate_class", "media_claims_class")
     @classmethod
     def _class_path(cls, value: str) -> str:
-        return _import_path(value)
+        return _import_path(value) if value else value
 
     @model_validator(mode="after")
     def _url(self) -> TmapiConfig:
@@ -297,3 +303,55 @@ def require_token(config: TmapiConfig) -> str:
             "get one in the TMAPI console, or try the sandbox: python -m tmapi_crawler.sandbox"
         )
     return config.token.get_secret_value()
+
+
+# -- FILES_STORE ----------------------------------------------------------------------------
+
+_WRITABLE: set[str] = set()
+
+
+def _scheme(uri: str) -> str:
+    return "file" if Path(uri).is_absolute() else urlsplit(uri).scheme
+
+
+def local_directory(uri: str) -> Path | None:
+    """The directory of a local ``FILES_STORE`` (``None`` for S3, GCS, FTP)."""
+    return Path(uri.removeprefix("file://")) if _scheme(uri) in ("", "file") else None
+
+
+def check_files_store(settings: BaseSettings) -> None:
+    """Refuse a ``FILES_STORE`` that Scrapy cannot store in, a local
+    directory that cannot be written, or ``IMAGES_THUMBS`` that is not
+    ``{"name": [width, height]}``, before any call; raises
+    :class:`ConfigError`."""
+    try:
+        thumbs = settings.getdict("IMAGES_THUMBS")
+    except ValueError:
+        thumbs = None
+    sizes = thumbs.values() if isinstance(thumbs, dict) else [None]
+    if not all(isinstance(size, (list, tuple)) and len(size) == 2 for size in sizes):
+        shown_thumbs = settings.get("IMAGES_THUMBS")
+        raise ConfigError(
+            f"IMAGES_THUMBS={shown_thumbs!r} is not thumbnail sizes: give JSON such as "
+            '\'{"small": [120, 120], "big": [480, 480]}\''
+        )
+    uri = str(settings.get("FILES_STORE"))
+    shown = hide_password(uri)  # ftp://user:password@host/...
+    scheme = _scheme(uri)
+    if scheme not in FilesPipeline.STORE_SCHEMES:
+        raise ConfigError(
+            f"FILES_STORE={shown!r} is not a store Scrapy has: use a directory, s3://bucket/prefix, "
+            "gs://bucket/prefix or ftp://user:pass@host/path"
+        )
+    directory = local_directory(uri)
+    if directory is None or uri in _WRITABLE:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"FILES_STORE={shown!r} cannot be written ({exc.strerror or exc}): give a directory this user can write to"
+        ) from None
+    _WRITABLE.add(uri)  # checked once a process: a worker checks every seed with media

@@ -22,7 +22,7 @@ import functools
 import io
 import logging
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -30,7 +30,7 @@ from itemadapter import ItemAdapter
 from scrapy.exporters import BaseItemExporter, CsvItemExporter, JsonLinesItemExporter
 
 from tmapi_crawler.config import config_from_settings
-from tmapi_crawler.records import media_url
+from tmapi_crawler.records import decimal_of, media_url, sku_price
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,18 +127,8 @@ class Pricing:
         return _money(cny, self.rate * self.markup)
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or isinstance(value, bool) or value == "":
-        return None
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() and number >= 0 else None
-
-
 def _money(value: Any, factor: Decimal) -> str:
-    number = _decimal(value)
+    number = decimal_of(value)
     return "" if number is None else str((number * factor).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
@@ -217,22 +207,13 @@ def catalog_of(product: dict[str, Any]) -> Catalog:
     return Catalog(names, variants)
 
 
-def sku_price(product: dict[str, Any], sku: dict[str, Any]) -> Any:
-    """A SKU's price as the API wrote it (its ``sale_price``; the product's
-    price when the SKU has none)."""
-    price = sku.get("sale_price", sku.get("price"))
-    if _decimal(price) is None:
-        price = (product.get("price_info") or {}).get("price")
-    return price
-
-
 def _package(sku: dict[str, Any]) -> dict[str, Any]:
     info = sku.get("package_info")
     return info if isinstance(info, dict) else {}
 
 
 def _positive(value: Any) -> str:
-    number = _decimal(value)
+    number = decimal_of(value)
     return "" if number is None or number == 0 else _text(value)
 
 
@@ -408,8 +389,8 @@ def shopify_rows(
     for index, (variant, option_values) in enumerate(variants):
         sku, package = variant.sku, _package(variant.sku)
         cny = sku_price(product, sku)
-        own, original = _decimal(cny), _decimal(sku.get("origin_price"))
-        weight = _decimal(package.get("weight"))
+        own, original = decimal_of(cny), decimal_of(sku.get("origin_price"))
+        weight = decimal_of(package.get("weight"))
         row = {
             "Handle": handle,
             "Variant SKU": _text(sku.get("skuid")) or handle,

@@ -1,4 +1,7 @@
-"""Stats, the progress line and the end-of-crawl summary."""
+"""The crawl's own extensions: stats, the progress line and the
+end-of-crawl summary (:class:`TmapiStats`), the compaction of Twisted's
+timers (:class:`TimerCompaction`), and :func:`to_feeds`, which hands a record
+made outside a callback (a change, a failure) to the feed exports."""
 
 from __future__ import annotations
 

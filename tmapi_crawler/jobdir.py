@@ -1,4 +1,5 @@
-"""A crawl that dies loses nothing: crash-safe ``JOBDIR`` for one process.
+"""A crawl that dies loses nothing: crash-safe ``JOBDIR`` for one process
+(docs/behaviour.md, "Stop and resume"; below, the design).
 
 Scrapy's own disk queue writes its index only when it is closed, and its
 ``requests.seen`` marks a request seen when it is scheduled, not when it is

@@ -1,30 +1,13 @@
-"""Media: a product's images and videos, downloaded into ``FILES_STORE`` and
-tied to its record (``-a media=main,sku,desc,video``; docs/media.md).
+"""Media: a product's images and videos, downloaded into ``FILES_STORE`` by
+Scrapy's own files (and images) pipeline and tied to its record
+(``-a media=main,sku,desc,video``; docs/media.md tells what, where, when and
+how often).
 
-The spider lists the files a product record should have in its ``media``
-(:func:`tmapi_crawler.records.add_media`); Scrapy's own files pipeline
-downloads them and this module fills each entry's ``path`` and ``checksum``:
-
-* :class:`MediaFilesPipeline` is Scrapy's ``FilesPipeline`` (any store it
-  supports: a directory, ``s3://``, ``gs://``, ``ftp://``; ``FILES_EXPIRES``
-  says when a stored file is old enough to fetch again), and
-  :class:`MediaImagesPipeline` its ``ImagesPipeline`` (Pillow), which takes
-  the images when the user asks for thumbnails (``IMAGES_THUMBS``).
-* A URL is downloaded once per crawl (Scrapy's own per-crawl cache, bounded
-  here), and not at all when the store has it already.  In distributed mode
-  the workers claim each file in Redis first (:class:`MediaClaims`), so
-  that two of them do not download it at the same time.
-* A media request is no API call: it carries no ``tmapi`` meta, so the
-  download handler adds no token and the gate never sees it; it has a
-  download slot of its own per host (``TMAPI_MEDIA_CONCURRENCY_PER_HOST``),
-  at most ``TMAPI_MEDIA_CONCURRENCY`` are in flight, and
-  :class:`MediaMiddleware` retries it (``TMAPI_MEDIA_RETRY_TIMES``) and
-  follows its redirects.
-* A product record goes on once its files are downloaded or failed; a
-  failed file is a failure record (``endpoint`` ``media``) and a ``path`` of
-  ``null``.  While ``TMAPI_MEDIA_MAX_PENDING`` records wait for their files,
-  API calls wait too (:class:`MediaMiddleware`): memory stays bounded when
-  the files come slower than the products.
+:class:`MediaFilesPipeline` and :class:`MediaImagesPipeline` fill each
+``media`` entry's ``path`` and ``checksum``; :class:`MediaDownloads` is what
+they and :class:`MediaMiddleware` share (files in flight, records waiting,
+the claims of a distributed crawl: :mod:`tmapi_crawler.cluster.claims`).  A
+media request is no API call: no ``tmapi`` meta, no token, no gate.
 """
 
 from __future__ import annotations
@@ -33,14 +16,12 @@ import asyncio
 import functools
 import logging
 import random
-import tempfile
-import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from ftplib import error_perm
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from scrapy import Request
@@ -50,18 +31,17 @@ from scrapy.pipelines.files import FilesPipeline, FSFilesStore, FTPFilesStore
 from scrapy.pipelines.images import ImagesPipeline
 from scrapy.utils.asyncio import sleep
 from scrapy.utils.defer import ensure_awaitable
+from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from tmapi_crawler.answers import BACKOFF_META, retry_exceptions, retry_later
-from tmapi_crawler.compat import set_slot
-from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.compat import files_store, media_cache, replace_files_store, set_slot
+from tmapi_crawler.config import config_from_settings, local_directory
 from tmapi_crawler.extensions import to_feeds
 from tmapi_crawler.records import ProductItem, failure_record
-from tmapi_crawler.store.url import hide_password
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from os import PathLike
     from typing import Self
 
@@ -90,8 +70,6 @@ MAX_REDIRECTS = 5
 #: Files whose outcome this crawl remembers (Scrapy's cache has no bound).
 #: A file forgotten is found in the store (``FILES_EXPIRES``), not fetched.
 REMEMBERED_FILES = 20_000
-#: Redis key prefix of the claims (followed by the file's path in the store).
-CLAIMS_KEY = "tmapi:media:claim:"
 #: Threads that read and write a local FILES_STORE.
 DISK_THREADS = 4
 IMAGE_KINDS = frozenset({"main", "sku", "desc"})
@@ -103,56 +81,6 @@ _VIDEO_SIGNATURES = (b"\x1aE\xdf\xa3", b"FLV")
 
 def media_store(settings: BaseSettings) -> str | None:
     return settings.get("FILES_STORE") or None
-
-
-_WRITABLE: set[str] = set()
-
-
-def _scheme(uri: str) -> str:
-    return "file" if Path(uri).is_absolute() else urlsplit(uri).scheme
-
-
-def _local_directory(uri: str) -> Path | None:
-    """The directory of a local ``FILES_STORE`` (``None`` for S3, GCS, FTP)."""
-    return Path(uri.removeprefix("file://")) if _scheme(uri) in ("", "file") else None
-
-
-def check_files_store(settings: BaseSettings) -> None:
-    """Refuse a ``FILES_STORE`` that Scrapy cannot store in, a local
-    directory that cannot be written, or ``IMAGES_THUMBS`` that is not
-    ``{"name": [width, height]}``, before any call; raises
-    :class:`ConfigError`."""
-    try:
-        thumbs = settings.getdict("IMAGES_THUMBS")
-    except ValueError:
-        thumbs = None
-    sizes = thumbs.values() if isinstance(thumbs, dict) else [None]
-    if not all(isinstance(size, (list, tuple)) and len(size) == 2 for size in sizes):
-        shown_thumbs = settings.get("IMAGES_THUMBS")
-        raise ConfigError(
-            f"IMAGES_THUMBS={shown_thumbs!r} is not thumbnail sizes: give JSON such as "
-            '\'{"small": [120, 120], "big": [480, 480]}\''
-        )
-    uri = str(settings.get("FILES_STORE"))
-    shown = hide_password(uri)  # ftp://user:password@host/...
-    scheme = _scheme(uri)
-    if scheme not in FilesPipeline.STORE_SCHEMES:
-        raise ConfigError(
-            f"FILES_STORE={shown!r} is not a store Scrapy has: use a directory, s3://bucket/prefix, "
-            "gs://bucket/prefix or ftp://user:pass@host/path"
-        )
-    directory = _local_directory(uri)
-    if directory is None or uri in _WRITABLE:
-        return
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"FILES_STORE={shown!r} cannot be written ({exc.strerror or exc}): give a directory this user can write to"
-        ) from None
-    _WRITABLE.add(uri)  # checked once a process: a worker checks every seed with media
 
 
 def looks_like(kind: str, body: bytes) -> bool:
@@ -188,9 +116,9 @@ class MediaDownloads:
         self.in_flight = asyncio.Semaphore(self.config.media_concurrency)
         self.pending = 0
         self._room: asyncio.Event | None = None
-        self.claims: MediaClaims | None = None
-        if is_distributed(crawler.settings):
-            self.claims = MediaClaims(crawler, timeout=self._claim_timeout())
+        self.claims: Claims | None = None
+        if self.config.media_claims_class:
+            self.claims = load_object(self.config.media_claims_class)(crawler, timeout=self._claim_timeout())
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -254,57 +182,14 @@ def downloads_of(crawler: Crawler) -> MediaDownloads:
     return found
 
 
-class MediaClaims:
-    """Distributed mode: a worker claims a file in Redis before it downloads
-    it (``SET NX`` with a timeout, in case it dies); a worker that finds the
-    file claimed waits for the claim to end and then finds the file in the
-    shared ``FILES_STORE``."""
+class Claims(Protocol):
+    """Who downloads a file among the workers (distributed mode:
+    :class:`tmapi_crawler.cluster.claims.MediaClaims`, by class path,
+    ``TMAPI_MEDIA_CLAIMS_CLASS``, as the gate's)."""
 
-    POLL = 0.1
+    async def claim(self, key: str) -> bool: ...
 
-    def __init__(self, crawler: Crawler, timeout: float):
-        from tmapi_crawler.cluster.connection import redis_from_settings
-        from tmapi_crawler.cluster.lua import UNCLAIM
-
-        self.crawler = crawler
-        self.server = redis_from_settings(crawler.settings)
-        self._unclaim = self.server.register_script(UNCLAIM)
-        self.prefix = CLAIMS_KEY
-        self.timeout_ms = int(timeout * 1000)
-        self.me = uuid.uuid4().hex
-
-    async def claim(self, key: str) -> bool:
-        """``True``: this worker downloads the file; ``False``: another one
-        had it, and has finished (or given up) by now."""
-        name = self.prefix + key
-        if await self._call(lambda: self.server.set(name, self.me, nx=True, px=self.timeout_ms)):
-            return True
-        while await self._call(lambda: self.server.exists(name)):
-            await sleep(self.POLL)
-        return False
-
-    async def release(self, key: str) -> None:
-        """End this worker's claim (not one another worker took since)."""
-        name = self.prefix + key
-        await self._call(lambda: self._unclaim(keys=[name], args=[self.me]))
-
-    async def _call(self, call: Callable[[], Any]) -> Any:
-        """*call* in a thread; while Redis does not answer, it waits for
-        Redis (:mod:`tmapi_crawler.cluster.health`), then tries again."""
-        from redis.exceptions import RedisError
-
-        from tmapi_crawler.cluster.health import health_of
-
-        health = health_of(self.crawler)  # an extension: looked up once the crawl runs
-        while True:
-            if not health.up and not health.stopping:
-                await health.back()
-            try:
-                return await asyncio.get_running_loop().run_in_executor(None, call)
-            except RedisError as exc:
-                if health.stopping:
-                    raise
-                health.failed(exc)
+    async def release(self, key: str) -> None: ...
 
 
 class _ThreadedFSStore(FSFilesStore):
@@ -370,7 +255,7 @@ class MediaFilesPipeline(FilesPipeline):
     the images."""
 
     def __init__(self, store_uri: str, *, crawler: Crawler):
-        local = _local_directory(store_uri)
+        local = local_directory(store_uri)
         if local is not None:
             # Made first: Scrapy's store looks for it, then makes it, and of
             # two workers starting together on one store, one fails.
@@ -380,16 +265,17 @@ class MediaFilesPipeline(FilesPipeline):
         self.kinds = frozenset({"video"}) if thumbs else frozenset({*IMAGE_KINDS, "video"})
         self.downloads = downloads_of(crawler)
         self._disk: ThreadPoolExecutor | None = None
-        if isinstance(self.store, FSFilesStore):
+        store = files_store(self)
+        if isinstance(store, FSFilesStore):
             # The directories Scrapy writes in, made now: its check for them
             # is not safe in threads.
-            base = Path(self.store.basedir)
+            base = Path(store.basedir)
             for name in ("full", *(f"thumbs/{t}" for t in crawler.settings.getdict("IMAGES_THUMBS"))):
                 (base / name).mkdir(parents=True, exist_ok=True)
             self._disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="tmapi-media-disk")
-            self.store = _ThreadedFSStore(self.store.basedir, self._disk)
-        elif isinstance(self.store, FTPFilesStore):
-            self.store = _FTPStore(store_uri)
+            replace_files_store(self, _ThreadedFSStore(store.basedir, self._disk))
+        elif isinstance(store, FTPFilesStore):
+            replace_files_store(self, _FTPStore(store_uri))
 
     async def close_spider(self) -> None:
         if self._disk is not None:
@@ -405,7 +291,7 @@ class MediaFilesPipeline(FilesPipeline):
     async def process_item(self, item: Any) -> Any:  # type: ignore[override] # no spider argument
         if not self._entries(item):
             return item
-        info = self.spiderinfo
+        info = media_cache(self)
         if not isinstance(info.downloaded, _Remembered):
             info.downloaded = _Remembered(REMEMBERED_FILES)
         self.downloads.record_waits()

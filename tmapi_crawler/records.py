@@ -1,4 +1,4 @@
-"""The three records the crawler writes, and their models.
+"""The records the crawler writes, and their models (docs/records.md).
 
 Records travel through Scrapy as plain ``dict`` subclasses (so that feeds can
 route them by class, and nothing is copied on the way); their pydantic models
@@ -12,11 +12,13 @@ their JSON Schema (``python -m tmapi_crawler.records`` writes ``schemas/``).
 * :class:`ListingItem` (``follow=listing``): the listing entry as returned
   (``item_id`` an integer), ``source``, ``crawled_at``.
   With ``-a media=...``, ``media``: the product's files, each
-  ``{"url", "kind", "path", "checksum"}`` (:func:`media_entries`; the media
+  ``{"url", "kind", "path", "checksum"}`` (:func:`add_media`; the media
   pipeline fills ``path`` and ``checksum``).
 * :class:`FailureItem`: ``endpoint``, ``params`` (never the token),
   ``item_id``, ``code``, ``msg``, ``attempts``, ``source``, ``listing``,
   ``failed_at``.
+* :class:`ChangeItem` (catalog store): what changed in a product between
+  two crawls (:mod:`tmapi_crawler.store.changes`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +62,27 @@ def now_precise() -> str:
     """Now to the microsecond: when an answer was fetched (``detail_fetched_at``,
     ``desc_fetched_at``), which the catalog store compares exactly."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sku_price(product: dict[str, Any], sku: dict[str, Any]) -> Any:
+    """A SKU's price as the API wrote it (its ``sale_price``; the product's
+    price when the SKU has none)."""
+    price = sku.get("sale_price", sku.get("price"))
+    if decimal_of(price) is None:
+        price = (product.get("price_info") or {}).get("price")
+    return price
+
+
+def decimal_of(value: Any) -> Decimal | None:
+    """*value* as a price or a quantity: a finite number, 0 or more, else
+    ``None`` (an empty field, a word, a negative)."""
+    if value is None or isinstance(value, bool) or value == "":
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() and number >= 0 else None
 
 
 class BadAnswer(ValueError):

@@ -1,4 +1,6 @@
-"""Masking the token where it could still show: exception messages and logs.
+"""Masking secrets where they could still show: the token in exception
+messages and logs, and the password of a URL in what is shown of it
+(:func:`hide_password`).
 
 No request that Scrapy logs carries the token (the download handler adds it
 to a copy, at the last moment), so this is a second line of defence: an
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,3 +76,14 @@ def redact_logs(token: str | None) -> Callable[[], None]:
             handler.removeFilter(log_filter)
 
     return undo
+
+
+def hide_password(text: str) -> str:
+    """*text* with the password of a URL replaced."""
+    try:
+        parts = urlsplit(text)
+        if parts.password:
+            return text.replace(f":{parts.password}@", ":***@", 1)
+    except ValueError:
+        pass
+    return text

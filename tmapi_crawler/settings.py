@@ -28,7 +28,7 @@ USER_AGENT = "tmapi_crawler (+https://github.com/tmapi-crawler)"
 # TMAPI asks clients to wait up to 60 s for an answer.
 DOWNLOAD_TIMEOUT = 60
 
-# Every answer is handled by tmapi_crawler.middlewares.ApiMiddleware, errors
+# Every answer is handled by tmapi_crawler.answers.AnswerMiddleware, errors
 # included; HttpErrorMiddleware must not drop them before the errback.
 HTTPERROR_ALLOW_ALL = True
 

@@ -1,40 +1,14 @@
 """Admission of API calls: the account's concurrency limit, the 439 pause,
-the budget, and stopping.
+the budget, and stopping (docs/behaviour.md, "Throttling").
 
 Every API call passes :meth:`CallGate.acquire` in the download handler, at
 the last moment before it is sent, and :meth:`CallGate.release` when its
-answer (or error) is back, so the count of calls in flight is exact.  The
-middleware that reads the answers tells the gate how each call went
-(:meth:`CallGate.answered`); from that the gate
-
-* finds the account's concurrency limit without being told it.  It starts
-  moderate and adds one call in flight per success (so the number of calls
-  in flight doubles every round trip), like TCP's slow start, up to twice
-  the most calls in flight that a success was sent with.  A 503 for a
-  call sent while ``k`` of ours were in flight proves the limit is below
-  ``k``: the gate sets its limit to ``k - 1`` and remembers it as the
-  ceiling.  Because a 503 says where the hard limit is, the gate stays at
-  the ceiling instead of oscillating around it (AIMD would halve and climb
-  back, losing a share of the throughput at each cut); only after
-  ``PROBE_AFTER`` round trips without a 503 does it try one call more, in
-  case the account's limit was raised.  ``TMAPI_CONCURRENCY`` caps it, and
-  when set, is also where it starts.
-* pauses all traffic on a 439 (no balance): calls wait at the gate, and one
-  call at a time goes out as a probe after 5 s, 10 s, 20 s ... up to 60 s.  A
-  probe that succeeds resumes everything; after ``TMAPI_QUOTA_WAIT`` seconds
-  of 439 the crawl stops with ``tmapi_quota_exhausted``.
-* keeps the budget, ``TMAPI_MAX_CALLS``: a product is started (its detail
-  sent) only when the calls it needs, its detail and its description, fit
-  in what is left, and the description's place is kept for it.  Once the
-  next start does not fit, no new product or page is started; the products
-  started finish (their descriptions, and the retries a fault makes them
-  need), the schedulers hand out nothing else (:meth:`CallGate.may_hand_out`),
-  and when nothing is left to finish the crawl stops with
-  ``tmapi_budget_exhausted``: every detail billed ends in a record.
-
-A call refused because the crawl is stopping raises :class:`CrawlStopping`;
-the middleware hands such a request back to the scheduler, so that a crawl
-with ``JOBDIR`` keeps it for the resume.
+answer is back, so the count of calls in flight is exact; the middleware
+that reads the answers tells the gate how each went
+(:meth:`CallGate.answered`).  The limit a crawl finds is where the next one
+starts (:mod:`tmapi_crawler.limits`).  A call refused because the crawl is
+stopping raises :class:`CrawlStopping`, and is handed back to the scheduler
+(so that ``JOBDIR`` keeps it for the resume).
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
-"""The shared crawl's scheduler: scrapy-redis's, with a leased JSON queue.
+"""The shared crawl's scheduler: Scrapy's scheduler interface over Redis.
 
-What it changes in scrapy-redis 0.9.1:
+It implements :class:`scrapy.core.scheduler.BaseScheduler` itself, and takes
+from scrapy-redis 0.9.1 what serves as it is: the connection
+(:mod:`.connection`), the dupefilter's fingerprints and log
+(:mod:`.dupefilter`) and the queue's base (:mod:`.queue`).  Its own
+scheduler is not reused: every method of it would be replaced (and its
+``request_seen`` would never be called, marking a request seen and queueing
+it being one step here).  What this scheduler does that scrapy-redis's does
+not:
 
 * requests are taken under a lease (:mod:`.queue`) and acknowledged only
   when all they led to is safe (:mod:`tmapi_crawler.leases`); a lease that
@@ -8,9 +15,9 @@ What it changes in scrapy-redis 0.9.1:
   request back for the others, and a worker that stops cleanly puts back
   what it had not finished at once.  A killed worker thus loses nothing,
   and the duplicates it can cause are at most the requests it had in hand;
-* marking a request seen and queueing it is one atomic step;
+* marking a request seen and queueing it is one atomic step (a script);
 * nothing is ever wiped by a worker closing (``SCHEDULER_PERSIST=False``
-  would); ``scrapy cluster clear`` does it on purpose;
+  would in scrapy-redis); ``scrapy cluster clear`` does it on purpose;
 * it is built ``from_crawler`` and needs no ``spider`` argument anywhere;
 * while Redis does not answer (:mod:`.health`) it hands out nothing, keeps
   the requests it is given (their parents stay unacknowledged until they
@@ -27,12 +34,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from redis.exceptions import RedisError
 from scrapy import signals
+from scrapy.core.scheduler import BaseScheduler
 from scrapy.utils.misc import load_object
-from scrapy_redis.scheduler import Scheduler
 
 from tmapi_crawler import codec
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import COMMIT_INTERVAL, DUPEFILTER_KEY, QUEUE_KEY
+from tmapi_crawler.cluster.dupefilter import RedisDupeFilter
 from tmapi_crawler.cluster.health import health_of
 from tmapi_crawler.cluster.queue import LeasedQueue
 from tmapi_crawler.config import config_from_settings
@@ -63,11 +71,26 @@ class _Unsent(NamedTuple):
     parent: str | None
 
 
-class LeasedScheduler(Scheduler):
-    """scrapy-redis's scheduler with leases, JSON, and nothing wiped."""
+class LeasedScheduler(BaseScheduler):
+    """The Redis queue under leases, in JSON, nothing wiped (see the module's docstring)."""
 
-    def __init__(self, server: Redis, *, crawler: Crawler, **kwargs: Any):
-        super().__init__(server, persist=True, **kwargs)
+    def __init__(
+        self,
+        server: Redis,
+        *,
+        crawler: Crawler,
+        queue_key: str = QUEUE_KEY,
+        queue_cls: str = f"{LeasedQueue.__module__}.LeasedQueue",
+        dupefilter_key: str = DUPEFILTER_KEY,
+        dupefilter_cls: str = f"{RedisDupeFilter.__module__}.RedisDupeFilter",
+    ):
+        self.server = server
+        self.queue_key = queue_key
+        self.queue_cls = queue_cls
+        self.dupefilter_key = dupefilter_key
+        self.dupefilter_cls = dupefilter_cls
+        self.spider: Spider | None = None
+        self.df: RedisDupeFilter
         self.crawler = crawler
         self.stats = crawler.stats
         config = config_from_settings(crawler.settings)
@@ -93,8 +116,7 @@ class LeasedScheduler(Scheduler):
             queue_key=settings.get("SCHEDULER_QUEUE_KEY", QUEUE_KEY),
             queue_cls=settings.get("SCHEDULER_QUEUE_CLASS") or f"{LeasedQueue.__module__}.LeasedQueue",
             dupefilter_key=settings.get("SCHEDULER_DUPEFILTER_KEY", DUPEFILTER_KEY),
-            dupefilter_cls=settings.get("DUPEFILTER_CLASS"),
-            serializer=codec,
+            dupefilter_cls=settings.get("DUPEFILTER_CLASS") or f"{RedisDupeFilter.__module__}.RedisDupeFilter",
         )
 
     # -- Scrapy's scheduler interface -----------------------------------------
@@ -106,7 +128,7 @@ class LeasedScheduler(Scheduler):
             server=self.server,
             spider=spider,
             key=self.queue_key % {"spider": spider.name},
-            serializer=self.serializer,
+            serializer=codec,
             lease_ms=self.lease_ms,
         )
         self.df = load_object(self.dupefilter_cls).from_spider(spider)

@@ -32,8 +32,7 @@ from pydantic import SecretStr
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
-from tmapi_crawler.commands.crawl import refuse
-from tmapi_crawler.commands.export import whole_file
+from tmapi_crawler.commands import refuse, whole_file
 from tmapi_crawler.config import shown
 from tmapi_crawler.report import Report
 from tmapi_crawler.store.changes import CHANGE_KINDS

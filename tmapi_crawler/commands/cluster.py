@@ -27,7 +27,7 @@ from scrapy.utils.conf import arglist_to_dict
 
 from tmapi_crawler.arguments import parse_arguments
 from tmapi_crawler.cluster.defaults import GATE_HOLDERS_KEY, GATE_KEY, crawl_keys
-from tmapi_crawler.commands.crawl import refuse
+from tmapi_crawler.commands import refuse
 from tmapi_crawler.config import ConfigError, is_distributed, shown
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 * the ``TMAPI_*`` settings and the spider arguments are checked before the
   crawl starts; a bad one prints one line (no traceback) and exits 2;
-* the exit code tells how the crawl ended (see :data:`EXIT_CODES`), so that
+* the exit code tells how the crawl ended (see :data:`tmapi_crawler.commands.EXIT_CODES`), so that
   cron jobs and schedulers can trust it.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.spiderloader import get_spider_loader
 
+from tmapi_crawler.commands import EXIT_CODES, EXIT_NO_LISTING, refuse
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token, shown
 from tmapi_crawler.jobdir import check_jobdir
 from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs
@@ -28,28 +29,7 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
 
-#: Exit codes by finish reason; any reason not listed exits 1.
-EXIT_CODES = {
-    "finished": 0,
-    "tmapi_budget_exhausted": 0,  # the crawl did what it was allowed to
-    "tmapi_auth_failed": 3,
-    "tmapi_quota_exhausted": 4,
-    "tmapi_store_failed": 5,  # the catalog store failed (disk full...); run again when fixed
-    "tmapi_feed_failed": 6,  # a feed, failures or changes file could not be written; free space, run again
-    "tmapi_redis_unavailable": 7,  # Redis did not answer for TMAPI_REDIS_OUTAGE_TIMEOUT; run again when it does
-    "tmapi_redis_state_lost": 8,  # Redis lost the crawl (restarted empty, flushed): clear and start again
-    "shutdown": 130,  # stopped by Ctrl-C or SIGTERM; resume with JOBDIR
-}
-EXIT_BAD_INPUT = 2
-#: A crawl that could read no listing at all (every first page failed).
-EXIT_NO_LISTING = 9
 LISTING_ENDPOINTS = ("shop_items", "category_items")
-
-
-def refuse(message: str) -> NoReturn:
-    """A mistake of the user's: one line on stderr, no traceback, exit 2."""
-    print(f"Error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def exit_code_for(reason: str | None) -> int:

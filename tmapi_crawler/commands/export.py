@@ -10,28 +10,21 @@ only when every line was good, so that nothing is ever half-written.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
-import os
-import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
-from tmapi_crawler.commands.crawl import refuse
+from tmapi_crawler.commands import refuse, whole_file
 from tmapi_crawler.config import ConfigError, config_from_settings, describe_validation_error, shown
 from tmapi_crawler.exports import EXPORTERS, RowsExporter, options_of
 from tmapi_crawler.records import ProductItem, validate
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator
-    from typing import IO
 
 #: Bad lines reported before the rest are only counted.
 MOST_REPORTED = 20
@@ -104,71 +97,6 @@ class Command(ScrapyCommand):
         for problem in adjusted:
             print(f"Adjusted: {problem}", file=sys.stderr)
         print(f"{products} products, {written.rows_written} rows written to {output} ({name})")
-
-
-@contextlib.contextmanager
-def whole_file(output: Path) -> Iterator[IO[bytes]]:
-    """A file to write *output* through: a temporary file beside it, renamed
-    to *output* when the ``with`` block ends well and removed when it does
-    not (an exception, ``SystemExit`` included, and Ctrl-C or SIGTERM), so
-    that *output* is never half-written.  A temporary file left by a run
-    that was killed (SIGKILL) is removed by the next run to *output*."""
-    prefix = f".{output.name}.tmapi-"
-    remove_leftovers(output.parent, prefix)
-    handle, temp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=output.parent)
-    try:
-        with _signals_as_exit(), os.fdopen(handle, "wb") as out:
-            yield out
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # as a file the user wrote (mkstemp made it private)
-        os.replace(temp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def remove_leftovers(folder: Path, prefix: str) -> None:
-    """Remove the temporary files ``<prefix><pid>-...`` in *folder* whose
-    process is gone (killed before it could remove them)."""
-    for path in folder.glob(glob.escape(prefix) + "*"):
-        pid = path.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                print(f"Removed {path}, left by an earlier run that was killed", file=sys.stderr)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
-
-
-@contextlib.contextmanager
-def _signals_as_exit() -> Iterator[None]:
-    """SIGTERM and Ctrl-C raise SystemExit (exit 143, 130) instead of ending
-    the process where it is (or with a traceback), so that the ``with``
-    blocks around it clean up."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not the main thread: nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, was in previous.items():
-            signal.signal(signum, was)
 
 
 def export_lines(path: Path, exporter: RowsExporter) -> tuple[int, list[str]]:

@@ -9,14 +9,13 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scrapy import Request, Spider
+from scrapy import Request, Spider, signals
 from scrapy.utils.httpobj import urlparse_cached
 
 from tmapi_crawler import api
 from tmapi_crawler.api import FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
-from tmapi_crawler.arguments import CommonArgs, check_media, check_seed, parse_arguments, tool_arguments
+from tmapi_crawler.arguments import CommonArgs, ListingArgs, check_media, check_seed, parse_arguments, tool_arguments
 from tmapi_crawler.commands.parse import PARSING
-from tmapi_crawler.compat import wait_for_room
 from tmapi_crawler.config import config_from_settings, is_distributed
 from tmapi_crawler.leases import LeaseTracker, tracker_of
 from tmapi_crawler.records import (
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from tmapi_crawler.config import TmapiConfig
+    from tmapi_crawler.spiders.context import Description, Detail, Options
     from tmapi_crawler.store.crawl import CatalogStore
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,25 @@ logger = logging.getLogger(__name__)
 PRIORITY_PAGE = 0
 PRIORITY_DETAIL = 10
 PRIORITY_DESC = 20
+
+
+async def wait_for_room(crawler: Crawler) -> None:
+    """While the downloader is full (``ExecutionEngine.needs_backout``),
+    wait until the scheduler is empty: the ``start()`` recipe of Scrapy's
+    documentation.  Scrapy takes whatever ``start()`` yields as fast as it
+    comes, so without this an ids file of millions of lines would be read
+    into memory at once."""
+    engine = crawler.engine
+    if engine is not None and engine.needs_backout():
+        await crawler.signals.wait_for(signals.scheduler_empty)
+
+
+def request_of(response: Response) -> Request:
+    """The request of a response given to a callback (Scrapy always sets it;
+    its type says it may be ``None``)."""
+    request = response.request
+    assert request is not None
+    return request
 
 
 def tracked(callback: Callable[..., Iterable[Any]]) -> Callable[..., Iterable[Any]]:
@@ -122,12 +141,11 @@ class TmapiSpider(Spider):
         """The catalog store, when ``TMAPI_STORE`` is set."""
         return store_of(self.crawler)
 
-    def note_page(self, request: Request | None, entries: list[Any] | None, pages_total: int | None = None) -> None:
+    def note_page(self, request: Request, entries: list[Any] | None, pages_total: int | None = None) -> None:
         """Tell the catalog store that a listing page was read (the entries
         it listed, and the number of pages when the page says it) or failed
         (*entries* ``None``): a listing read completely tells which stored
         products it no longer names.  Nothing to do without a store."""
-        assert request is not None
         read = request.cb_kwargs.get("opts", {}).get("read")
         if self.catalog is None or read is None:
             return
@@ -155,7 +173,7 @@ class TmapiSpider(Spider):
     def seed_requests(self, args: Any) -> Iterator[Any]:  # pragma: no cover - each spider's own
         raise NotImplementedError
 
-    def options(self, args: CommonArgs) -> dict[str, Any]:
+    def options(self, args: CommonArgs) -> Options:
         """The ``opts`` that a seed's requests carry; ``read`` names this
         crawl's read of a listing (:meth:`note_page`): a copy per seed."""
         return {
@@ -164,7 +182,7 @@ class TmapiSpider(Spider):
             "language": args.language or self.config.language,
             "scene": args.scene,
             "optimize_title": args.optimize_title,
-            "max_pages": getattr(args, "max_pages", None),
+            "max_pages": args.max_pages if isinstance(args, ListingArgs) else None,
             "media": list(args.media),
         }
 
@@ -175,23 +193,22 @@ class TmapiSpider(Spider):
         return api.build_request(self.config.base_url, endpoint, params, **kwargs)
 
     @staticmethod
-    def detail_params(opts: dict[str, Any]) -> dict[str, Any]:
+    def detail_params(opts: Options) -> dict[str, Any]:
         return {"language": opts["language"], "scene": opts["scene"], "optimize_title": opts["optimize_title"]}
 
     def detail_request(
-        self, item_id: int, *, source: dict[str, Any], listing: dict[str, Any] | None, opts: dict[str, Any]
+        self, item_id: int, *, source: dict[str, Any], listing: dict[str, Any] | None, opts: Options
     ) -> Request:
+        context: Detail = {"source": source, "listing": listing, "item_id": item_id, "opts": opts}
         return self.api_request(
             Endpoint.ITEM_DETAIL,
             {"item_id": item_id, **self.detail_params(opts)},
             callback=self.parse_detail,
-            cb_kwargs={"source": source, "listing": listing, "item_id": item_id, "opts": opts},
+            cb_kwargs=dict(context),
             priority=PRIORITY_DETAIL,
         )
 
-    def follow_entry(
-        self, entry: Any, source: dict[str, Any], request: Request | None, opts: dict[str, Any]
-    ) -> Iterator[Any]:
+    def follow_entry(self, entry: Any, source: dict[str, Any], request: Request, opts: Options) -> Iterator[Any]:
         """A listing entry: a listing record, or a request for its detail."""
         try:
             if not isinstance(entry, dict):
@@ -244,7 +261,7 @@ class TmapiSpider(Spider):
         source: dict[str, Any],
         listing: dict[str, Any] | None,
         item_id: int | None,
-        opts: dict[str, Any],
+        opts: Options,
     ) -> Iterator[Any]:
         try:
             record = product_record(
@@ -262,18 +279,16 @@ class TmapiSpider(Spider):
         if opts["follow"] != "detail+desc":
             yield from self.finished(record, media)
             return
+        context: Description = {"product": record, "item_id": record["item_id"], "source": source}
+        if media:
+            context["media"] = media
         # The budget's marks go on to the description: its product started.
         budget = {key: response.meta.pop(key) for key in (STARTED_META, RESERVED_META) if key in response.meta}
         yield self.api_request(
             Endpoint.ITEM_DESC,
             {"item_id": record["item_id"]},
             callback=self.parse_desc,
-            cb_kwargs={
-                "product": record,
-                "item_id": record["item_id"],
-                "source": source,
-                **({"media": media} if media else {}),
-            },
+            cb_kwargs=dict(context),
             priority=PRIORITY_DESC,
             meta=budget,
             # One description per detail answer, and details are deduplicated:

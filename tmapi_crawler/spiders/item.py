@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 from tmapi_crawler.api import Endpoint, offer_id_from_url
 from tmapi_crawler.arguments import ItemArgs, read_inputs
 from tmapi_crawler.spiders.base import PRIORITY_DETAIL, TmapiSpider
+from tmapi_crawler.spiders.context import Detail
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from scrapy import Request
+
+    from tmapi_crawler.spiders.context import Options
 
 
 class ItemSpider(TmapiSpider):
@@ -31,7 +34,7 @@ class ItemSpider(TmapiSpider):
                 if problem is None:
                     yield self.input_request(text, opts)
 
-    def input_request(self, text: str, opts: dict[str, Any]) -> Request:
+    def input_request(self, text: str, opts: Options) -> Request:
         source = {"spider": "item", "input": text}
         stats = self.crawler.stats
         assert stats is not None
@@ -42,6 +45,6 @@ class ItemSpider(TmapiSpider):
             Endpoint.ITEM_DETAIL_BY_URL,
             {"url": text, **self.detail_params(opts)},
             callback=self.parse_detail,
-            cb_kwargs={"source": source, "listing": None, "item_id": offer_id_from_url(text), "opts": opts},
+            cb_kwargs=dict(Detail(source=source, listing=None, item_id=offer_id_from_url(text), opts=opts)),
             priority=PRIORITY_DETAIL,
         )

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from tmapi_crawler.api import Endpoint, envelope_of
 from tmapi_crawler.arguments import ShopArgs
 from tmapi_crawler.records import BadAnswer
-from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider, tracked
+from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider, request_of, tracked
+from tmapi_crawler.spiders.context import ShopPage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.http import Response
     from twisted.python.failure import Failure
+
+    from tmapi_crawler.spiders.context import Options
 
 
 #: Listing pages of a shop in hand at once.  Page 1 says how many there are;
@@ -33,7 +36,8 @@ class ShopSpider(TmapiSpider):
 
     def seed_requests(self, args: ShopArgs) -> Iterator[Any]:
         for member_id in args.member_id:
-            opts = {**self.options(args), "page_size": args.page_size}
+            opts = self.options(args)
+            opts["page_size"] = args.page_size
             params = {
                 "member_id": member_id,
                 "page": 1,
@@ -45,19 +49,18 @@ class ShopSpider(TmapiSpider):
             }
             yield self.page_request(params, opts)
 
-    def page_request(self, params: dict[str, Any], opts: dict[str, Any], pages: int | None = None) -> Request:
+    def page_request(self, params: dict[str, Any], opts: Options, pages: int | None = None) -> Request:
         return self.api_request(
             Endpoint.SHOP_ITEMS,
             params,
             callback=self.parse_page,
             errback=self.on_page_error,
             priority=PRIORITY_PAGE,
-            cb_kwargs={"opts": opts, "pages": pages},
+            cb_kwargs=dict(ShopPage(opts=opts, pages=pages)),
         )
 
-    def page_ahead(self, request: Request | None) -> Iterator[Request]:
+    def page_ahead(self, request: Request) -> Iterator[Request]:
         """The page PAGES_AHEAD after *request*'s, if the shop has it."""
-        assert request is not None
         params, pages = request.meta["tmapi"]["params"], request.cb_kwargs["pages"]
         if pages is not None and params["page"] + PAGES_AHEAD <= pages:
             yield self.page_request({**params, "page": params["page"] + PAGES_AHEAD}, request.cb_kwargs["opts"], pages)
@@ -68,7 +71,8 @@ class ShopSpider(TmapiSpider):
         yield from self.page_ahead(failure.request)  # type: ignore[attr-defined]
 
     @tracked
-    def parse_page(self, response: Response, *, opts: dict[str, Any], pages: int | None) -> Iterator[Any]:
+    def parse_page(self, response: Response, *, opts: Options, pages: int | None) -> Iterator[Any]:
+        request = request_of(response)
         params = response.meta["tmapi"]["params"]
         member_id, page = params["member_id"], params["page"]
         data = envelope_of(response).data
@@ -79,9 +83,9 @@ class ShopSpider(TmapiSpider):
             if not (isinstance(total, int) or (isinstance(total, str) and total.isdigit())):
                 raise BadAnswer(f"shop_items total_count is not a number: {total!r}")
         except BadAnswer as exc:
-            self.note_page(response.request, None)
-            yield self.failure(response.request, None, f"malformed answer: {exc}")
-            yield from self.page_ahead(response.request)
+            self.note_page(request, None)
+            yield self.failure(request, None, f"malformed answer: {exc}")
+            yield from self.page_ahead(request)
             return
         stats = self.crawler.stats
         assert stats is not None
@@ -100,10 +104,10 @@ class ShopSpider(TmapiSpider):
                 yield self.page_request({**params, "page": next_page}, opts, pages)
             # The listing's own number of pages, not max_pages': a read cut
             # short by max_pages is not complete.
-            self.note_page(response.request, data["items"], listed_pages)
+            self.note_page(request, data["items"], listed_pages)
         else:
-            self.note_page(response.request, data["items"])
-            yield from self.page_ahead(response.request)
+            self.note_page(request, data["items"])
+            yield from self.page_ahead(request)
         for position, entry in enumerate(data["items"]):
             source = {"spider": "shop", "member_id": member_id, "page": page, "position": position}
-            yield from self.follow_entry(entry, source, response.request, opts)
+            yield from self.follow_entry(entry, source, request, opts)

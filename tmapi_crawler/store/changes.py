@@ -14,8 +14,7 @@ from typing import Any, get_args
 
 import orjson
 
-from tmapi_crawler.exports import sku_price
-from tmapi_crawler.records import ChangeKind
+from tmapi_crawler.records import ChangeKind, sku_price
 
 #: The listing fields whose change means the product's detail changed: the
 #: title and every price field.  Shop listings (``shop_items``) send

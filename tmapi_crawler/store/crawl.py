@@ -1,17 +1,16 @@
-"""The catalog store in a crawl: which calls are needed, and what is kept.
+"""The catalog store in a crawl: which calls are needed, and what is kept
+(docs/catalog.md).
 
 * :class:`CatalogStore` (an extension) owns the database: a reader and a
   writer, each a connection in a thread of its own, so that the reactor
-  never waits for the disk or for PostgreSQL.  Product records and listing
-  pages are written in batches (:data:`BATCH_SIZE` records, or every
-  :data:`FLUSH_INTERVAL` seconds), one transaction each; the change records
-  a batch found are then written to ``TMAPI_CHANGES_FILE`` through the feed
-  exports.
-* :class:`StoreMiddleware` (a downloader middleware, before the gate)
-  answers an ``item_detail`` or ``item_desc`` call from the store when the
-  stored answer is still good (see :meth:`StoreMiddleware.fresh_detail`):
-  such an answer never reaches the API, the gate or the bill, and the spider
-  handles it as any other answer.
+  never waits for the disk or for PostgreSQL.  Records are written in
+  batches, one transaction each; the change records a batch found go to
+  ``TMAPI_CHANGES_FILE`` through the feed exports.
+* :class:`StoreSpiderMiddleware` turns a listing page's unchanged products
+  into their records at once (one query for the page, no request each);
+  :class:`StoreMiddleware` (a downloader middleware, before the gate)
+  answers the other ``item_detail`` and ``item_desc`` calls it can.  A
+  stored answer never reaches the API, the gate or the bill.
 * :class:`StorePipeline` hands each product record to the store and passes
   it on once it is stored, so that a record in the feed (and a request
   acknowledged in ``JOBDIR`` or Redis) is a product in the store.
@@ -63,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 #: Records in one write transaction at most.
 BATCH_SIZE = 200
+#: Records waiting for the writer past which API calls wait for it.
+MAX_WAITING = 2 * BATCH_SIZE
 #: Seconds between two writes of what is pending.
 FLUSH_INTERVAL = 0.2
 #: The finish reason of a crawl stopped because the store failed.
@@ -73,6 +74,9 @@ STORE_FAILED = "tmapi_store_failed"
 #: a batch took seconds instead of milliseconds, and thousands of records
 #: waited in memory (docs/performance.md).
 SWITCH_INTERVAL = 0.0005
+#: meta key: the listing page's lookup found that this detail must be
+#: fetched (:class:`StoreSpiderMiddleware`): no second lookup.
+CHECKED_META = "tmapi_store_checked"
 #: Products remembered at most by :class:`StoreMiddleware` as having no
 #: description to give (about the descriptions in flight).
 DESC_DUE_MAX = 10_000
@@ -146,6 +150,7 @@ class CatalogStore:
         self._names = {self._read_thread: "read", self._write_thread: "write"}
         self._cpu = dict.fromkeys(self._names.values(), 0.0)
         self._records: list[tuple[ProductItem, asyncio.Future[ProductItem]]] = []
+        self._room: asyncio.Event | None = None
         self._pages: list[PageNote] = []
         self._writing: asyncio.Task[None] | None = None
         self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
@@ -153,6 +158,9 @@ class CatalogStore:
         #: The records made from the store's answers alone, on their way to
         #: the pipeline: item id -> their fetch times (nothing to write).
         self.served: dict[int, tuple[str, str | None]] = {}
+        #: Products whose description the store cannot give (found when their
+        #: detail was looked up): their description call needs no lookup.
+        self._desc_due: set[int] = set()
         self.failed: StoreError | None = None
         self.crawl_id = ""
         #: Since when the store does not answer (an outage that may pass).
@@ -269,6 +277,23 @@ class CatalogStore:
             and self._young(stored.desc_age(now), self.config.desc_max_age, stored.item_id)
         )
 
+    def to_fetch(self, request: Request, stored: Stored | None, reason: str, now: datetime) -> None:
+        """*request*'s detail is to be fetched (for *reason*): counted, and
+        whether its description will need a lookup noted."""
+        self.stats.inc_value(f"tmapi/store/detail_fetched/{reason}")
+        if request.cb_kwargs.get("opts", {}).get("follow") == "detail+desc" and not self.fresh_desc(stored, now):
+            if len(self._desc_due) >= DESC_DUE_MAX:
+                self._desc_due.clear()  # details whose description never came (failed): looked up again
+            self._desc_due.add(request.cb_kwargs["item_id"])
+
+    def desc_due(self, item_id: int) -> bool:
+        """Whether *item_id*'s detail lookup found no description to give
+        (once: the description's call asks)."""
+        if item_id in self._desc_due:
+            self._desc_due.discard(item_id)
+            return True
+        return False
+
     @staticmethod
     def _young(age: float | None, most: float, item_id: int) -> bool:
         """Whether a stored answer of this *age* is still good: under its
@@ -337,6 +362,7 @@ class CatalogStore:
                 for record, future in batch:
                     if not future.done():
                         self._settle(future, record)
+                self._make_room()
                 if self.failed is not None:
                     for record, future in self._records:
                         if not future.done():
@@ -344,6 +370,23 @@ class CatalogStore:
                     self._records, self._pages = [], []
         finally:
             self._writing = None
+            self._make_room()
+
+    async def room(self) -> None:
+        """Returns once fewer than :data:`MAX_WAITING` records wait for the
+        writer: API calls wait here meanwhile (:class:`StoreMiddleware`), so
+        that a writer slower than the crawl (latency 0, a busy reactor)
+        slows the crawl rather than fill memory with records."""
+        while len(self._records) >= MAX_WAITING and self.failed is None:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self.stats.inc_value("tmapi/store/api_waits")
+            await self._room.wait()
+
+    def _make_room(self) -> None:
+        if self._room is not None and (len(self._records) < MAX_WAITING or self.failed is not None):
+            self._room.set()
+            self._room = None
 
     def _written(self, result: WriteResult, records: int) -> None:
         self.stats.inc_value("tmapi/store/batches")
@@ -460,9 +503,6 @@ class StoreMiddleware:
             raise NotConfigured("no TMAPI_STORE")
         self.store = store
         self.stats = crawler.stats
-        #: Products whose description the store cannot give (found when their
-        #: detail was looked up): their description call needs no lookup.
-        self._desc_due: set[int] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -470,15 +510,19 @@ class StoreMiddleware:
 
     async def process_request(self, request: Request) -> Response | None:
         info = request.meta.get("tmapi")
-        if info is None or request.cb_kwargs.get("item_id") is None:
+        if info is None:
+            return None
+        await self.store.room()  # the writer is behind: this call waits (its answer would wait too)
+        if request.cb_kwargs.get("item_id") is None:
             return None
         endpoint = info["endpoint"]
         if endpoint not in _STORED_ENDPOINTS:
             return None
         item_id = request.cb_kwargs["item_id"]
-        if endpoint == Endpoint.ITEM_DESC.value and item_id in self._desc_due:
-            self._desc_due.discard(item_id)
+        if endpoint == Endpoint.ITEM_DESC.value and self.store.desc_due(item_id):
             return None  # its detail's lookup found no good description
+        if request.meta.pop(CHECKED_META, False):
+            return None  # the listing page's lookup found it must be fetched
         try:
             stored = await self.store.lookup(item_id)
         except StoreError:
@@ -498,11 +542,7 @@ class StoreMiddleware:
             assert stored is not None
             self.stats.inc_value("tmapi/store/detail_from_store")
             return stored_response(request, stored.detail, stored.detail_fetched_at)
-        self.stats.inc_value(f"tmapi/store/detail_fetched/{reason}")
-        if request.cb_kwargs.get("opts", {}).get("follow") == "detail+desc" and not self.store.fresh_desc(stored, now):
-            if len(self._desc_due) >= DESC_DUE_MAX:
-                self._desc_due.clear()  # details whose description never came (failed): looked up again
-            self._desc_due.add(item_id)
+        self.store.to_fetch(request, stored, reason, now)
         return None
 
 
@@ -538,20 +578,30 @@ class StoreSpiderMiddleware:
         outputs = [out async for out in result]  # one callback's: a listing page's entries at most
         details = [out for out in outputs if _is_detail(out)]
         found: dict[int, Stored] = {}
+        failed = False
         if details:
             try:
                 found = await self.store.lookup_all(r.cb_kwargs["item_id"] for r in details)
             except StoreError:
-                found = {}  # the store failed (the crawl stops): the requests go on, and are kept
+                failed = True  # the store failed (the crawl stops): the requests go on, and are kept
         now = datetime.now(UTC)
         for out in outputs:
-            stored = found.get(out.cb_kwargs["item_id"]) if found and _is_detail(out) else None
+            if not details or not _is_detail(out):
+                yield out
+                continue
+            stored = found.get(out.cb_kwargs["item_id"])
             if stored is None:
+                if not failed:
+                    self.store.to_fetch(out, None, "new", now)
+                    out.meta[CHECKED_META] = True
                 yield out
                 continue
             params = out.meta["tmapi"]["params"]
-            if self.store.fresh_detail(stored, params.get("language"), out.cb_kwargs.get("listing"), now) is not None:
-                yield out  # StoreMiddleware counts why it is fetched
+            reason = self.store.fresh_detail(stored, params.get("language"), out.cb_kwargs.get("listing"), now)
+            if reason is not None:
+                self.store.to_fetch(out, stored, reason, now)
+                out.meta[CHECKED_META] = True  # StoreMiddleware need not look it up again
+                yield out
                 continue
             key = hash((stored.item_id, *sorted(params.items())))
             if key in self._answered:

@@ -3,8 +3,9 @@
 Why the standard ``sqlite3`` plus ``psycopg`` 3 rather than an ORM or
 SQLAlchemy Core: the store is a dozen statements, and the two dialects agree
 on nearly all of them (``INSERT ... ON CONFLICT DO UPDATE``, ``?``/``%s``
-being the one spelling that differs).  Where they differ (timestamps, the
-change id) :class:`Dialect` says so in one place.  SQLite needs nothing
+being the one spelling that differs).  Everything they do differently
+(types, connecting, transactions, cursors, what an error means) is in
+:class:`Dialect`, in one place.  SQLite needs nothing
 installed; psycopg 3 is PostgreSQL's maintained driver, and is imported only
 when a ``postgresql://`` store is used.
 
@@ -19,6 +20,7 @@ all).  The tables are documented in docs/catalog.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -80,8 +82,22 @@ def iso(value: Any) -> str | None:
 # -- dialects -------------------------------------------------------------------------
 
 
+#: What is wrong, from a driver's error (:meth:`Dialect.problem`): the store
+#: read-only, its disk full, its file not openable, a SQLite file that is not
+#: a database; PostgreSQL's login refused, its server unreachable, its
+#: database missing.
+Problem = str
+READ_ONLY, DISK_FULL, CANNOT_OPEN, NOT_A_DATABASE = "read-only", "disk full", "cannot open", "not a database"
+LOGIN_REFUSED, UNREACHABLE, NO_DATABASE = "login refused", "unreachable", "no database"
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
+    """Everything SQLite and PostgreSQL do differently, so that the code of
+    the statements has no branch on which one it talks to: column types,
+    the parameter mark, row locks, connecting, the schema's lock, listing
+    tables, a transaction, a server-side cursor, and what an error means."""
+
     timestamp: str
     serial: str
     #: Prices, exact as the API wrote them ("25.90"): SQLite would make a
@@ -92,27 +108,178 @@ class Dialect:
     lock: str = ""
     #: A timestamp column's day, ``YYYY-MM-DD`` in UTC (``{}``: the column).
     day: str = "substr({}, 1, 10)"
+    #: Whether a connection an outage broke is replaced by a new one.
+    reconnects: bool = False
 
     def sql(self, text: str) -> str:
         return text
 
+    def connect(self, url: StoreURL, create: bool) -> Any:
+        raise NotImplementedError
 
-SQLITE = Dialect(timestamp="TEXT", serial="INTEGER PRIMARY KEY AUTOINCREMENT", decimal="TEXT")
+    def lock_schema(self, cur: Any) -> None:
+        """Serialize the creation and migration of the tables among the
+        workers starting together (SQLite's write lock already does)."""
+
+    def tables(self, cur: Any) -> set[str]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def stream(self, conn: Any, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether *exc* is an outage that may pass, by the driver's codes."""
+        raise NotImplementedError
+
+    def problem(self, exc: BaseException, url: StoreURL) -> Problem | None:
+        """What *exc* says is wrong (one of the constants above), if it is
+        one the user can fix; ``None`` for anything else."""
+        if isinstance(exc, OSError):
+            return {errno.ENOSPC: DISK_FULL, errno.EROFS: READ_ONLY, errno.EACCES: READ_ONLY}.get(exc.errno or 0)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _SQLite(Dialect):
+    #: Primary result codes (``sqlite_errorcode & 0xFF``).
+    codes: tuple[tuple[int, Problem], ...] = ((8, READ_ONLY), (13, DISK_FULL), (14, CANNOT_OPEN), (26, NOT_A_DATABASE))
+
+    def connect(self, url: StoreURL, create: bool) -> Any:
+        path = url.target
+        file = Path(path)
+        if not create and not file.exists():
+            raise StoreError(f"no catalog store at {path}: run a crawl with -s TMAPI_STORE={path} first")
+        if file.is_dir():
+            raise StoreError(f"TMAPI_STORE={path} is a directory: give a file, such as {file / 'catalog.sqlite'}")
+        if not file.parent.is_dir():
+            raise StoreError(f"cannot create the catalog store {path}: the directory {file.parent} does not exist")
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def tables(self, cur: Any) -> set[str]:
+        return {row[0] for row in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        """SQLite's takes the write lock at once (``BEGIN IMMEDIATE``), so that
+        two writers wait rather than fail."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def stream(self, conn: Any, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+        yield from conn.execute(sql, tuple(params))
+
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", 0) & 0xFF in SQLITE_TRANSIENT
+
+    def problem(self, exc: BaseException, url: StoreURL) -> Problem | None:
+        if not isinstance(exc, sqlite3.Error):
+            return Dialect.problem(self, exc, url)
+        found = dict(self.codes).get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+        if found == CANNOT_OPEN:
+            file = Path(url.target)
+            if not os.access(file.parent, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+                return READ_ONLY  # SQLite's WAL needs to write beside the file
+        return found
 
 
 @dataclass(frozen=True, slots=True)
 class _Postgres(Dialect):
+    #: SQLSTATEs of what the user can fix.
+    codes: tuple[tuple[str, Problem], ...] = (
+        ("25006", READ_ONLY),
+        ("53100", DISK_FULL),
+        ("28P01", LOGIN_REFUSED),
+        ("28000", LOGIN_REFUSED),
+        ("3D000", NO_DATABASE),
+    )
+    #: libpq gives no SQLSTATE for a connection that failed (psycopg's
+    #: ``sqlstate`` is ``None``): the server's own message tells these apart.
+    connect_messages: tuple[tuple[str, Problem], ...] = (
+        ("password authentication failed", LOGIN_REFUSED),
+        ("no password supplied", LOGIN_REFUSED),
+        ("does not exist", NO_DATABASE),
+        ("connection refused", UNREACHABLE),
+        ("could not connect", UNREACHABLE),
+        ("timeout expired", UNREACHABLE),
+        ("could not translate host name", UNREACHABLE),
+    )
+
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
 
+    def connect(self, url: StoreURL, create: bool) -> Any:
+        try:
+            import psycopg  # only for a postgresql:// store
+        except ImportError:  # pragma: no cover - psycopg is in requirements.txt
+            raise StoreError("a PostgreSQL store needs psycopg: pip install 'psycopg[binary]'") from None
+        return psycopg.connect(url.target, autocommit=True, connect_timeout=10, application_name="tmapi_crawler")
 
+    def lock_schema(self, cur: Any) -> None:
+        cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+
+    def tables(self, cur: Any) -> set[str]:
+        rows = cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        with conn.transaction():
+            yield conn.cursor()
+
+    def stream(self, conn: Any, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+        """A server-side cursor: the rows come as they are read."""
+        with conn.transaction(), conn.cursor(name="tmapi_export") as cur:
+            cur.execute(sql, tuple(params))
+            yield from cur
+
+    def transient(self, exc: BaseException) -> bool:
+        import psycopg  # loaded already: this store is PostgreSQL's
+
+        if not isinstance(exc, psycopg.Error):
+            return False
+        sqlstate = exc.sqlstate
+        if sqlstate is not None:
+            return sqlstate[:2] in PG_TRANSIENT_CLASSES or sqlstate in PG_TRANSIENT
+        # No code: the client lost (or could not make) the connection.
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def problem(self, exc: BaseException, url: StoreURL) -> Problem | None:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate is not None:
+            return dict(self.codes).get(sqlstate)
+        if type(exc).__name__ == "OperationalError":  # psycopg's, at connect
+            low = str(exc).lower()
+            return next((problem for text, problem in self.connect_messages if text in low), None)
+        return Dialect.problem(self, exc, url)
+
+
+SQLITE = _SQLite(timestamp="TEXT", serial="INTEGER PRIMARY KEY AUTOINCREMENT", decimal="TEXT")
 POSTGRES = _Postgres(
     timestamp="TIMESTAMPTZ",
     serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     decimal="NUMERIC",
     lock=" FOR UPDATE",
     day="to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    reconnects=True,
 )
+DIALECTS: dict[str, Dialect] = {"sqlite": SQLITE, "postgresql": POSTGRES}
 
 
 def _schema(d: Dialect) -> list[str]:
@@ -159,6 +326,7 @@ def _schema(d: Dialect) -> list[str]:
         )""",
         "CREATE INDEX changes_by_item ON changes (item_id, detected_at)",
         "CREATE INDEX changes_by_time ON changes (detected_at, change)",
+        CHANGES_BY_KIND,
         f"""CREATE TABLE listing_reads (
             listing_key TEXT PRIMARY KEY,
             read_id TEXT NOT NULL,
@@ -204,6 +372,11 @@ def _crawls_table(d: Dialect) -> str:
         )"""
 
 
+#: Schema 4: changes of one kind (the report's sold out, back in stock, new,
+#: delisted, price movers), in a period, without reading the others.
+CHANGES_BY_KIND = "CREATE INDEX changes_by_kind ON changes (change, detected_at, item_id)"
+
+
 def _limits_table(d: Dialect) -> str:
     """Schema 4: the concurrency limit the gate found for an account (API
     host and token fingerprint), where the next crawl starts."""
@@ -225,7 +398,9 @@ MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
         "UPDATE listing_reads SET pages_read = "
         "(SELECT COUNT(*) FROM listing_pages p WHERE p.listing_key = listing_reads.listing_key)",
     ],
-    3: lambda d: [_limits_table(d)],
+    # Schema 4: the account's limit remembered; the report's counts by kind
+    # read an index, not the whole table.
+    3: lambda d: [_limits_table(d), CHANGES_BY_KIND],
 }
 
 
@@ -335,47 +510,18 @@ class CatalogDB:
 
     def __init__(self, url: StoreURL, *, create: bool = True):
         self.url = url
-        self.dialect: Dialect
-        if url.kind == "sqlite":
-            self.dialect = SQLITE
-            self.conn: Any = self._sqlite(url.target, create)
-        else:
-            self.dialect = POSTGRES
-            self.conn = self._postgres(url.target)
+        self.dialect = DIALECTS[url.kind]
+        try:
+            self.conn: Any = self.dialect.connect(url, create)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self.error(exc) from None
         try:
             self._prepare(create)
         except BaseException:
             self.close()
             raise
-
-    # -- connecting ---------------------------------------------------------------------
-
-    def _sqlite(self, path: str, create: bool) -> sqlite3.Connection:
-        file = Path(path)
-        if not create and not file.exists():
-            raise StoreError(f"no catalog store at {path}: run a crawl with -s TMAPI_STORE={path} first")
-        if file.is_dir():
-            raise StoreError(f"TMAPI_STORE={path} is a directory: give a file, such as {file / 'catalog.sqlite'}")
-        if not file.parent.is_dir():
-            raise StoreError(f"cannot create the catalog store {path}: the directory {file.parent} does not exist")
-        try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
-            raise self.error(exc) from None
-        return conn
-
-    def _postgres(self, target: str) -> Any:
-        try:
-            import psycopg  # only for a postgresql:// store
-        except ImportError:  # pragma: no cover - psycopg is in requirements.txt
-            raise StoreError("a PostgreSQL store needs psycopg: pip install 'psycopg[binary]'") from None
-        try:
-            return psycopg.connect(target, autocommit=True, connect_timeout=10, application_name="tmapi_crawler")
-        except psycopg.Error as exc:
-            raise self.error(exc) from None
 
     def _prepare(self, create: bool) -> None:
         """Create the tables on first use, migrate an older store, refuse a
@@ -389,8 +535,7 @@ class CatalogDB:
                 self._check_schema(self.conn, create=False)
                 return
             with self.transaction() as cur:
-                if self.dialect is not SQLITE:
-                    cur.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                self.dialect.lock_schema(cur)
                 self._check_schema(cur, create=True)
                 cur.execute("UPDATE tmapi_schema SET version = version")
         except StoreError:
@@ -399,7 +544,7 @@ class CatalogDB:
             raise self.error(exc) from None
 
     def _check_schema(self, cur: Any, *, create: bool) -> None:
-        tables = self._tables(cur)
+        tables = self.dialect.tables(cur)
         if "tmapi_schema" not in tables:
             if "products" in tables:
                 raise StoreError(
@@ -434,79 +579,43 @@ class CatalogDB:
             version += 1
             cur.execute("UPDATE tmapi_schema SET version = version + 1")
 
-    def _tables(self, cur: Any) -> set[str]:
-        if self.dialect is SQLITE:
-            rows = cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        else:
-            rows = cur.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            ).fetchall()
-        return {row[0] for row in rows}
-
     def error(self, exc: BaseException) -> StoreError:
         """*exc* from the driver as one line that says what to do."""
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = self.url.display
-        low = text.lower()
-        if self.url.kind == "sqlite" and "unable to open" in low:
-            file = Path(self.url.target)
-            if not os.access(file.parent, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
-                low = "readonly"  # SQLite's WAL needs to write beside the file
-        if "readonly" in low or "read-only" in low or "read only" in low:
-            return StoreError(
-                f"the catalog store {where} is read-only: make it writable, or point TMAPI_STORE elsewhere"
-            )
-        if "disk is full" in low or "no space left" in low or "disk full" in low:
-            return StoreError(
-                f"the catalog store {where} is out of disk space: free some and run the same command again "
-                "(nothing is lost: what was not stored is fetched again)"
-            )
-        if "unable to open" in low:
-            return StoreError(
-                f"cannot open the catalog store {where}: check that the file and its directory are writable"
-            )
-        if "password authentication failed" in low or "no password supplied" in low:
-            return StoreError(
-                f"PostgreSQL refused the login to {where} ({text}): check the user and password in TMAPI_STORE"
-            )
-        if "connection refused" in low or "could not connect" in low or "timeout expired" in low:
-            return StoreError(
-                f"cannot reach PostgreSQL at {where} ({text}): is the server running and the address right?"
-            )
-        if "does not exist" in low and "database" in low:
-            return StoreError(f"{text} at {where}: create it (createdb) or fix the database name in TMAPI_STORE")
-        if "not a database" in low or "malformed" in low:
-            return StoreError(f"{where} is not a SQLite database ({text}): point TMAPI_STORE at a file of its own")
-        return StoreError(f"the catalog store {where} failed: {text}")
+        problem = self.dialect.problem(exc, self.url)
+        messages = {
+            READ_ONLY: f"the catalog store {where} is read-only: make it writable, or point TMAPI_STORE elsewhere",
+            DISK_FULL: f"the catalog store {where} is out of disk space: free some and run the same command again "
+            "(nothing is lost: what was not stored is fetched again)",
+            CANNOT_OPEN: f"cannot open the catalog store {where}: check that the file and its directory are writable",
+            LOGIN_REFUSED: f"PostgreSQL refused the login to {where} ({text}): "
+            "check the user and password in TMAPI_STORE",
+            UNREACHABLE: f"cannot reach PostgreSQL at {where} ({text}): is the server running and the address right?",
+            NO_DATABASE: f"{text} at {where}: create it (createdb) or fix the database name in TMAPI_STORE",
+            NOT_A_DATABASE: f"{where} is not a SQLite database ({text}): point TMAPI_STORE at a file of its own",
+        }
+        return StoreError(messages.get(problem or "", f"the catalog store {where} failed: {text}"))
 
     def transient(self, exc: BaseException) -> bool:
         """Whether *exc* is an outage that may pass (PostgreSQL restarting,
         a failover, a lock held a while), by the driver's own codes; a
         full disk, a read-only file or a refused password is not."""
-        if isinstance(exc, sqlite3.Error):
-            return getattr(exc, "sqlite_errorcode", 0) & 0xFF in SQLITE_TRANSIENT
-        if self.dialect is SQLITE:
-            return False
-        import psycopg  # loaded already: this store is PostgreSQL's
-
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate is not None:
-            return sqlstate[:2] in PG_TRANSIENT_CLASSES or sqlstate in PG_TRANSIENT
-        # No code: the client lost (or could not make) the connection.
-        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        return self.dialect.transient(exc)
 
     def reconnect(self) -> None:
         """A new connection in place of one an outage broke (PostgreSQL);
         SQLite's survives."""
-        if self.dialect is SQLITE:
-            return
-        self.close()
-        self.conn = self._postgres(self.url.target)
+        if self.dialect.reconnects:
+            self.close()
+            self.conn = self.dialect.connect(self.url, True)
 
     # -- transactions --------------------------------------------------------------------
 
-    def transaction(self) -> _Transaction:
-        return _Transaction(self)
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """``with db.transaction() as cur``: one transaction, committed on
+        success, rolled back on error."""
+        return self.dialect.transaction(self.conn)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         cur = self.conn.execute(self.dialect.sql(sql), tuple(params))
@@ -950,12 +1059,7 @@ class CatalogDB:
 
     def stream(self, sql: str, params: Sequence[Any]) -> Iterator[Any]:
         """The rows of *sql*, one at a time (PostgreSQL: a server-side cursor)."""
-        if self.dialect is SQLITE:
-            yield from self.conn.execute(sql, tuple(params))
-            return
-        with self.conn.transaction(), self.conn.cursor(name="tmapi_export") as cur:
-            cur.execute(self.dialect.sql(sql), tuple(params))
-            yield from cur
+        yield from self.dialect.stream(self.conn, self.dialect.sql(sql), params)
 
 
 def _typed(field_name: str | None, value: str | None) -> Any:
@@ -967,29 +1071,3 @@ def _typed(field_name: str | None, value: str | None) -> Any:
         except ValueError:
             return value
     return value
-
-
-class _Transaction:
-    """``with db.transaction() as cur``: one transaction, committed on
-    success, rolled back on error; SQLite's takes the write lock at once
-    (``BEGIN IMMEDIATE``), so that two writers wait rather than fail."""
-
-    def __init__(self, db: CatalogDB):
-        self.db = db
-
-    def __enter__(self) -> Any:
-        if self.db.dialect is SQLITE:
-            self.db.conn.execute("BEGIN IMMEDIATE")
-            return self.db.conn.cursor()
-        self._tx = self.db.conn.transaction()
-        self._tx.__enter__()
-        return self.db.conn.cursor()
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self.db.dialect is SQLITE:
-            if kind is None:
-                self.db.conn.execute("COMMIT")
-            elif self.db.conn.in_transaction:
-                self.db.conn.execute("ROLLBACK")
-            return
-        self._tx.__exit__(kind, exc, tb)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from tmapi_crawler.redaction import hide_password
+
 
 class StoreError(Exception):
     """The store cannot be used; the message is one line that says what
@@ -54,14 +56,3 @@ def parse_store_url(text: str) -> StoreURL:
             "sqlite:///catalog.sqlite or postgresql://user:pass@host:5432/db"
         )
     return StoreURL("sqlite", text, text)
-
-
-def hide_password(text: str) -> str:
-    """*text* with the password of a URL replaced."""
-    try:
-        parts = urlsplit(text)
-        if parts.password:
-            return text.replace(f":{parts.password}@", ":***@", 1)
-    except ValueError:
-        pass
-    return text

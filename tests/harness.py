@@ -3,7 +3,8 @@ servers a crawl talks to, each on a free loopback port.
 
 The sandbox is started as users start it (``python -m tmapi_crawler.sandbox
 --port 0``) and the URL line it prints is read, so there are no sleeps and no
-port races.  Nothing here is used by a crawl.
+port races.  Nothing here is used by a crawl, and nothing here is in the
+package: ``scrapyd-deploy``'s egg holds no test servers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Self
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 #: The token the sandbox is started with unless told otherwise.
 TOKEN = "test-token-5f1c9e"
 
