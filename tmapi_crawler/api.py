@@ -137,6 +137,11 @@ def build_request(
     if endpoint.method == "POST":
         return JsonRequest(url, data=params, meta=meta, **kwargs)
     query = urlencode({k: _query_value(v) for k, v in params.items()})
+    # Made safe here (a checked base URL, a constant path, an encoded query):
+    # Scrapy need not make it safe again, nor canonicalize it for each
+    # fingerprint (Scrapy's verbatim_url: the same parameters make the same
+    # URL, in the same order).
+    meta["verbatim_url"] = True
     return Request(f"{url}?{query}", meta=meta, **kwargs)
 
 

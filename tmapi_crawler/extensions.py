@@ -1,7 +1,8 @@
-"""The crawl's own extensions: stats, the progress line and the
-end-of-crawl summary (:class:`TmapiStats`), the compaction of Twisted's
-timers (:class:`TimerCompaction`), and :func:`to_feeds`, which hands a record
-made outside a callback (a change, a failure) to the feed exports."""
+"""The crawl's own extensions and what they share: stats, the progress line
+and the end-of-crawl summary (:class:`TmapiStats`), the compaction of
+Twisted's timers (:class:`TimerCompaction`), the log formatter
+(:class:`QuietLogFormatter`), and :func:`to_feeds`, which hands a record made
+outside a callback (a change, a failure) to the feed exports."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
+from scrapy.logformatter import LogFormatter
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
 from tmapi_crawler.api import Endpoint, endpoint_of
@@ -22,8 +24,11 @@ from tmapi_crawler.records import ChangeItem, FailureItem, ListingItem, ProductI
 if TYPE_CHECKING:
     from typing import Self
 
-    from scrapy import Request
+    from scrapy import Request, Spider
     from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.logformatter import LogFormatterResult
+    from twisted.python.failure import Failure
 
     from tmapi_crawler.outputs import FeedGuard
 
@@ -246,3 +251,22 @@ class TimerCompaction:
     def spider_closed(self) -> None:
         if self.task is not None and self.task.running:
             self.task.stop()
+
+
+class QuietLogFormatter(LogFormatter):
+    """Scrapy's log formatter, which makes no "Scraped from ..." message for
+    each record when ``LOG_LEVEL`` shows no DEBUG message: Scrapy made the
+    message (the record's repr included) only for the log to drop it, a
+    tenth of what a record answered by the catalog store costs."""
+
+    def __init__(self, debug: bool = True):
+        self.debug = debug
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        level = crawler.settings.get("LOG_LEVEL")
+        number = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
+        return cls(debug=not isinstance(number, int) or number <= logging.DEBUG)
+
+    def scraped(self, item: Any, response: Response | Failure | None, spider: Spider) -> LogFormatterResult | None:  # type: ignore[override]
+        return super().scraped(item, response, spider) if self.debug else None

@@ -84,9 +84,6 @@ class LeaseTracker:
         self.frozen = False
         self.guard: FeedGuard | None = None
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
-        crawler.signals.connect(self._item_settled, signal=signals.item_scraped)
-        crawler.signals.connect(self._item_dropped, signal=signals.item_dropped)
-        crawler.signals.connect(self._item_dropped, signal=signals.item_error)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -106,6 +103,12 @@ class LeaseTracker:
         rate."""
         self.enabled = True
         self._commit_now = commit
+        # Told of each record only now: without a leasing scheduler there is
+        # nothing to count (a receiver less for every record).
+        signals_ = self.crawler.signals
+        signals_.connect(self._item_settled, signal=signals.item_scraped)
+        signals_.connect(self._item_dropped, signal=signals.item_dropped)
+        signals_.connect(self._item_dropped, signal=signals.item_error)
 
     def _commit_soon(self) -> None:
         self._commit_due = False

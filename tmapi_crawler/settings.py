@@ -66,6 +66,8 @@ FEED_EXPORTERS = {
     "jsonlines-compact": "tmapi_crawler.exports.CompactJsonLinesExporter",
 }
 LOG_LEVEL = "INFO"
+# No "Scraped from ..." message made for each record unless LOG_LEVEL=DEBUG shows it.
+LOG_FORMATTER = "tmapi_crawler.extensions.QuietLogFormatter"
 LOGSTATS_INTERVAL = 0
 
 # The settings that may hold a password, from the environment when they are

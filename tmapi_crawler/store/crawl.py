@@ -493,15 +493,20 @@ def store_of(crawler: Crawler) -> CatalogStore | None:
     return crawler.get_extension(CatalogStore)
 
 
+def required_store(crawler: Crawler) -> CatalogStore:
+    """The store, for a component that has nothing to do without one."""
+    store = store_of(crawler)
+    if store is None:
+        raise NotConfigured("no TMAPI_STORE")
+    return store
+
+
 class StoreMiddleware:
     """Answers ``item_detail`` and ``item_desc`` from the store when the
     stored answer is still good; any other call goes on to the API."""
 
     def __init__(self, crawler: Crawler):
-        store = store_of(crawler)
-        if store is None:
-            raise NotConfigured("no TMAPI_STORE")
-        self.store = store
+        self.store = required_store(crawler)
         self.stats = crawler.stats
 
     @classmethod
@@ -560,10 +565,7 @@ class StoreSpiderMiddleware:
     lease of the page that listed them (:meth:`LeaseTracker.replace`)."""
 
     def __init__(self, crawler: Crawler):
-        store = store_of(crawler)
-        if store is None:
-            raise NotConfigured("no TMAPI_STORE")
-        self.store = store
+        self.store = required_store(crawler)
         self.stats = crawler.stats
         self.leases = tracker_of(crawler)
         #: Hashes of the detail calls answered here (the dupefilter's job for
@@ -670,10 +672,7 @@ class StorePipeline:
     """Each product record into the store before it goes on to the feed."""
 
     def __init__(self, crawler: Crawler):
-        store = store_of(crawler)
-        if store is None:
-            raise NotConfigured("no TMAPI_STORE")
-        self.store = store
+        self.store = required_store(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:

@@ -110,6 +110,9 @@ class Dialect:
     day: str = "substr({}, 1, 10)"
     #: Whether a connection an outage broke is replaced by a new one.
     reconnects: bool = False
+    #: A text column's UTF-8 bytes (``{}``: the column): a stored answer read
+    #: as bytes is not decoded to read it and encoded again to answer with it.
+    utf8: str = "CAST({} AS BLOB)"
 
     def sql(self, text: str) -> str:
         return text
@@ -278,6 +281,7 @@ POSTGRES = _Postgres(
     lock=" FOR UPDATE",
     day="to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     reconnects=True,
+    utf8="convert_to({}, 'UTF8')",
 )
 DIALECTS: dict[str, Dialect] = {"sqlite": SQLITE, "postgresql": POSTGRES}
 
@@ -630,17 +634,18 @@ class CatalogDB:
 
     def lookup(self, item_ids: Sequence[int]) -> dict[int, Stored]:
         """What the store has of each of *item_ids* (one query)."""
+        utf8 = self.dialect.utf8
         rows = self.query(
-            "SELECT item_id, detail, detail_fetched_at, description, desc_fetched_at, listing_sig, language "  # noqa: S608
-            f"FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
+            f"SELECT item_id, {utf8.format('detail')}, detail_fetched_at, {utf8.format('description')}, "  # noqa: S608
+            f"desc_fetched_at, listing_sig, language FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
             item_ids,
         )
         return {
             item_id: Stored(
                 item_id=item_id,
-                detail=detail.encode(),
+                detail=bytes(detail),
                 detail_fetched_at=str(iso(detail_at)),
-                description=desc.encode() if desc is not None else None,
+                description=bytes(desc) if desc is not None else None,
                 desc_fetched_at=iso(desc_at),
                 listing_sig=sig,
                 language=language,
