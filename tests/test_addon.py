@@ -41,7 +41,8 @@ def settings_of(**settings):
 def test_one_process_components():
     s = settings_of()
     handler = path(TokenDownloadHandler)
-    assert s.getdict("DOWNLOAD_HANDLERS") == {"http": handler, "https": handler}
+    # Ours for the API's scheme only; http keeps Scrapy's own (point 1 of the review).
+    assert s.getdict("DOWNLOAD_HANDLERS") == {"https": handler}
     middlewares = components(s, "DOWNLOADER_MIDDLEWARES")
     assert middlewares["scrapy.downloadermiddlewares.retry.RetryMiddleware"] is None
     assert middlewares[path(AnswerMiddleware)] == 550
@@ -88,6 +89,19 @@ def test_a_users_download_handler_is_kept_under_ours():
     assert s.getdict("DOWNLOAD_HANDLERS")["https"] == path(TokenDownloadHandler)
     given = settings_of(DOWNLOAD_HANDLERS={"http": CountingHandler}, TMAPI_INNER_DOWNLOAD_HANDLER=path(TmapiAddon))
     assert given["TMAPI_INNER_DOWNLOAD_HANDLER"] == path(TmapiAddon)  # said explicitly: it wins
+
+
+def test_each_scheme_keeps_its_own_handler_and_ours_wraps_the_apis():
+    theirs = {"http": path(CountingHandler), "https": path(HTTP11DownloadHandler)}
+    s = settings_of(DOWNLOAD_HANDLERS=theirs)  # the API on https
+    assert s.getdict("DOWNLOAD_HANDLERS") == {"http": path(CountingHandler), "https": path(TokenDownloadHandler)}
+    assert s["TMAPI_INNER_DOWNLOAD_HANDLER"] == path(HTTP11DownloadHandler)
+    sandbox = settings_of(DOWNLOAD_HANDLERS=theirs, TMAPI_BASE_URL="http://127.0.0.1:8000", TMAPI_ALLOW_HTTP=True)
+    assert sandbox.getdict("DOWNLOAD_HANDLERS") == {
+        "http": path(TokenDownloadHandler),
+        "https": path(HTTP11DownloadHandler),
+    }
+    assert sandbox["TMAPI_INNER_DOWNLOAD_HANDLER"] == path(CountingHandler)
 
 
 @deferred_f_from_coro_f

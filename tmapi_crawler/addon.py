@@ -27,6 +27,7 @@ from spidermon.contrib.scrapy.extensions import Spidermon
 
 from tmapi_crawler.alerts import AlertWebhook
 from tmapi_crawler.answers import AnswerMiddleware
+from tmapi_crawler.api import PRODUCTION_URL
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, is_distributed
 from tmapi_crawler.exports import EXPORTERS
@@ -222,21 +223,22 @@ class TmapiAddon:
 
     @staticmethod
     def _download_handlers(settings: BaseSettings) -> None:
-        """Ours for http and https; a handler the user set for https (or
-        http) is kept as the one ours wraps (``TMAPI_INNER_DOWNLOAD_HANDLER``)."""
+        """Ours for the API's scheme (``TMAPI_BASE_URL``'s: https, or http
+        for the sandbox), wrapping the handler that scheme had (the user's,
+        or Scrapy's: ``TMAPI_INNER_DOWNLOAD_HANDLER``); the other scheme keeps
+        its own handler, untouched, as Scrapy's add-on documentation does."""
         ours = _path(TokenDownloadHandler)
+        base = settings.get("TMAPI_BASE_URL") or PRODUCTION_URL
+        try:
+            scheme = urlsplit(str(base)).scheme or "https"
+        except ValueError:  # refused in one line by the config check, before the crawl
+            scheme = "https"
         handlers = settings.getdict("DOWNLOAD_HANDLERS")
-        for scheme in ("https", "http"):
-            given = handlers.get(scheme)
-            theirs = _path(given) if isinstance(given, type) else given
-            if theirs and theirs != ours:
-                settings.set("TMAPI_INNER_DOWNLOAD_HANDLER", theirs, "addon")
-                break
-        settings.set(
-            "DOWNLOAD_HANDLERS",
-            {**handlers, "http": ours, "https": ours},
-            settings.getpriority("DOWNLOAD_HANDLERS") or 0,
-        )
+        given = handlers.get(scheme)
+        theirs = _path(given) if isinstance(given, type) else given
+        if theirs and theirs != ours:
+            settings.set("TMAPI_INNER_DOWNLOAD_HANDLER", theirs, "addon")
+        settings.set("DOWNLOAD_HANDLERS", {**handlers, scheme: ours}, settings.getpriority("DOWNLOAD_HANDLERS") or 0)
 
     @staticmethod
     def _feeds(settings: BaseSettings) -> None:
