@@ -220,11 +220,18 @@ def _detail_meta(gate: CallGate) -> dict:
 # -- the limit remembered across crawls ---------------------------------------------------
 
 
-@pytest.fixture(params=["file", "sqlite", "redis"])
+@pytest.fixture(params=["file", "project file", "sqlite", "redis"])
 def memory(request, tmp_path, monkeypatch) -> LimitMemory:
     monkeypatch.chdir(tmp_path)
     if request.param == "file":
         return FileMemory()
+    if request.param == "project file":  # in a Scrapy project: its .scrapy/ beside scrapy.cfg
+        (tmp_path / "scrapy.cfg").write_text("[settings]\ndefault = tmapi_crawler.settings\n")
+        (tmp_path / "sub").mkdir()
+        monkeypatch.chdir(tmp_path / "sub")
+        found = FileMemory()
+        assert found.path == tmp_path / ".scrapy" / "tmapi-limits.json"
+        return found
     if request.param == "sqlite":
         return StoreMemory(get_crawler(ItemSpider, {"TMAPI_STORE": str(tmp_path / "c.sqlite")}).settings)
     settings = {"REDIS_URL": request.getfixturevalue("redis_server").url}
@@ -237,6 +244,8 @@ def test_a_remembered_limit_is_kept_per_account_and_never_holds_the_token(memory
     memory.save("api.tmapi.io:4567", Remembered(limit=3))
     assert memory.load("api.tmapi.io:0123") == Remembered(limit=12, ceiling=9, saved_at="2026-11-30T00:00:00Z")
     assert memory.load("api.tmapi.io:4567") == Remembered(limit=3)
+    if isinstance(memory, FileMemory):
+        assert memory.path.is_file()
     settings = get_crawler(
         ItemSpider, {"TMAPI_TOKEN": "secret-token-1", "TMAPI_BASE_URL": "https://x.test:8443"}
     ).settings

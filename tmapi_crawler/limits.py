@@ -98,10 +98,10 @@ class FileMemory:
     def __init__(self, path: Path | None = None):
         if path is None:
             try:
-                path = Path(data_path(STATE_FILE, createdir=True))
+                path = Path(data_path(STATE_FILE))  # (createdir would make the file's path a directory)
             except NotConfigured:  # Scrapy's settings, but no scrapy.cfg: the tmapi command in any folder
                 path = Path(".scrapy", STATE_FILE)
-                path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.where = str(self.path)
 
