@@ -34,7 +34,15 @@ from scrapy.exceptions import NotConfigured
 from scrapy.http import Response
 from scrapy.utils.asyncio import sleep
 
-from tmapi_crawler.api import FETCHED_AT_META, STORED_FLAG, Endpoint, Envelope, remember_envelope
+from tmapi_crawler.api import (
+    DETAIL_ENDPOINTS,
+    FETCHED_AT_META,
+    STORED_FLAG,
+    Endpoint,
+    Envelope,
+    endpoint_of,
+    remember_envelope,
+)
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.extensions import changes_by_kind, to_feeds
 from tmapi_crawler.jobdir import crawl_id
@@ -588,16 +596,10 @@ class StoreSpiderMiddleware:
                 failed = True  # the store failed (the crawl stops): the requests go on, and are kept
         now = datetime.now(UTC)
         for out in outputs:
-            if not details or not _is_detail(out):
+            if failed or not _is_detail(out):
                 yield out
                 continue
             stored = found.get(out.cb_kwargs["item_id"])
-            if stored is None:
-                if not failed:
-                    self.store.to_fetch(out, None, "new", now)
-                    out.meta[CHECKED_META] = True
-                yield out
-                continue
             params = out.meta["tmapi"]["params"]
             reason = self.store.fresh_detail(stored, params.get("language"), out.cb_kwargs.get("listing"), now)
             if reason is not None:
@@ -605,6 +607,7 @@ class StoreSpiderMiddleware:
                 out.meta[CHECKED_META] = True  # StoreMiddleware need not look it up again
                 yield out
                 continue
+            assert stored is not None  # fresh_detail says "new" without it
             key = hash((stored.item_id, *sorted(params.items())))
             if key in self._answered:
                 self.stats.inc_value("tmapi/store/answered_twice")
@@ -639,13 +642,13 @@ class StoreSpiderMiddleware:
 
 
 def _is_detail(out: Any) -> bool:
-    info = out.meta.get("tmapi") if isinstance(out, Request) else None
-    return info is not None and info["endpoint"] in _DETAIL_ENDPOINTS and out.cb_kwargs.get("item_id") is not None
+    return (
+        isinstance(out, Request) and endpoint_of(out) in DETAIL_ENDPOINTS and out.cb_kwargs.get("item_id") is not None
+    )
 
 
 def _is_desc(out: Any) -> bool:
-    info = out.meta.get("tmapi") if isinstance(out, Request) else None
-    return info is not None and info["endpoint"] == Endpoint.ITEM_DESC.value
+    return isinstance(out, Request) and endpoint_of(out) is Endpoint.ITEM_DESC
 
 
 def age_share(item_id: int) -> float:
@@ -656,8 +659,7 @@ def age_share(item_id: int) -> float:
     return 0.5 + 0.5 * ((item_id * 2654435761) % 2**32) / 2**32
 
 
-_DETAIL_ENDPOINTS = frozenset(e.value for e in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL))
-_STORED_ENDPOINTS = _DETAIL_ENDPOINTS | {Endpoint.ITEM_DESC.value}
+_STORED_ENDPOINTS = frozenset(e.value for e in (*DETAIL_ENDPOINTS, Endpoint.ITEM_DESC))
 
 
 class NotStored(NotSafe):
