@@ -20,7 +20,15 @@ from scrapy.utils.test import get_crawler
 from tests.helpers import crawl
 from tmapi_crawler.api import Outcome
 from tmapi_crawler.cluster.gate import SharedCallGate
-from tmapi_crawler.limits import FileMemory, LimitMemory, RedisMemory, Remembered, StoreMemory, account_of
+from tmapi_crawler.limits import (
+    FileMemory,
+    LimitMemory,
+    RedisMemory,
+    Remembered,
+    StoreMemory,
+    account_of,
+    memory_of,
+)
 from tmapi_crawler.spiders.item import ItemSpider
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, CrawlStopping
 
@@ -283,3 +291,22 @@ async def test_the_next_crawl_starts_at_the_limit_the_last_one_found(make_sandbo
     assert "tmapi/throttle/remembered" not in told.stats
     anew = await crawl("shop", sb, tmp_path / "4", {"TMAPI_REMEMBER_LIMIT": False}, member_id="b2b-sandbox0000")
     assert "tmapi/throttle/remembered" not in anew.stats
+
+
+@deferred_f_from_coro_f
+async def test_a_gate_remembers_what_its_successes_proved(make_gate, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # one process: .scrapy/ is here; distributed: Redis
+    gate = make_gate()
+    gate.recall()  # nothing remembered yet: it starts at 4
+    assert gate.limit == 4
+    for calls in (4, 6):  # 4 proved lets it grow to 8; then 6 in flight are proved
+        tickets = [await gate.acquire() for _ in range(calls)]
+        for ticket in tickets:
+            gate.release(ticket, Outcome.OK)
+    gate.remember()
+    settings = gate.crawler.settings
+    account = account_of(settings)
+    assert account is not None
+    remembered = memory_of(settings).load(account)
+    assert remembered is not None
+    assert (remembered.limit, remembered.ceiling) == (6, None)

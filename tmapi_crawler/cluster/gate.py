@@ -50,6 +50,7 @@ from tmapi_crawler.cluster.health import RedisHealth
 from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
+from tmapi_crawler.records import now_iso
 from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
 
 if TYPE_CHECKING:
@@ -140,6 +141,10 @@ class SharedCallGate(CallGate):
         self.holders.discard(ticket.holder)
         name = "none" if outcome is None else _OUTCOMES.get(outcome, "ok")
         sent_with = ticket.in_flight_when_sent
+        if name == "ok" and self.paused_since is None:
+            # As the release script counts it: what the next crawl starts at
+            # (tmapi_crawler.limits) when no 503 set a ceiling.
+            self.proven = max(self.proven, sent_with)
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
         args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER, ticket.number, ticket.in_flight]
         if self.unreleased or not self.health.up:
@@ -208,6 +213,7 @@ class SharedCallGate(CallGate):
         # cluster's pause is still recorded, sends a probe before it gives up.
         if self.paused_since is None:
             self.paused_since = time.monotonic()
+            self.quota_paused_at = now_iso()
             self.stats.inc_value("tmapi/throttle/pauses")
             logger.warning(
                 "TMAPI answered 439 (subscription expired or balance spent): all workers paused; "
