@@ -60,7 +60,14 @@ class Remembered:
         if not text:
             return None
         try:
-            doc = json.loads(text)
+            return cls.of(json.loads(text))
+        except ValueError:
+            return None
+
+    @classmethod
+    def of(cls, doc: Any) -> Remembered | None:
+        """From its JSON object (as :meth:`dumps` wrote it), or ``None``."""
+        try:
             ceiling = doc.get("ceiling")
             return cls(
                 limit=max(1, int(doc["limit"])),
@@ -113,11 +120,11 @@ class FileMemory:
         return doc if isinstance(doc, dict) else {}
 
     def load(self, account: str) -> Remembered | None:
-        return Remembered.parse(json.dumps(self._read().get(account)))
+        return Remembered.of(self._read().get(account))
 
     def save(self, account: str, remembered: Remembered) -> None:
         doc = self._read()
-        doc[account] = json.loads(remembered.dumps())
+        doc[account] = asdict(remembered)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             temporary.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
