@@ -23,12 +23,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The token the sandbox is started with unless told otherwise.
 TOKEN = "test-token-5f1c9e"
+
+
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL if it is still there 10 s later; its pipes (if
+    any) read to the end."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 def free_port() -> int:
@@ -100,12 +111,7 @@ class SandboxProcess:
             return err.code, json.load(err)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
+        terminate(self.proc)
 
     def __enter__(self) -> Self:
         return self
@@ -154,11 +160,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL, as a crash or the OOM killer would."""
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._drain.join(timeout=10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        self._end(self.proc.kill)
 
     def restart(self) -> None:
         """Start it again on the same port and directory (its data back
@@ -187,7 +189,11 @@ class RedisServer:
         return {key: readers[r.type(key)](key) for key in r.scan_iter()}
 
     def stop(self) -> None:
-        self.proc.terminate()
+        self._end(self.proc.terminate)
+
+    def _end(self, signal: Callable[[], None]) -> None:
+        """Send the server *signal* (terminate or kill) and wait for it to go."""
+        signal()
         self.proc.wait(timeout=10)
         self._drain.join(timeout=10)
         assert self.proc.stdout is not None
@@ -248,12 +254,7 @@ class ScrapydServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
         self.log.close()
 
 
