@@ -14,7 +14,7 @@ from scrapy import signals
 from scrapy.logformatter import LogFormatter
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
-from tmapi_crawler.api import Endpoint, endpoint_of
+from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, endpoint_of
 from tmapi_crawler.compat import compact_timers
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
@@ -130,7 +130,7 @@ class TmapiStats:
 
     def request_dropped(self, request: Request) -> None:
         endpoint = endpoint_of(request)
-        if endpoint in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL):
+        if endpoint in DETAIL_ENDPOINTS:
             # The dupefilter saw this product already: it is fetched once.
             self.stats.inc_value("tmapi/duplicates")
 

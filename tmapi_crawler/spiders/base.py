@@ -13,7 +13,7 @@ from scrapy import Request, Spider, signals
 from scrapy.utils.httpobj import urlparse_cached
 
 from tmapi_crawler import api
-from tmapi_crawler.api import FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
+from tmapi_crawler.api import DETAIL_ENDPOINTS, FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
 from tmapi_crawler.arguments import CommonArgs, ListingArgs, check_media, check_seed, parse_arguments, tool_arguments
 from tmapi_crawler.commands.parse import PARSING
 from tmapi_crawler.config import config_from_settings, is_distributed
@@ -240,7 +240,7 @@ class TmapiSpider(Spider):
             self.logger.error("TMAPI answered %s: %s", envelope.code, envelope.msg)
             return
         source = {"spider": self.name, "input": response.url}
-        if endpoint in (Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL):
+        if endpoint in DETAIL_ENDPOINTS:
             language = self.args.language or self.config.language
             yield product_record(envelope.data, listing=None, source=source, language=language, fetched_at=None)
         elif endpoint is Endpoint.ITEM_DESC:
