@@ -310,3 +310,16 @@ async def test_a_gate_remembers_what_its_successes_proved(make_gate, tmp_path, m
     remembered = memory_of(settings).load(account)
     assert remembered is not None
     assert (remembered.limit, remembered.ceiling) == (6, None)
+
+
+@deferred_f_from_coro_f
+async def test_a_limit_that_cannot_be_kept_is_one_line_not_a_failed_crawl(sandbox, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".scrapy" / "tmapi-limits.json").mkdir(parents=True)  # where the file goes: cannot be written
+    result = await crawl("item", sandbox, tmp_path, {"TMAPI_REMEMBER_LIMIT": True}, item_ids="859086919394")
+    assert result.reason == "finished"
+    assert len(result.records) == 1
+    lines = [r.getMessage() for r in caplog.records if "limit was not remembered" in r.getMessage()]
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert "tmapi-limits.json" in lines[0]
