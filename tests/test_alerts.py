@@ -214,3 +214,49 @@ def calls_of(worker: Worker) -> int:
     """The calls a worker made (none: no stat at all)."""
     found = re.findall(r"'tmapi/calls': (\d+)", worker.log.read_text())
     return int(found[-1]) if found else 0
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_clean_distributed_crawl_fails_no_monitor_and_pages_no_one(
+    make_sandbox,
+    redis_server,
+    tmp_path,
+    receiver,  # noqa: F811
+    workers,
+):
+    """Every worker's records against the listings of the whole crawl: in a
+    clean crawl no worker's monitor fails, and the webhook receives nothing
+    (each worker has only its share of the products)."""
+    sb = make_sandbox("--shops", "1", "--shop-size", "300", "--latency-ms", "5")
+    hook = receiver()
+    crawl = [
+        Worker(f"w{n}", "shop", *(("-a", f"member_id={SHOP}") if n == 0 else ()), sandbox=sb, redis=redis_server,
+               cwd=tmp_path, settings={"TMAPI_ALERT_WEBHOOK": hook.url})
+        for n in range(workers)
+    ]  # fmt: skip
+    assert [w.wait() for w in crawl] == [0] * workers
+    ids = [r["item_id"] for w in crawl for r in w.records()]
+    assert len(ids) == len(set(ids)) == 300
+    logs = [w.log.read_text() for w in crawl]
+    assert all("[Spidermon] FAIL" not in log for log in logs), [log[-3000:] for log in logs]
+    assert sum("'tmapi/run/last_worker': 1" in log for log in logs) == 1  # one worker judged the crawl
+    assert all("'tmapi/run/products': 300" in log for log in logs if "'tmapi/run/last_worker': 1" in log)
+    assert hook.posts == []
+
+
+def test_a_distributed_crawl_that_lost_products_still_fails_its_monitor(make_sandbox, redis_server, tmp_path, receiver):  # noqa: F811
+    """Page 3 of the shop is broken: its 20 products are lost, and the
+    crawl's one alert says so, from the last worker, on the crawl's totals."""
+    sb = make_sandbox("--shops", "1", "--shop-size", "300", "--latency-ms", "5", "--broken", f"shop:{SHOP}:3:html")
+    hook = receiver()
+    crawl = [
+        Worker(f"w{n}", "shop", *(("-a", f"member_id={SHOP}") if n == 0 else ()), sandbox=sb, redis=redis_server,
+               cwd=tmp_path, settings={"TMAPI_ALERT_WEBHOOK": hook.url})
+        for n in range(2)
+    ]  # fmt: skip
+    assert [w.wait() for w in crawl] == [0, 0]
+    assert len({r["item_id"] for w in crawl for r in w.records()}) == 280
+    assert len(hook.posts) == 1
+    failed = hook.posts[0]["failed_monitors"]
+    assert [f["monitor"] for f in failed] == ["products/every announced product"], failed
+    assert "the listings announced 300 products, 280 ended as a record or a failure" in failed[0]["reason"]

@@ -200,3 +200,37 @@ def test_a_spider_built_without_the_command_still_needs_a_seed():
     # A worker of a distributed crawl takes its seeds from Redis.
     worker = ShopSpider.from_crawler(get_crawler(ShopSpider, {**settings, "REDIS_URL": "redis://127.0.0.1:1/0"}))
     assert worker.args.seeds() == []
+
+
+def test_an_ids_file_saved_with_a_bom_reads_its_first_line(tmp_path):
+    """Windows Notepad and Excel save UTF-8 with a byte-order mark."""
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes("\ufeff652702302959\r\nhttps://detail.1688.com/offer/859086919394.html\r\n".encode())
+    args = parse_arguments(ItemArgs, {"file": str(ids)})
+    assert list(args.json_seeds({})) == [
+        {"item_id": 652702302959},
+        {"url": "https://detail.1688.com/offer/859086919394.html"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "given"),
+    [
+        (ItemArgs, {"item_ids": "99999999999999999999"}),
+        (ItemArgs, {"item_ids": str(2**63)}),
+        (ItemArgs, {"urls": "https://detail.1688.com/offer/99999999999999999999.html"}),
+        (CategoryArgs, {"cat_id": "99999999999999999999"}),
+    ],
+)
+def test_ids_past_64_bits_are_refused(model, given):
+    with pytest.raises(ConfigError, match="1688"):
+        parse_arguments(model, given)
+    largest = parse_arguments(ItemArgs, {"item_ids": str(2**63 - 1)})
+    assert isinstance(largest, ItemArgs) and largest.item_ids == [2**63 - 1]
+
+
+def test_an_ids_file_with_an_id_past_64_bits_is_refused(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("652702302959\n99999999999999999999\n")
+    with pytest.raises(ConfigError, match="line 2: '99999999999999999999' is out of the range of 1688's ids"):
+        parse_arguments(ItemArgs, {"file": str(ids)})

@@ -109,10 +109,15 @@ def test_a_full_disk_with_jobdir_resumes_once_space_is_freed(shop, tmp_path, tmp
     first = crawl(shop, tmp_path, feed, jobdir)
     written = assert_stopped_for(first, feed, "No space left on device (ENOSPC)")
     assert "the same command resumes where it stopped" in first.stderr
+    in_flight = int(re.findall(r"'tmapi/throttle/limit': (\d+)", first.stderr)[-1])
+    assert re.search(r"Kept \d+ answers that were paid for", first.stderr), first.stderr[-3000:]
     filler.unlink()  # space freed
     again = crawl(shop, tmp_path, feed, jobdir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming the crawl" in again.stderr
+    # The products answered but not written were kept in JOBDIR, and not
+    # paid for again: what is billed twice is at most what was in flight.
+    assert shop.stats()["billed_twice"] <= in_flight
     records = whole_records(feed)
     ids = [r["item_id"] for r in records]
     assert len(ids) == len(set(ids)) == PRODUCTS  # nothing lost, nothing twice
@@ -173,3 +178,31 @@ def test_a_full_disk_under_jobdir_stops_and_the_resume_loses_nothing(shop, tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     ids = [r["item_id"] for r in whole_records(feed)]
     assert len(ids) == len(set(ids)) == PRODUCTS
+
+
+@pytest.mark.parametrize("jobdir", [False, True], ids=["plain", "jobdir"])
+def test_a_record_that_cannot_be_written_stops_the_crawl_like_a_full_disk(shop, tmp_path, jobdir):
+    """Any error writing one record (here an exporter that fails on the 20th,
+    as orjson fails on an integer past 64 bits) takes the path of a file
+    that cannot be written: one line naming the file and the error, exit 6,
+    the summary counts what the file holds; with JOBDIR the same command
+    then writes every product once."""
+    (tmp_path / "refuse-once").touch()
+    feed = tmp_path / "products.jsonl"
+    settings = ['FEED_EXPORTERS={"jsonl": "tests.helpers.RefusingExporter"}']
+    settings += [f"JOBDIR={tmp_path / 'job'}"] if jobdir else []
+    first = crawl(shop, tmp_path, feed, *settings)
+    assert first.returncode == EXIT_FEED_FAILED, first.stderr[-3000:]
+    errors = [line for line in first.stderr.splitlines() if "ERROR: cannot write" in line]
+    assert len(errors) == 1, first.stderr[-3000:]
+    assert f"cannot write a record to {feed}: TypeError: Integer exceeds 64-bit range" in errors[0]
+    assert "Traceback" not in first.stderr
+    written = whole_records(feed)
+    assert 19 <= len(written) < PRODUCTS
+    summary = re.search(r"^  products\s+(\d+)$", first.stderr, re.MULTILINE)
+    assert summary is not None and int(summary.group(1)) == len(written), first.stderr[-3000:]
+    if jobdir:
+        again = crawl(shop, tmp_path, feed, *settings)
+        assert again.returncode == 0, again.stderr[-3000:]
+        ids = [r["item_id"] for r in whole_records(feed)]
+        assert len(ids) == len(set(ids)) == PRODUCTS

@@ -235,3 +235,75 @@ def test_the_progress_line_carries_on_after_a_resume(shop, tmp_path):
     progress = [line for line in done.stderr.splitlines() if "Progress: " in line]
     assert progress, done.stderr[-2000:]
     assert all(re.search(r"pages \d+/10, products \d+, .* ETA \d+:\d\d:\d\d", line) for line in progress), progress
+
+
+def test_two_crawls_on_one_jobdir_one_is_refused_and_the_other_is_whole(shop, tmp_path):
+    """The cron line of docs/operations.md whose crawl outlasts its interval:
+    two identical commands started together.  One crawls (every product
+    once, nothing billed twice); the other is refused before any call, in
+    one line that names the first's pid, with exit 10.  Five times."""
+    for attempt in range(5):
+        before = shop.stats()["billed"]
+        first, second = start(shop, tmp_path, "-O", "products.jsonl"), start(shop, tmp_path, "-O", "products.jsonl")
+        outcomes = {}
+        for proc in (first, second):
+            _, err = proc.communicate(timeout=180)
+            outcomes[proc.pid] = (proc.returncode, err)
+        codes = sorted(code for code, _ in outcomes.values())
+        assert codes == [0, 10], (attempt, {pid: (code, err[-2000:]) for pid, (code, err) in outcomes.items()})
+        winner = next(pid for pid, (code, _) in outcomes.items() if code == 0)
+        refused = next(err for code, err in outcomes.values() if code == 10)
+        assert refused.strip().count("\n") == 0, refused
+        assert f"JOBDIR=crawls/shop-1 is in use by another crawl (pid {winner}): wait for it to end" in refused
+        assert_each_product_once_today(tmp_path / "products.jsonl")
+        assert shop.stats()["billed"] - before == 2 * PRODUCTS + PRODUCTS // 20  # one crawl's calls, once
+
+
+def test_a_killed_crawl_leaves_no_lock_behind(shop, tmp_path):
+    """The lock is the kernel's (flock): it goes with a SIGKILLed process."""
+    proc = start(shop, tmp_path)
+    kill_when(proc, lambda: calls(shop) >= 20)
+    assert (tmp_path / "crawls" / "shop-1" / "tmapi-crawl.lock").exists()
+    resume(shop, tmp_path)
+    assert_each_product_once(shop, tmp_path / "products.jsonl")
+
+
+def test_two_crawls_given_one_output_file_one_is_refused(shop, tmp_path):
+    """Two crawls with the same -O file (and no JOBDIR): the second would
+    truncate the first's records; it is refused in one line, exit 10, and
+    the first's file is whole."""
+    cmd = [SCRAPY, "crawl", "shop", "-a", f"member_id={SHOP}", "-O", "out/products.jsonl"]
+    cmd += ["-s", f"TMAPI_BASE_URL={shop.url}", "-s", "TMAPI_PROGRESS_INTERVAL=0"]
+    env = scrapy_env({"TMAPI_TOKEN": shop.token})
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while calls(shop) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    _, err = first.communicate(timeout=180)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 10, second.stderr[-2000:]
+    assert second.stderr.strip().count("\n") == 0
+    assert f"out/products.jsonl is in use by another crawl (pid {first.pid})" in second.stderr
+    assert_each_product_once_today(tmp_path / "out" / "products.jsonl")
+    # Two crawls into different files need no lock of each other's.
+    assert "in use" not in err
+
+
+def test_a_sigterm_keeps_what_was_paid_for_and_the_next_run_resumes(shop, tmp_path):
+    """SIGTERM mid-crawl (a reboot, a scheduler's stop): exit 130; the answers
+    of the requests in hand are kept in JOBDIR, so that the same command
+    resumes (not a new crawl), writes every product once, and pays again at
+    most for the calls that were in flight."""
+    proc = start(shop, tmp_path)
+    deadline = time.monotonic() + 60
+    while calls(shop) < 120 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    done = resume(shop, tmp_path)
+    assert "holds a crawl that finished" not in done.stderr
+    assert "Resuming the crawl" in done.stderr
+    stats = assert_each_product_once(shop, tmp_path / "products.jsonl")
+    assert stats["billed_twice"] <= LIMIT, stats["billed_twice_keys"]

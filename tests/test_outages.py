@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import time
 from collections import Counter
@@ -228,10 +229,48 @@ def test_a_store_down_too_long_stops_and_resumes_storing_everything(make_sandbox
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if "ERROR: " in line and "finish reason" not in line]
     assert len(errors) == 1 and "TMAPI_STORE_OUTAGE_TIMEOUT" in errors[0], errors
+    in_flight = in_flight_at_the_stop(stderr)
+    kept = re.search(r"Kept (\d+) answers that were paid for", stderr)
+    assert kept is not None, stderr[-3000:]
     assert pg.pg_ctl("start").returncode == 0
     again = store_crawl(sb, tmp_path, pg.url, *settings)
     _, stderr = again.communicate(timeout=180)
     assert again.returncode == 0, stderr[-3000:]
+    assert f"{kept.group(1)} answers paid for by an earlier run are used instead of calls" in stderr
     ids = [json.loads(line)["item_id"] for line in feed.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == STORE_PRODUCTS
     assert stored_ids(pg.url) == set(ids)  # nothing acknowledged that was not stored
+    # The answers of the products fetched but not stored were kept: what is
+    # billed twice is at most what was in flight when the crawl stopped.
+    assert sb.stats()["billed_twice"] <= in_flight, (sb.stats()["billed_twice"], in_flight)
+
+
+def in_flight_at_the_stop(stderr: str) -> int:
+    """The most calls the gate let be in flight in a crawl (its stats)."""
+    found = re.findall(r"'tmapi/throttle/limit': (\d+)", stderr)
+    assert found, stderr[-3000:]
+    return int(found[-1])
+
+
+def test_a_store_down_too_long_without_jobdir_says_what_was_paid_for_nothing(make_sandbox, pg, tmp_path):
+    """Without JOBDIR nothing can be kept: the stop says how many calls were
+    paid for products that were not stored, and that JOBDIR keeps them."""
+    sb = make_sandbox("--shops", "1", "--shop-size", str(STORE_PRODUCTS), "--latency-ms", "10")
+    feed = tmp_path / "products.jsonl"
+    proc = store_crawl(sb, tmp_path, pg.url, "TMAPI_STORE_OUTAGE_TIMEOUT=1.5")
+    wait_for(lambda: feed.exists() and feed.read_bytes().count(b"\n") >= 50)
+    assert pg.pg_ctl("stop", "-m", "fast").returncode == 0
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 5, stderr[-3000:]
+    said = re.search(r"WARNING: (\d+) calls were paid for products that were not written or stored", stderr)
+    assert said is not None, stderr[-3000:]
+    assert "With -s JOBDIR=DIR their answers are kept" in stderr
+    stored = len(stored_ids_after_start(pg))
+    billed = sb.stats()["billed"]
+    # Every billed detail and description is a stored product's, or counted.
+    assert billed - STORE_PRODUCTS // 20 - 2 * stored <= int(said.group(1)) <= billed
+
+
+def stored_ids_after_start(pg: PostgresServer) -> set[int]:
+    assert pg.pg_ctl("start").returncode == 0
+    return stored_ids(pg.url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import sqlite3
 import subprocess
 from collections import Counter
@@ -650,3 +651,108 @@ def test_ages_are_spread_per_product():
     due_on = Counter(int(share * week) for share in shares)  # the day a detail fetched on day 0 comes due
     assert set(due_on) == {3, 4, 5, 6}
     assert max(due_on.values()) < 0.35 * len(shares)
+
+
+# -- a damaged store ----------------------------------------------------------------------
+
+
+def _first_crawl(make_sandbox: Any, tmp_path: Path, products: int = 400) -> tuple[SandboxProcess, Path, dict]:
+    sb = make_sandbox("--shops", "1", "--shop-size", str(products))
+    store = tmp_path / "catalog.sqlite"
+    first = crawl_command(sb, tmp_path, str(store))
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = {r["item_id"]: r for r in read_jsonl(tmp_path / "products.jsonl")}
+    assert len(records) == products
+    return sb, store, records
+
+
+def _same_as_first(tmp_path: Path, first: dict) -> int:
+    """Every record the damaged store's crawl wrote is the first crawl's
+    product as it was (none made of a row that did not read back)."""
+    made = read_jsonl(tmp_path / "products.jsonl")
+    for record in made:
+        was = first[record["item_id"]]
+        assert (record["title"], record["skus"], record["detail_fetched_at"]) == (
+            was["title"],
+            was["skus"],
+            was["detail_fetched_at"],
+        )
+    return len(made)
+
+
+@pytest.mark.parametrize("where", [0.25, 0.5, 0.75])
+def test_a_damaged_page_is_said_as_damaged_before_any_call(make_sandbox, tmp_path, where):
+    """A 4 KiB page of the store overwritten (as a bad sector or a torn copy
+    leaves it): refused before any call when SQLite's quick check sees it,
+    else stopped at the first row that does not read back; either way the
+    line says damaged and how to recover, never a full disk or "the same
+    command stores it"; and scrapy catalog check says what is wrong."""
+    sb, store, first = _first_crawl(make_sandbox, tmp_path)
+    pages = store.stat().st_size // 4096
+    with store.open("r+b") as f:
+        f.seek(int(pages * where) * 4096)
+        f.write(random.Random(where).randbytes(4096))
+    sb.reset()
+    done = crawl_command(sb, tmp_path, str(store), "-s", "TMAPI_PROGRESS_INTERVAL=0")
+    assert done.returncode in (2, 5), done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "ERROR" in line]
+    assert errors and all("is damaged" in line for line in errors), done.stderr[-3000:]
+    assert "sqlite3 " in errors[0] and ".recover" in errors[0] and str(store) in errors[0]
+    for wrong in ("the same command stores it", "disk space", "Free some", "Traceback"):
+        assert wrong not in done.stderr
+    if done.returncode == 2:
+        assert sb.stats()["calls"] == 0 and len(errors) == 1
+    _same_as_first(tmp_path, first)
+    check = run_scrapy("catalog", "check", "--store", str(store), cwd=tmp_path)
+    assert check.returncode == 1, check.stderr
+    assert f"{store} is not sound" in check.stderr and ".recover" in check.stderr
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE products SET detail_fetched_at = CAST(x'ff3a' AS TEXT) "
+        "WHERE item_id = (SELECT max(item_id) FROM products)",
+        "UPDATE products SET detail = CAST(x'7b2262726f6b' AS TEXT) "
+        "WHERE item_id = (SELECT min(item_id) FROM products)",
+    ],
+    ids=["not-utf8", "not-json"],
+)
+def test_a_row_that_does_not_read_back_stops_the_crawl_and_makes_no_record(make_sandbox, tmp_path, damage):
+    """Rows whose pages are sound but whose text is not what was written
+    (bytes that are not UTF-8, a stored answer that is not JSON): SQLite's
+    checks of pages cannot see them, so the crawl stops at the first such
+    row with the finish reason of a failed store, says damaged, and no
+    record is made of the row."""
+    sb, store, first = _first_crawl(make_sandbox, tmp_path, products=100)
+    db = sqlite3.connect(store)
+    db.execute(damage)
+    db.commit()
+    db.close()
+    sb.reset()
+    done = crawl_command(sb, tmp_path, str(store), "-s", "TMAPI_PROGRESS_INTERVAL=0")
+    assert done.returncode == 5, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "[tmapi_crawler" in line and "] ERROR: " in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "is damaged (" in errors[0] and ".recover" in errors[0] and str(store) in errors[0]
+    assert "the same command stores it" not in done.stderr
+    assert "no record was made from what could not be read" in done.stderr
+    made = _same_as_first(tmp_path, first)
+    assert made < 100
+    damaged_id = max(first) if "max(" in damage else min(first)
+    assert damaged_id not in {r["item_id"] for r in read_jsonl(tmp_path / "products.jsonl")}
+    assert sb.stats()["calls_per_endpoint"].get("item_detail", 0) == 0  # nothing billed for a damaged row
+
+
+def test_catalog_check_says_sound_or_each_problem(tmp_path, store):
+    db = CatalogDB(parse_store_url(store))
+    db.close()
+    done = run_scrapy("catalog", "check", "--store", store, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().endswith("is sound")
+    _set_version(parse_store_url(store), SCHEMA_VERSION + 1)
+    done = run_scrapy("catalog", "check", "--store", store, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "newer than this tmapi_crawler's" in done.stderr
+    missing = run_scrapy("catalog", "check", "--store", str(tmp_path / "none.sqlite"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no catalog store at" in missing.stderr

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from scrapy import signals
 from scrapy.core.scheduler import Scheduler
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.extensions.feedexport import FeedExporter
 from scrapy.extensions.spiderstate import SpiderState
 from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 from scrapy.utils.misc import load_object
@@ -30,14 +31,15 @@ from tmapi_crawler.answers import AnswerMiddleware
 from tmapi_crawler.api import PRODUCTION_URL
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, is_distributed
-from tmapi_crawler.exports import EXPORTERS
+from tmapi_crawler.exports import EXPORTERS, FEED_FORMATS
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
 from tmapi_crawler.handler import TokenDownloadHandler
 from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
 from tmapi_crawler.leases import LeaseTracker
 from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
 from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
-from tmapi_crawler.outputs import FRESH, FeedGuard, GuardedFileFeedStorage, GuardedSpiderState
+from tmapi_crawler.outputs import FRESH, FeedGuard, GuardedFeedExporter, GuardedFileFeedStorage, GuardedSpiderState
+from tmapi_crawler.paid import PaidAnswers
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
@@ -104,6 +106,9 @@ class TmapiAddon:
         self._download_handlers(settings)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", RetryMiddleware, None)
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", AnswerMiddleware, 550)
+        # Engine-side of AnswerMiddleware: it sees what was billed; its own
+        # answers (kept in JOBDIR by an earlier run) are no call.
+        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", PaidAnswers, 545)
         _default(settings, "ITEM_PIPELINES", ValidationPipeline, 100)
         _default(settings, "EXTENSIONS", TmapiStats, 500)
         _default(settings, "EXTENSIONS", TimerCompaction, 0)
@@ -116,6 +121,8 @@ class TmapiAddon:
         # Before the feed exports: told first of each record, it knows
         # whether their files took it.
         settings.set_in_component_priority_dict("EXTENSIONS", FeedGuard, -1)
+        settings.set_in_component_priority_dict("EXTENSIONS", FeedExporter, None)  # replaced by:
+        settings.set_in_component_priority_dict("EXTENSIONS", GuardedFeedExporter, 0)
         settings.set_in_component_priority_dict("EXTENSIONS", SpiderState, None)  # replaced by:
         settings.set_in_component_priority_dict("EXTENSIONS", GuardedSpiderState, 0)
         self._monitors(settings)
@@ -246,6 +253,11 @@ class TmapiAddon:
         storages = settings.getdict("FEED_STORAGES")
         ours = {scheme: _path(GuardedFileFeedStorage) for scheme in ("", "file") if scheme not in storages}
         settings.set("FEED_STORAGES", {**storages, **ours}, settings.getpriority("FEED_STORAGES") or 0)
+        # Our formats wherever the user's FEED_EXPORTERS does not name them.
+        exporters = settings.getdict("FEED_EXPORTERS")
+        if any(name not in exporters for name in FEED_FORMATS):
+            priority = settings.getpriority("FEED_EXPORTERS") or 0
+            settings.set("FEED_EXPORTERS", {**FEED_FORMATS, **exporters}, priority)
         feeds: dict[str, dict[str, Any]] = {}
         resuming = has_state(settings)
         for uri, given in settings.getdict("FEEDS").items():

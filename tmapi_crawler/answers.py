@@ -25,7 +25,7 @@ from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.utils.asyncio import sleep
 from scrapy.utils.misc import load_object
 
-from tmapi_crawler.api import STORED_FLAG, ApiError, MalformedAnswer, Outcome, envelope_of
+from tmapi_crawler.api import KEPT_FLAG, STORED_FLAG, ApiError, MalformedAnswer, Outcome, envelope_of
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
@@ -108,8 +108,8 @@ class AnswerMiddleware:
         return None
 
     def process_response(self, request: Request, response: Response) -> Request | Response:
-        if "tmapi" not in request.meta or STORED_FLAG in response.flags:
-            return response
+        if "tmapi" not in request.meta or STORED_FLAG in response.flags or KEPT_FLAG in response.flags:
+            return response  # answered without a call (the store, or an answer an earlier run paid for)
         try:
             envelope = envelope_of(response)
         except MalformedAnswer as exc:

@@ -37,6 +37,8 @@ MAX_SHOP_PAGE_SIZE = 100
 
 #: A product URL as 1688 prints it: ``https://detail.1688.com/offer/<id>.html``.
 OFFER_URL_RE = re.compile(r"^https?://(?:detail|m)\.1688\.com/offer/(\d{1,20})\.html")
+#: The largest id 1688 uses (products, categories): a signed 64-bit integer.
+MAX_ID = 2**63 - 1
 
 
 class Endpoint(str, Enum):
@@ -207,6 +209,9 @@ _parsed: weakref.WeakKeyDictionary[Response, Envelope | MalformedAnswer] = weakr
 FETCHED_AT_META = "tmapi_fetched_at"
 #: The flag of a response that the catalog store gave: no call was made.
 STORED_FLAG = "tmapi_store"
+#: The flag of a response answered with an answer an earlier run of the crawl
+#: paid for and kept in JOBDIR (:mod:`tmapi_crawler.paid`).
+KEPT_FLAG = "tmapi_kept"
 
 
 def remember_envelope(response: Response, envelope: Envelope) -> None:
@@ -239,7 +244,8 @@ def outcome_of(response: Response) -> Outcome:
 
 def offer_id_from_url(url: str) -> int | None:
     match = OFFER_URL_RE.match(url.strip())
-    return int(match.group(1)) if match else None
+    offer = int(match.group(1)) if match else None
+    return offer if offer is not None and 0 < offer <= MAX_ID else None
 
 
 def endpoint_of(request: Request) -> Endpoint | None:

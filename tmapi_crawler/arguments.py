@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from tmapi_crawler.api import LANGUAGES, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
+from tmapi_crawler.api import LANGUAGES, MAX_ID, MAX_SHOP_PAGE_SIZE, SORTS, offer_id_from_url
 from tmapi_crawler.config import ConfigError, check_files_store, describe_validation_error, shown
 from tmapi_crawler.records import MEDIA_KINDS, MediaKind
 
@@ -77,7 +77,16 @@ def _member_id(value: str) -> str:
 #: What 1688's seller member ids are made of (b2b-22146365959302bc20).
 MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 MemberId = Annotated[str, AfterValidator(_member_id)]
-ItemId = Annotated[int, Field(gt=0, lt=10**20)]
+
+
+def _in_range(value: int) -> int:
+    if not 0 < value <= MAX_ID:
+        raise ValueError(f"is out of the range of 1688's ids (1 to {MAX_ID})")
+    return value
+
+
+#: A product or category id: positive, within 1688's range (a signed 64-bit integer).
+ItemId = Annotated[int, AfterValidator(_in_range)]
 PriceText = Annotated[str, BeforeValidator(_number_text), Field(pattern=r"^\d{1,9}(\.\d{1,2})?$")]
 
 
@@ -214,7 +223,10 @@ class ItemArgs(CommonArgs):
     def _urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
             if offer_id_from_url(url) is None:
-                raise ValueError(f"{shown(url)} is not a 1688 product URL (https://detail.1688.com/offer/<id>.html)")
+                raise ValueError(
+                    f"{shown(url)} is not a 1688 product URL (https://detail.1688.com/offer/<id>.html, "
+                    f"an id of 1 to {MAX_ID})"
+                )
         return urls
 
     @field_validator("file")
@@ -251,13 +263,15 @@ def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
     """``(line number, input, problem)`` for each product line of an ids file:
     blank lines and ``#`` comments are skipped; *problem* is ``None`` for a
     valid id or product URL."""
-    with path.open(encoding="utf-8", errors="replace") as lines:
+    with path.open(encoding="utf-8-sig", errors="replace") as lines:  # a BOM (Notepad, Excel) is no character
         for number, raw in enumerate(lines, start=1):
             text = raw.strip()
             if not text or text.startswith("#"):
                 continue
-            if (text.isascii() and text.isdigit() and 0 < int(text) < 10**20) or offer_id_from_url(text) is not None:
+            if (text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID) or offer_id_from_url(text) is not None:
                 yield number, text, None
+            elif text.isascii() and text.isdigit():
+                yield number, text, f"{shown(text)} is out of the range of 1688's ids (1 to {MAX_ID})"
             else:
                 yield number, text, f"{shown(text)} is neither a product id nor a 1688 product URL"
 

@@ -714,3 +714,18 @@ EXPORTERS: dict[str, type[RowsExporter]] = {
     cls.format: cls
     for cls in (SkusExporter, ShopifyExporter, WooCommerceExporter, ShopifyUpdateExporter, WooCommerceUpdateExporter)
 }
+
+#: Every format of this project, as ``FEED_EXPORTERS`` names them: the
+#: project's settings use them, and the add-on registers each one a user's
+#: ``FEED_EXPORTERS`` does not name (a project of the user's, ``-s
+#: FEED_EXPORTERS=...``), so that the failures file always has its format.
+FEED_FORMATS: dict[str, str] = {
+    # Scrapy's JSON lines, compact and written by orjson (several times faster)
+    "jsonlines": f"{__name__}.JsonLinesExporter",
+    "jsonl": f"{__name__}.JsonLinesExporter",
+    "jl": f"{__name__}.JsonLinesExporter",
+    "csv": f"{__name__}.CsvExporter",  # nested fields as JSON, not Python reprs
+    **{name: f"{__name__}.{cls.__name__}" for name, cls in EXPORTERS.items()},
+    # The failures and changes files: compact, as `scrapy catalog changes` writes
+    "jsonlines-compact": f"{__name__}.CompactJsonLinesExporter",
+}

@@ -54,8 +54,10 @@ from tmapi_crawler.compat import local_feed_files
 from tmapi_crawler.config import ConfigError, is_distributed, shown
 from tmapi_crawler.extensions import RESUMED, progress_of
 from tmapi_crawler.leases import tracker_of
+from tmapi_crawler.locks import hold_jobdir, release_jobdir
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.outputs import guard_of
+from tmapi_crawler.paid import PaidAnswers, paid_answers_of
 from tmapi_crawler.records import now_precise
 from tmapi_crawler.throttle import gate_of
 
@@ -88,6 +90,8 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_next ON requests (leased, priority DESC, id);
 CREATE TABLE IF NOT EXISTS seen (fingerprint BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS feeds (path TEXT PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (fingerprint BLOB PRIMARY KEY, body BLOB NOT NULL, fetched_at TEXT NOT NULL)
+    WITHOUT ROWID;
 """
 
 #: The highest priority, then the oldest, leased in the same statement.
@@ -96,6 +100,8 @@ UPDATE requests SET leased = 1
 WHERE id = (SELECT id FROM requests WHERE leased = 0 ORDER BY priority DESC, id LIMIT 1)
 RETURNING id, payload
 """
+#: SQLite's primary result code of a full disk.
+SQLITE_FULL = 13
 #: RETURNING came with SQLite 3.35 (2021).
 MIN_SQLITE = (3, 35)
 
@@ -185,6 +191,10 @@ class CrawlState:
             self.db.executescript(SCHEMA)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL:
+                raise JobdirError(
+                    f"cannot write {path}: {exc}: free some space, then run the same command again"
+                ) from None
             raise JobdirError(
                 f"{path} is damaged ({exc}): give a new JOBDIR to start again (the feed keeps what was crawled)"
             ) from None
@@ -228,6 +238,7 @@ class JobdirScheduler(BaseScheduler):
         self.leases = tracker_of(crawler)
         self.leases.enable(commit=self._commit)
         self.gate = gate_of(crawler)
+        self.paid: PaidAnswers | None = None
         self.path = path
         self.state: CrawlState
         self.spider: Spider
@@ -246,18 +257,28 @@ class JobdirScheduler(BaseScheduler):
 
     def open(self, spider: Spider) -> None:
         self.spider = spider
+        hold_jobdir(self.path.parent)  # the crawl command holds it already
         self.state = CrawlState(self.path)
         self.state.check(spider.name)
+        try:
+            self._open(spider)
+        except sqlite3.Error as exc:
+            self._broke(exc)  # its disk is full: one line, the crawl stops; the next run resumes
+
+    def _open(self, spider: Spider) -> None:
         db = self.state.db
         finished = db.execute("SELECT value FROM meta WHERE key = 'finished'").fetchone()
         if finished is not None:
             # Every request of that crawl was done: this run is a new crawl
             # (the feeds cut back to its end first: a half line goes).
             self._repair_feeds()
-            for table in ("requests", "seen", "feeds"):
+            for table in ("requests", "seen", "feeds", "answers"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
             db.execute("DELETE FROM meta WHERE key IN ('finished', 'crawl')")
             logger.info("%s holds a crawl that finished (%s): this is a new crawl", self.path.parent, finished[0])
+        self.paid = paid_answers_of(self.crawler)
+        if self.paid is not None:
+            self.paid.load(db)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('spider', ?)", (spider.name,))
         db.execute("INSERT OR IGNORE INTO meta VALUES ('crawl', ?)", (uuid.uuid4().hex,))
         back = db.execute("UPDATE requests SET leased = 0 WHERE leased = 1").rowcount
@@ -291,6 +312,8 @@ class JobdirScheduler(BaseScheduler):
                 self.state.db.executemany(
                     "UPDATE requests SET leased = 0 WHERE id = ?", [(int(i),) for i in unfinished]
                 )
+                if self.paid is not None:
+                    self.paid.keep(unfinished, self.state.db)
             if self.broken is None and not self.state.db.execute("SELECT 1 FROM requests LIMIT 1").fetchone():
                 # Nothing left to do, whatever the finish reason: the next run is a new crawl.
                 self.state.db.execute(
@@ -301,6 +324,8 @@ class JobdirScheduler(BaseScheduler):
             self._broke(exc)  # what is leased is pending again on resume anyway
             with contextlib.suppress(sqlite3.Error):
                 self.state.db.close()
+        finally:
+            release_jobdir(self.path.parent)
 
     def has_pending_requests(self) -> bool:
         return self.pending > 0
@@ -335,6 +360,8 @@ class JobdirScheduler(BaseScheduler):
             if replaces is not None:
                 db.execute("DELETE FROM requests WHERE id = ?", (int(replaces),))
                 self.leases.forget(replaces)
+                if self.paid is not None:
+                    self.paid.forget(replaces)
             self.stats.inc_value("scheduler/enqueued/jobdir")
             return True
         finally:
@@ -405,6 +432,8 @@ class JobdirScheduler(BaseScheduler):
         # Called by the tracker right after the feeds were fsynced.
         db = self.state.db
         db.executemany("DELETE FROM requests WHERE id = ?", [(int(lease),) for lease in leases])
+        if self.paid is not None:
+            self.paid.acknowledged(leases, db)
         self._record_feeds()
         self.stats.inc_value("tmapi/jobdir/acked", len(leases))
         # What the progress line of a resumed run carries on from.

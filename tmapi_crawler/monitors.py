@@ -22,7 +22,7 @@ from spidermon.contrib.scrapy.runners import LOG_MESSAGE_HEADER, SpiderMonitorRe
 from spidermon.core.actions import Action
 from spidermon.settings import MONITOR
 
-from tmapi_crawler.config import TmapiConfig, config_from_settings
+from tmapi_crawler.config import TmapiConfig, config_from_settings, is_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ STALL_CHECK_INTERVAL = 60.0
 FAILURE = MONITOR.STATUS.FAILURE
 #: Prefix of the stats that hold the monitors' results.
 RESULTS = "tmapi/monitors"
+#: What each worker of a distributed crawl adds to its run's totals when it
+#: stops (its ``tmapi/<name>`` stats; :meth:`.cluster.health.RedisHealth.leave_run`):
+#: the last worker of the run gets them as ``tmapi/run/<name>``.
+RUN_TOTALS = ("products", "listings", "products_failed", "duplicates", "products_expected", "calls", "codes/503")
+#: In distributed mode, whether this worker was the last of its run (1: the
+#: ``tmapi/run/...`` stats hold the run's totals) or not (0).
+LAST_WORKER = "tmapi/run/last_worker"
 
 
 class TmapiMonitor(Monitor):
@@ -43,6 +50,19 @@ class TmapiMonitor(Monitor):
 
     def stat(self, key: str) -> Any:
         return self.data.stats.get(key, 0) or 0
+
+    def total(self, name: str) -> Any:
+        """The crawl's count ``tmapi/<name>`` (one of :data:`RUN_TOTALS`):
+        this process's, or in distributed mode the run's, which only the
+        last worker of the run knows: any other skips the test that needs
+        it (one worker's records against every worker's listings proves
+        nothing)."""
+        last = self.data.stats.get(LAST_WORKER)
+        if last is None and is_distributed(self.data.crawler.settings):
+            self.skipTest("the run's totals are not known here (Redis did not answer as this worker left)")
+        if last == 0:
+            self.skipTest("judged by the last worker of the run, on the run's totals")
+        return self.stat(f"tmapi/run/{name}" if last == 1 else f"tmapi/{name}")
 
     @property
     def config(self) -> TmapiConfig:
@@ -65,14 +85,13 @@ class FinishReasonMonitor(TmapiMonitor):
 class ProductsMonitor(TmapiMonitor):
     @monitors.name("some product")
     def test_some_product(self) -> None:
-        written = self.stat("tmapi/products") + self.stat("tmapi/listings")
+        written = self.total("products") + self.total("listings")
         self.check(written > 0, "no product record at all")
 
     @monitors.name("every announced product")
     def test_every_announced_product(self) -> None:
-        expected = self.stat("tmapi/products_expected")
-        ended = sum(self.stat(k) for k in ("tmapi/products", "tmapi/listings", "tmapi/products_failed"))
-        ended += self.stat("tmapi/duplicates")
+        expected = self.total("products_expected")
+        ended = sum(self.total(k) for k in ("products", "listings", "products_failed", "duplicates"))
         reason = self.data.stats.get("finish_reason")
         self.check(
             reason != "finished" or ended >= expected,
@@ -85,8 +104,8 @@ class ProductsMonitor(TmapiMonitor):
 class FailuresMonitor(TmapiMonitor):
     @monitors.name("failure share")
     def test_failure_share(self) -> None:
-        failed = self.stat("tmapi/products_failed")
-        total = failed + self.stat("tmapi/products") + self.stat("tmapi/listings")
+        failed = self.total("products_failed")
+        total = failed + self.total("products") + self.total("listings")
         share = failed / total if total else 0.0
         most = self.config.alert_failure_share
         self.check(
@@ -109,7 +128,7 @@ class AccountMonitor(TmapiMonitor):
 
     @monitors.name("concurrency")
     def test_few_503(self) -> None:
-        n503, calls = self.stat("tmapi/codes/503"), self.stat("tmapi/calls")
+        n503, calls = self.total("codes/503"), self.total("calls")
         share = n503 / calls if calls else 0.0
         self.check(
             share <= MOST_503_SHARE,

@@ -26,11 +26,12 @@ import errno
 import io
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.extensions.feedexport import FileFeedStorage
+from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
 from scrapy.extensions.spiderstate import SpiderState
 
 from tmapi_crawler.config import DEFAULTS, ConfigError
@@ -81,6 +82,20 @@ def local_outputs(settings: BaseSettings) -> list[tuple[str, str]]:
             (str(settings.get("TMAPI_CHANGES_FILE") or DEFAULTS["TMAPI_CHANGES_FILE"]), "TMAPI_CHANGES_FILE")
         )
     return outputs
+
+
+def local_feeds(settings: BaseSettings) -> list[Path]:
+    """The local files of the feeds given (``-o``, ``-O``, ``FEEDS``; plain
+    paths, not the failures and changes files): one crawl at a time may
+    write each (:func:`tmapi_crawler.locks.hold_feed`)."""
+    feeds = []
+    for uri, options in settings.getdict("FEEDS").items():
+        text = str(uri)
+        if "%(" in text or ("://" in text and not text.startswith("file://")) or text.startswith("stdout:"):
+            continue
+        if not (options or {}).get(FRESH):
+            feeds.append(Path(text.removeprefix("file://")))
+    return feeds
 
 
 def check_outputs(settings: BaseSettings) -> None:
@@ -147,18 +162,20 @@ class FeedGuard:
 
     def write_failed(self, path: str, exc: BaseException) -> None:
         """A write to *path* failed (a feed, or the crawl's state in
-        ``JOBDIR``): the record is not counted, nothing is acknowledged from
-        now on, and the crawl stops (once)."""
+        ``JOBDIR``), or a record could not be exported to it: the record is
+        not counted, nothing is acknowledged from now on, and the crawl
+        stops (once)."""
         self.item_failed = True
         if self.failed is not None:
             return
-        self.failed = f"cannot write {path}: {_reason(exc)}"
+        if isinstance(exc, (OSError, sqlite3.Error)):
+            self.failed = f"cannot write {path}: {_reason(exc)}"
+            advice = "Free some space (or make the file writable), then run the same command again"
+        else:
+            self.failed = f"cannot write a record to {path}: {type(exc).__name__}: {_reason(exc)[:200]}"
+            advice = "Nothing of it was acknowledged; report this line (a bug), or run the same command again"
         self.stats.set_value(FEED_ERROR_STAT, self.failed)
-        logger.error(
-            "%s: the crawl stops. Free some space (or make the file writable), then run the same command again%s",
-            self.failed,
-            self.resume,
-        )
+        logger.error("%s: the crawl stops. %s%s", self.failed, advice, self.resume)
         for listener in self.listeners:
             listener(FEED_FAILED)
 
@@ -170,6 +187,31 @@ class FeedGuard:
 
 def guard_of(crawler: Crawler) -> FeedGuard | None:
     return crawler.get_extension(FeedGuard)
+
+
+class GuardedFeedExporter(FeedExporter):
+    """Scrapy's feed exports (the add-on puts them in the place of
+    ``scrapy.extensions.feedexport.FeedExporter``), for which a record that
+    an exporter cannot write (a value its format cannot hold, a bug of a
+    user's exporter) is a file that failed (:meth:`FeedGuard.write_failed`):
+    one line, the crawl stops, nothing of it is acknowledged.  Scrapy's
+    would log a traceback and go on without the record."""
+
+    def item_scraped(self, item: Any, spider: Spider) -> None:
+        counts = [(slot, slot.itemcount) for slot in self.slots]
+        try:
+            super().item_scraped(item, spider)
+        except Exception as exc:
+            # The slot that failed: the first that accepts the record and
+            # has not counted it yet (self.slots is replaced only at the end).
+            failed = next(
+                (slot for slot, count in counts if slot.itemcount == count and slot.filter.accepts(item)),
+                counts[0][0] if counts else None,
+            )
+            guard = guard_of(self.crawler)
+            if guard is None:
+                raise
+            guard.write_failed(failed.uri.removeprefix("file://") if failed is not None else "a feed", exc)
 
 
 class GuardedFile(io.RawIOBase):

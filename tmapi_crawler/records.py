@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from tmapi_crawler.api import LANGUAGES, Endpoint
+from tmapi_crawler.api import LANGUAGES, MAX_ID, Endpoint
 
 
 class ProductItem(dict[str, Any]):
@@ -103,6 +103,8 @@ def as_item_id(value: Any) -> int:
         raise BadAnswer(f"item_id is not a number: {value!r}")
     if item_id <= 0:
         raise BadAnswer(f"item_id is not a positive number: {value!r}")
+    if item_id > MAX_ID:
+        raise BadAnswer(f"item_id is out of the range of 1688's ids (a signed 64-bit integer): {value!r}")
     return item_id
 
 

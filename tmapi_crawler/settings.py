@@ -8,6 +8,8 @@ suits a paid JSON API rather than web pages.
 
 import os
 
+from tmapi_crawler.exports import FEED_FORMATS
+
 BOT_NAME = "tmapi_crawler"
 SPIDER_MODULES = ["tmapi_crawler.spiders"]
 NEWSPIDER_MODULE = "tmapi_crawler.spiders"
@@ -51,20 +53,7 @@ HTTPCACHE_POLICY = "tmapi_crawler.cache.ApiCachePolicy"
 
 FEED_EXPORT_ENCODING = "utf-8"
 # Formats for spreadsheets and stores (docs/exports.md): -O shop.csv:shopify
-FEED_EXPORTERS = {
-    # Scrapy's JSON lines, compact and written by orjson (several times faster)
-    "jsonlines": "tmapi_crawler.exports.JsonLinesExporter",
-    "jsonl": "tmapi_crawler.exports.JsonLinesExporter",
-    "jl": "tmapi_crawler.exports.JsonLinesExporter",
-    "csv": "tmapi_crawler.exports.CsvExporter",  # nested fields as JSON, not Python reprs
-    "skus": "tmapi_crawler.exports.SkusExporter",
-    "shopify": "tmapi_crawler.exports.ShopifyExporter",
-    "woocommerce": "tmapi_crawler.exports.WooCommerceExporter",
-    "shopify-update": "tmapi_crawler.exports.ShopifyUpdateExporter",
-    "woocommerce-update": "tmapi_crawler.exports.WooCommerceUpdateExporter",
-    # The failures and changes files: compact, as `scrapy catalog changes` writes
-    "jsonlines-compact": "tmapi_crawler.exports.CompactJsonLinesExporter",
-}
+FEED_EXPORTERS = FEED_FORMATS
 LOG_LEVEL = "INFO"
 # No "Scraped from ..." message made for each record unless LOG_LEVEL=DEBUG shows it.
 LOG_FORMATTER = "tmapi_crawler.extensions.QuietLogFormatter"

@@ -23,7 +23,6 @@ persistence, flushed, another server): every worker then stops at once with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -43,10 +42,12 @@ from tmapi_crawler.cluster.defaults import (
     OUTAGE_PROBE_FIRST,
     OUTAGE_PROBE_MAX,
     RUN_KEY,
+    RUN_TOTALS_KEY,
     RUN_WORKERS_KEY,
 )
 from tmapi_crawler.cluster.lua import RENEW, RUN_JOIN, RUN_LEAVE
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.monitors import LAST_WORKER, RUN_TOTALS
 from tmapi_crawler.records import now_precise
 from tmapi_crawler.throttle import gate_of
 
@@ -63,6 +64,10 @@ logger = logging.getLogger(__name__)
 REDIS_UNAVAILABLE = "tmapi_redis_unavailable"
 #: Finish reason: Redis answers, but without this crawl's state.
 REDIS_STATE_LOST = "tmapi_redis_state_lost"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def describe(exc: BaseException) -> str:
@@ -117,7 +122,7 @@ class RedisHealth:
         workers crawling it now (:attr:`run_id`)."""
         names = {"spider": spider}
         self.crawl_key, self.grace_key = CRAWL_KEY % names, GRACE_KEY % names
-        self.run_keys = [RUN_WORKERS_KEY % names, RUN_KEY % names]
+        self.run_keys = [RUN_WORKERS_KEY % names, RUN_KEY % names, RUN_TOTALS_KEY % names]
         marker = json.dumps({"crawl": uuid.uuid4().hex, "started_at": now_precise()})
         self.server.set(self.crawl_key, marker, nx=True)
         self.crawl_id = self.server.get(self.crawl_key)  # type: ignore[assignment]
@@ -129,9 +134,20 @@ class RedisHealth:
         self._renew(keys=self.run_keys[:1], args=[self.lease_ms, self.me])
 
     def leave_run(self) -> None:
-        """This worker stops: the last one out ends the run."""
-        with contextlib.suppress(RedisError):  # else it expires
-            self._run_leave(keys=self.run_keys, args=[self.me])
+        """This worker stops: its counts of :data:`RUN_TOTALS` go to the
+        run's, and the last one out ends the run and puts the run's totals in
+        its stats (``tmapi/run/<name>``), where the monitors judge the
+        crawl by them (``tmapi/run/last_worker`` says which worker did)."""
+        counts = [value for key in RUN_TOTALS for value in (key, int(self.stats.get_value(f"tmapi/{key}", 0) or 0))]
+        try:
+            totals = self._run_leave(keys=self.run_keys, args=[self.me, *counts])
+        except RedisError:
+            return  # it expires; the monitors judge nothing they cannot know
+        self.stats.set_value(LAST_WORKER, 1 if totals else 0)
+        if totals:
+            pairs = iter(totals)
+            for key, value in zip(pairs, pairs, strict=True):
+                self.stats.set_value(f"tmapi/run/{_text(key)}", int(value))
 
     def on_back(self, callback: Callable[[], None]) -> None:
         """Call *callback* when Redis answers again after an outage (it

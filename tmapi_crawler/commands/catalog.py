@@ -13,6 +13,9 @@ store holds, without a call.
 * ``scrapy catalog report [--since ...] [--until ...] [--item-id N ...]
   [--top 20] -O report.html``: one self-contained HTML page of the period
   (:mod:`tmapi_crawler.report`).
+* ``scrapy catalog check [--store S]``: the store's integrity (SQLite's
+  ``integrity_check`` of every page; for PostgreSQL, the schema and its
+  version), one line a problem; exit 0 when sound, 1 when not.
 
 The store is ``TMAPI_STORE`` (``-s TMAPI_STORE=catalog.sqlite``, or
 ``--store``).  Without ``-O`` the records go to standard output; with it,
@@ -44,7 +47,9 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
 
-ACTIONS = ("export", "changes", "report")
+ACTIONS = ("export", "changes", "report", "check")
+#: ``scrapy catalog check`` found a problem.
+EXIT_UNSOUND = 1
 
 
 def parse_time(name: str, text: str) -> str:
@@ -64,7 +69,7 @@ class Command(ScrapyCommand):
     requires_crawler_process = False  # it crawls nothing
 
     def syntax(self) -> str:
-        return "export|changes [options]"
+        return "export|changes|report|check [options]"
 
     def short_desc(self) -> str:
         return "Write the catalog store's products or changes as JSON lines, without a call"
@@ -90,7 +95,7 @@ class Command(ScrapyCommand):
         if len(args) != 1 or args[0] not in ACTIONS:
             raise UsageError(
                 "scrapy catalog export [-O products.jsonl] | scrapy catalog changes --since 2026-11-01 "
-                "| scrapy catalog report -O report.html"
+                "| scrapy catalog report -O report.html | scrapy catalog check"
             )
         action = args[0]
         given = opts.store or self.settings.get("TMAPI_STORE")
@@ -103,6 +108,9 @@ class Command(ScrapyCommand):
             )
         if action == "report":
             self.report(str(given), opts)
+            return
+        if action == "check":
+            self.check(str(given))
             return
         if action == "changes":
             if not opts.since:
@@ -131,6 +139,35 @@ class Command(ScrapyCommand):
             db.close()
         what = "products" if action == "export" else "changes"
         print(f"{count} {what} written to {opts.output or 'standard output'}", file=sys.stderr)
+
+    @staticmethod
+    def check(store: str) -> None:
+        """Every problem of the store, one line each on stderr; exit 1 if any."""
+        url = parse_store_url(store)
+        try:
+            db = CatalogDB(url, create=False)
+        except StoreError as exc:
+            if "no catalog store at" in str(exc) or "is not a catalog store" in str(exc):
+                refuse(str(exc))
+            problems = [str(exc)]
+        else:
+            try:
+                problems = db.integrity_check()
+            finally:
+                db.close()
+        for problem in problems:
+            print(f"{url.display}: {problem}", file=sys.stderr)
+        if problems:
+            how = (
+                f"sqlite3 {url.target} .recover | sqlite3 recovered.sqlite (then TMAPI_STORE=recovered.sqlite), "
+                "or restore a backup"
+                if url.kind == "sqlite"
+                else "restore a backup, or run a crawl with this tmapi_crawler once to migrate its schema"
+            )
+            count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+            print(f"{url.display} is not sound ({count}): {how}", file=sys.stderr)
+            raise SystemExit(EXIT_UNSOUND)
+        print(f"{url.display} is sound", file=sys.stderr)
 
     @staticmethod
     def report(store: str, opts: argparse.Namespace) -> None:

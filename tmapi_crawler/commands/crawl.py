@@ -18,10 +18,11 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.spiderloader import get_spider_loader
 
-from tmapi_crawler.commands import EXIT_CODES, EXIT_NO_LISTING, refuse
+from tmapi_crawler.commands import EXIT_BUSY, EXIT_CODES, EXIT_NO_LISTING, refuse
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token, shown
-from tmapi_crawler.jobdir import check_jobdir
-from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs
+from tmapi_crawler.jobdir import check_jobdir, jobdir_of
+from tmapi_crawler.locks import Busy, hold_feed, hold_jobdir
+from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs, local_feeds
 from tmapi_crawler.store.crawl import check_store, store_url
 
 if TYPE_CHECKING:
@@ -75,14 +76,31 @@ class Command(ScrapyCrawlCommand):
                 problem = check_redis(self.settings)
                 if problem:
                     refuse(problem)
+            self._hold(jobdir=True)  # before its state is read
             check_jobdir(self.settings, spidercls.name)
             check_outputs(self.settings)
             check_store(self.settings)
             check = getattr(spidercls, "check_arguments", None)
             if check is not None:
                 check(opts.spargs, self.settings)
+            self._hold(jobdir=False)  # last: a refused command leaves no file behind
+        except Busy as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_BUSY) from None
         except ConfigError as exc:
             refuse(str(exc))
+
+    def _hold(self, *, jobdir: bool) -> None:
+        """Hold the JOBDIR, or the feed files, for this crawl until this
+        process ends (:mod:`tmapi_crawler.locks`); raises :class:`Busy`."""
+        assert self.settings is not None
+        if jobdir:
+            path = jobdir_of(self.settings)
+            if path is not None:
+                hold_jobdir(path)
+            return
+        for feed in local_feeds(self.settings):
+            hold_feed(feed)
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.crawler_process is not None

@@ -115,26 +115,39 @@ def store_url(settings: BaseSettings) -> StoreURL | None:
     return url
 
 
+#: Seconds a crawl's start may spend checking a SQLite store's pages: a store
+#: that is larger is checked row by row as it is read.
+QUICK_CHECK_SECONDS = 1.0
+
+
 def check_store(settings: BaseSettings) -> None:
     """Open the store once before the crawl (created or migrated on first
     use), so that a wrong URL, password or permission is one line before
-    any call; raises :class:`ConfigError`."""
+    any call, and so is a damaged SQLite store whose pages can be checked in
+    :data:`QUICK_CHECK_SECONDS`; raises :class:`ConfigError`."""
     url = store_url(settings)
     if url is None:
         return
     try:
-        CatalogDB(url).close()
+        db = CatalogDB(url)
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        problems = db.quick_check(QUICK_CHECK_SECONDS)
+    finally:
+        db.close()
+    if problems:
+        raise ConfigError(str(db.damaged(problems[0])))
 
 
-def stored_response(request: Request, data: bytes, fetched_at: str) -> Response:
+def stored_response(request: Request, data: bytes, fetched_at: str, parsed: Any = None) -> Response:
     """The answer the store gives for *request*: the API's envelope around
-    the stored ``data``, already parsed for :func:`tmapi_crawler.api.envelope_of`."""
+    the stored ``data``, already parsed for :func:`tmapi_crawler.api.envelope_of`
+    (*parsed*, when the lookup parsed it)."""
     request.meta[FETCHED_AT_META] = fetched_at
     body = b'{"code":200,"msg":"success","data":' + data + b"}"
     response = Response(request.url, status=200, body=body, request=request, flags=[STORED_FLAG])
-    remember_envelope(response, Envelope(200, "success", orjson.loads(data)))
+    remember_envelope(response, Envelope(200, "success", orjson.loads(data) if parsed is None else parsed))
     return response
 
 
@@ -414,7 +427,14 @@ class CatalogStore:
             return
         self.failed = error
         self.stats.set_value("tmapi/store/error", str(error))
-        logger.error("%s; the crawl stops (what was not stored is not acknowledged: the same command stores it)", error)
+        if error.resumable:
+            logger.error(
+                "%s; the crawl stops (what was not stored is not acknowledged: once that is fixed, the same command "
+                "stores it)",
+                error,
+            )
+        else:
+            logger.error("%s; the crawl stops (no record was made from what could not be read)", error)
         gate_of(self.crawler).stop(STORE_FAILED)
 
     async def drain(self) -> None:
@@ -548,13 +568,13 @@ class StoreMiddleware:
                 assert stored is not None
                 assert stored.description is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
-                return stored_response(request, stored.description, str(stored.desc_fetched_at))
+                return stored_response(request, stored.description, str(stored.desc_fetched_at), stored.desc_data)
             return None
         reason = self.store.fresh_detail(stored, info["params"].get("language"), request.cb_kwargs.get("listing"), now)
         if reason is None:
             assert stored is not None
             self.stats.inc_value("tmapi/store/detail_from_store")
-            return stored_response(request, stored.detail, stored.detail_fetched_at)
+            return stored_response(request, stored.detail, stored.detail_fetched_at, stored.detail_data)
         self.store.to_fetch(request, stored, reason, now)
         return None
 
@@ -621,14 +641,14 @@ class StoreSpiderMiddleware:
         """What the spider's callbacks make of the stored detail (and of the
         stored description, when it is still good)."""
         self.stats.inc_value("tmapi/store/detail_from_store")
-        response = stored_response(request, stored.detail, stored.detail_fetched_at)
+        response = stored_response(request, stored.detail, stored.detail_fetched_at, stored.detail_data)
         assert request.callback is not None
         for out in request.callback(response, **request.cb_kwargs):
             if _is_desc(out) and self.store.fresh_desc(stored, now):
                 assert stored.description is not None
                 assert out.callback is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
-                answer = stored_response(out, stored.description, str(stored.desc_fetched_at))
+                answer = stored_response(out, stored.description, str(stored.desc_fetched_at), stored.desc_data)
                 for product in out.callback(answer, **out.cb_kwargs):
                     self._note(product)
                     yield product

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ import orjson
 
 from tmapi_crawler.records import now_precise
 from tmapi_crawler.store.changes import Sku, State, change_record, diff, listing_signature, state_of
-from tmapi_crawler.store.url import StoreError, StoreURL
+from tmapi_crawler.store.url import StoreDamaged, StoreError, StoreURL
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -88,6 +89,10 @@ def iso(value: Any) -> str | None:
 #: database missing.
 Problem = str
 READ_ONLY, DISK_FULL, CANNOT_OPEN, NOT_A_DATABASE = "read-only", "disk full", "cannot open", "not a database"
+#: Pages or rows that do not read back as written (SQLite's SQLITE_CORRUPT, a
+#: text that is not UTF-8, a stored answer that is not JSON; PostgreSQL's
+#: XX001 and XX002).
+DAMAGED = "damaged"
 LOGIN_REFUSED, UNREACHABLE, NO_DATABASE = "login refused", "unreachable", "no database"
 
 
@@ -150,7 +155,13 @@ class Dialect:
 @dataclass(frozen=True, slots=True)
 class _SQLite(Dialect):
     #: Primary result codes (``sqlite_errorcode & 0xFF``).
-    codes: tuple[tuple[int, Problem], ...] = ((8, READ_ONLY), (13, DISK_FULL), (14, CANNOT_OPEN), (26, NOT_A_DATABASE))
+    codes: tuple[tuple[int, Problem], ...] = (
+        (8, READ_ONLY),
+        (11, DAMAGED),
+        (13, DISK_FULL),
+        (14, CANNOT_OPEN),
+        (26, NOT_A_DATABASE),
+    )
 
     def connect(self, url: StoreURL, create: bool) -> Any:
         path = url.target
@@ -192,6 +203,8 @@ class _SQLite(Dialect):
     def problem(self, exc: BaseException, url: StoreURL) -> Problem | None:
         if not isinstance(exc, sqlite3.Error):
             return Dialect.problem(self, exc, url)
+        if str(exc).startswith("Could not decode to UTF-8"):
+            return DAMAGED  # Python's sqlite3 reading a text that is not UTF-8 (no SQLite code)
         found = dict(self.codes).get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
         if found == CANNOT_OPEN:
             file = Path(url.target)
@@ -209,6 +222,8 @@ class _Postgres(Dialect):
         ("28P01", LOGIN_REFUSED),
         ("28000", LOGIN_REFUSED),
         ("3D000", NO_DATABASE),
+        ("XX001", DAMAGED),
+        ("XX002", DAMAGED),
     )
     #: libpq gives no SQLSTATE for a connection that failed (psycopg's
     #: ``sqlstate`` is ``None``): the server's own message tells these apart.
@@ -422,6 +437,10 @@ class Stored:
     desc_fetched_at: str | None
     listing_sig: str | None
     language: str
+    #: The stored answers, parsed as they were read (a store that is read
+    #: is checked whole: a damaged row makes no record).
+    detail_data: dict[str, Any] | None = None
+    desc_data: dict[str, Any] | None = None
 
     def detail_age(self, now: datetime) -> float:
         return (now - datetime.fromisoformat(self.detail_fetched_at)).total_seconds()
@@ -493,6 +512,28 @@ def _price_of(detail: dict[str, Any]) -> str | None:
     info = detail.get("price_info")
     price = info.get("price") if isinstance(info, dict) else None
     return _number(str(price)) if price not in (None, "") else None
+
+
+def _stored(item_id: Any, detail: Any, detail_at: Any, desc: Any, desc_at: Any, sig: Any, language: Any) -> Stored:
+    """A product's row as :class:`Stored`, each value checked (raises
+    ValueError, TypeError or a JSON error for a row that is damaged)."""
+    if not isinstance(item_id, int) or (sig is not None and not isinstance(sig, str)) or not isinstance(language, str):
+        raise TypeError("a column holds a value of the wrong type")
+    detail, desc = bytes(detail), bytes(desc) if desc is not None else None
+    detail_data, desc_data = orjson.loads(detail), orjson.loads(desc) if desc is not None else None
+    if not isinstance(detail_data, dict) or (desc is not None and not isinstance(desc_data, dict)):
+        raise TypeError("a stored answer is not a JSON object")
+    return Stored(
+        item_id=item_id,
+        detail=detail,
+        detail_fetched_at=str(iso(detail_at)),
+        description=desc,
+        desc_fetched_at=iso(desc_at),
+        listing_sig=sig,
+        language=language,
+        detail_data=detail_data,
+        desc_data=desc_data,
+    )
 
 
 def _number(value: str | None) -> str | None:
@@ -599,7 +640,22 @@ class CatalogDB:
             NO_DATABASE: f"{text} at {where}: create it (createdb) or fix the database name in TMAPI_STORE",
             NOT_A_DATABASE: f"{where} is not a SQLite database ({text}): point TMAPI_STORE at a file of its own",
         }
+        if problem == DAMAGED:
+            return self.damaged(text)
         return StoreError(messages.get(problem or "", f"the catalog store {where} failed: {text}"))
+
+    def damaged(self, what: str) -> StoreDamaged:
+        """The store is damaged (*what* says where it showed): how to recover."""
+        where = self.url.display
+        if self.url.kind == "sqlite":
+            recover = (
+                f"recover it into a new file (sqlite3 {where} .recover | sqlite3 recovered.sqlite) or restore a "
+                "backup, and point TMAPI_STORE at that; scrapy catalog check says when a store is sound"
+            )
+        else:
+            recover = "restore a backup of the database (REINDEX for a damaged index); scrapy catalog check checks it"
+        what = " ".join(what.split())[:200]
+        return StoreDamaged(f"the catalog store {where} is damaged ({what}): {recover}")
 
     def transient(self, exc: BaseException) -> bool:
         """Whether *exc* is an outage that may pass (PostgreSQL restarting,
@@ -633,25 +689,73 @@ class CatalogDB:
     # -- the refresh decision -------------------------------------------------------------
 
     def lookup(self, item_ids: Sequence[int]) -> dict[int, Stored]:
-        """What the store has of each of *item_ids* (one query)."""
+        """What the store has of each of *item_ids* (one query).  Every row is
+        read whole here, its stored answers parsed: a row that does not read
+        back (a damaged store) raises :class:`StoreDamaged`, and no record is
+        made of it."""
         utf8 = self.dialect.utf8
         rows = self.query(
             f"SELECT item_id, {utf8.format('detail')}, detail_fetched_at, {utf8.format('description')}, "  # noqa: S608
             f"desc_fetched_at, listing_sig, language FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
             item_ids,
         )
-        return {
-            item_id: Stored(
-                item_id=item_id,
-                detail=bytes(detail),
-                detail_fetched_at=str(iso(detail_at)),
-                description=bytes(desc) if desc is not None else None,
-                desc_fetched_at=iso(desc_at),
-                listing_sig=sig,
-                language=language,
-            )
-            for item_id, detail, detail_at, desc, desc_at, sig, language in rows
-        }
+        found = {}
+        for row in rows:
+            try:
+                stored = _stored(*row)
+            except (ValueError, TypeError, AttributeError) as exc:  # orjson's JSONDecodeError is a ValueError
+                raise self.damaged(f"product {row[0]!r}: {type(exc).__name__}: {exc}") from None
+            found[stored.item_id] = stored
+        return found
+
+    def quick_check(self, seconds: float) -> list[str] | None:
+        """SQLite's ``quick_check`` for at most *seconds*: its problems (empty
+        when sound), or ``None`` when it could not finish in time (a large
+        store: the rows are checked as they are read)."""
+        return self._check("quick_check", seconds)
+
+    def integrity_check(self) -> list[str]:
+        """The store's problems, one line each (empty when sound): SQLite's
+        full ``integrity_check``; for PostgreSQL, the schema and its version
+        (the server checks its own pages)."""
+        problems = self._check("integrity_check", None) or []
+        try:
+            tables = self.dialect.tables(self.conn)
+        except Exception as exc:
+            return [*problems, str(self.error(exc))]
+        missing = sorted({"tmapi_schema", "products", "skus", "changes", "crawls"} - tables)
+        problems += [f"table {name} is missing" for name in missing]
+        if "tmapi_schema" not in missing:
+            try:
+                version = self.query("SELECT version FROM tmapi_schema")[0][0]
+            except Exception as exc:
+                return [*problems, f"tmapi_schema cannot be read: {self.error(exc)}"]
+            if version != SCHEMA_VERSION:
+                problems.append(f"schema version {version}, this tmapi_crawler's is {SCHEMA_VERSION}")
+        return problems
+
+    def _check(self, pragma: str, seconds: float | None) -> list[str] | None:
+        if self.url.kind != "sqlite":
+            return []
+        deadline = None if seconds is None else time.monotonic() + seconds
+        if deadline is not None:
+            self.conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            rows = self.conn.execute(f"PRAGMA {pragma}").fetchall()
+        except sqlite3.OperationalError as exc:
+            if deadline is not None and time.monotonic() > deadline and "interrupted" in str(exc):
+                return None
+            return [str(self.error(exc))]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        finally:
+            if deadline is not None:
+                self.conn.set_progress_handler(None, 0)
+        # SQLite heads a message with "*** in database main ***" and may
+        # put several on one row: one line each.
+        problems = [line.strip() for row in rows for line in str(row[0]).splitlines()]
+        problems = [line for line in problems if line and not line.startswith("***")]
+        return [] if problems == ["ok"] else problems
 
     # -- writing -----------------------------------------------------------------------------
 

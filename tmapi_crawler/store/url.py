@@ -13,6 +13,17 @@ class StoreError(Exception):
     """The store cannot be used; the message is one line that says what
     happened and what to do."""
 
+    #: Whether the same command stores what was not stored once the cause
+    #: is fixed (a disk freed, a server back); a damaged store is not.
+    resumable = True
+
+
+class StoreDamaged(StoreError):
+    """The store's file or pages are damaged: reading it again fails the same
+    way; the message says how to recover it."""
+
+    resumable = False
+
 
 @dataclass(frozen=True, slots=True)
 class StoreURL:
