@@ -85,10 +85,12 @@ def check_slack(payload: dict) -> None:
 
 
 def check_discord(payloads: list[dict]) -> None:
-    """Discord's webhooks: ``content`` of at most 2,000 characters."""
+    """Discord's webhooks: ``content`` of at most 2,000 characters, and no
+    mention that pings anyone (``allowed_mentions``)."""
     assert 1 <= len(payloads) <= DISCORD_MOST_MESSAGES
     for payload in payloads:
-        assert set(payload) == {"content"}
+        assert set(payload) == {"content", "allowed_mentions"}
+        assert payload["allowed_mentions"] == {"parse": []}
         assert 0 < len(payload["content"]) <= DISCORD_CONTENT_CHARS
 
 

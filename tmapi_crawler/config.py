@@ -32,6 +32,7 @@ from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
 from tmapi_crawler.digest import parse_rules
+from tmapi_crawler.media_hosts import DEFAULT_MEDIA_HOSTS, MediaHosts
 from tmapi_crawler.redaction import hide_password
 from tmapi_crawler.store.url import StoreError, parse_store_url
 
@@ -114,6 +115,12 @@ class TmapiConfig(BaseModel):
     export_bom: bool = Field(default=False, alias="TMAPI_EXPORT_BOM")
     #: The public URL of FILES_STORE: exports point images at it.
     media_url_base: str | None = Field(default=None, alias="TMAPI_MEDIA_URL_BASE")
+    #: Descriptions in shop exports: sanitized (an allow-list), text, or raw.
+    export_html: Literal["sanitized", "text", "raw"] = Field(default="sanitized", alias="TMAPI_EXPORT_HTML")
+    #: A CSV cell that would start a formula gets a leading ' (or is kept).
+    csv_formulas: Literal["escape", "keep"] = Field(default="escape", alias="TMAPI_CSV_FORMULAS")
+    #: Where media may be downloaded from (tmapi_crawler.media_hosts).
+    media_hosts: str = Field(default=" ".join(DEFAULT_MEDIA_HOSTS), alias="TMAPI_MEDIA_HOSTS")
     #: Monitors and alerts (docs/operations.md).
     alert_webhook: str | None = Field(default=None, alias="TMAPI_ALERT_WEBHOOK")
     alert_failure_share: float = Field(default=0.05, ge=0, le=1, alias="TMAPI_ALERT_FAILURE_SHARE")
@@ -191,6 +198,12 @@ class TmapiConfig(BaseModel):
         if not found:
             raise ValueError("is not a duration: give 365d, 48h, 90m or seconds")
         return float(found.group(1)) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[found.group(2)]
+
+    @field_validator("media_hosts", mode="before")
+    @classmethod
+    def _media_hosts(cls, value: Any) -> Any:
+        MediaHosts.parse(value if isinstance(value, str) else ",".join(map(str, value)))
+        return value if isinstance(value, str) else ",".join(map(str, value))
 
     @field_validator("media_url_base")
     @classmethod

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: The rules of TMAPI_ALERT_CHANGES; the first two take an optional ``:P%``.
 RULES = (
@@ -154,18 +158,54 @@ class Digest:
 # -- the message ----------------------------------------------------------------------
 
 
-def _line(change: dict[str, Any]) -> str:
-    """One change in Markdown: the product, the SKU, what moved."""
-    title = change.get("title") or f"item {change['item_id']}"
-    sku = f" ({change['sku']})" if change.get("sku") else ""
+def _line(
+    change: dict[str, Any],
+    text: Callable[[str], str] | None = None,
+    link: Callable[[str, str], str] | None = None,
+) -> str:
+    """One change: the product (a link to it), the SKU, what moved; the
+    seller's texts (title, SKU name, a title change's values) through *text*,
+    which escapes them for the destination, and the link made by *link*
+    (Markdown's ``[title](url)`` by default)."""
+    text = text or markdown_text
+    link = link or (lambda label, url: f"[{label}]({url})")
+    title = text(change["title"]) if change.get("title") else f"item {change['item_id']}"
+    sku = f" ({text(change['sku'])})" if change.get("sku") else ""
     what = change["change"].replace("_", " ")
     if change["change"] == "price":
         relative = change.get("relative_change")
         move = f" ({relative:+.1%})" if relative is not None else ""
         what = f"price {change.get('old')} → {change.get('new')}{move}"
-    elif change.get("old") is not None or change.get("new") is not None:
-        what += f": {change.get('old')} → {change.get('new')}" if change["change"] == "title" else ""
-    return f"[{title}]({change.get('url') or offer_url(change['item_id'])}){sku}: {what}"
+    elif change["change"] == "title" and (change.get("old") is not None or change.get("new") is not None):
+        what += f": {text(str(change.get('old')))} → {text(str(change.get('new')))}"
+    return f"{link(title, change.get('url') or offer_url(change['item_id']))}{sku}: {what}"
+
+
+#: What Markdown (Discord's, Apprise's) reads as formatting, a link, a heading or a quote.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_~|<>\[\]()#:!-])")
+#: A mention in Discord (@everyone, @here, <@id> once "<" is escaped) or Slack.
+_MENTION = re.compile(r"@(?=\w)")
+
+
+def _no_autolink(text: str) -> str:
+    """A URL in a seller's text would be made a link by the chat: its
+    ``://`` is broken by a zero-width space."""
+    return text.replace("://", ":\u200b//").replace("www.", "www\u200b.")
+
+
+def markdown_text(text: str) -> str:
+    """A seller's *text* as Markdown that shows it as it is: every character
+    Markdown reads escaped with a backslash, no mention (a zero-width space
+    after ``@``), no automatic link."""
+    return _MENTION.sub("@\u200b", _MARKDOWN_SPECIAL.sub(r"\\\1", _no_autolink(text)))
+
+
+def slack_text(text: str) -> str:
+    """A seller's *text* in Slack's mrkdwn: ``&``, ``<`` and ``>`` as Slack
+    says to escape them (so no ``<!everyone>`` nor ``<url|link>``), ``|``
+    harmless, no automatic link, no ``@`` mention."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub("@\u200b", _no_autolink(escaped))
 
 
 def headline(report: dict[str, Any]) -> str:
@@ -228,11 +268,8 @@ def _slack(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _slack_line(change: dict[str, Any]) -> str:
-    """Slack's mrkdwn links are ``<url|text>``."""
-    line = _line(change)
-    title = change.get("title") or f"item {change['item_id']}"
-    url = change.get("url") or offer_url(change["item_id"])
-    return line.replace(f"[{title}]({url})", f"<{url}|{title.replace('>', '›').replace('|', '¦')}>", 1)
+    """Slack's mrkdwn links are ``<url|text>`` (a ``|`` in the text would end it)."""
+    return _line(change, slack_text, lambda label, url: f"<{url}|{label.replace('|', '¦')}>")
 
 
 def _discord(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -253,4 +290,5 @@ def _discord(report: dict[str, Any]) -> list[dict[str, Any]]:
     if hidden:
         current += f"\n… and {hidden} more lines (scrapy catalog changes has them all)"
     messages.append(current)
-    return [{"content": message} for message in messages]
+    # No mention pings anyone, whatever a message holds (Discord's allowed_mentions).
+    return [{"content": message, "allowed_mentions": {"parse": []}} for message in messages]

@@ -31,6 +31,7 @@ from scrapy.exporters import BaseItemExporter, CsvItemExporter, JsonLinesItemExp
 
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import decimal_of, media_url, sku_price
+from tmapi_crawler.untrusted import cell, shop_html
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -134,6 +135,10 @@ def _money(value: Any, factor: Decimal) -> str:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 # -- what every format reads of a product ---------------------------------------
@@ -366,9 +371,11 @@ def shopify_rows(
     *,
     status: str = "draft",
     media_base: str | None = None,
+    html: str = "sanitized",
 ) -> Rows:
     """Shopify's product CSV rows: one per variant, then one per image not
-    yet placed.  The product's fields are on the first row only."""
+    yet placed.  The product's fields are on the first row only; the
+    description as ``TMAPI_EXPORT_HTML`` (*html*) says."""
     public = public_urls(product, media_base)
     status = status_of(product, status)
     catalog, names, values = _shop_options(product, SHOPIFY_MAX_OPTIONS, "Shopify")
@@ -416,7 +423,7 @@ def shopify_rows(
             row.update(
                 {
                     "Title": title,
-                    "Body (HTML)": public_html(product, _text(product.get("detail_html")), public),
+                    "Body (HTML)": shop_html(public_html(product, _text(product.get("detail_html")), public), html),
                     "Vendor": _text((product.get("shop_info") or {}).get("shop_name")),
                     "Tags": "1688",
                     "Published": SHOPIFY_PUBLISHED[status],
@@ -436,7 +443,12 @@ def shopify_rows(
 
 
 def woocommerce_rows(
-    product: dict[str, Any], pricing: Pricing, *, status: str = "draft", media_base: str | None = None
+    product: dict[str, Any],
+    pricing: Pricing,
+    *,
+    status: str = "draft",
+    media_base: str | None = None,
+    html: str = "sanitized",
 ) -> Rows:
     """WooCommerce's rows: a ``variable`` product and a ``variation`` per SKU
     (``Parent`` is the product's SKU); a ``simple`` product when it has none."""
@@ -452,7 +464,7 @@ def woocommerce_rows(
         "Published": WOOCOMMERCE_PUBLISHED[status_of(product, status)],
         "Is featured?": 0,
         "Visibility in catalog": "visible",
-        "Description": public_html(product, _text(product.get("detail_html")), public),
+        "Description": shop_html(public_html(product, _text(product.get("detail_html")), public), html),
         "Tax status": "taxable",
         "In stock?": 1,
         "Allow customer reviews?": 1,
@@ -555,6 +567,8 @@ class RowsExporter(BaseItemExporter):
         status: str = "draft",
         media_base: str | None = None,
         bom: bool = False,
+        html: str = "sanitized",
+        formulas: str = "escape",
         report: Callable[[Any, str], None] | None = None,
         **kwargs: Any,
     ):
@@ -563,6 +577,8 @@ class RowsExporter(BaseItemExporter):
         self.shopify_max_variants = shopify_max_variants
         self.status = status
         self.media_base = media_base
+        self.html = html
+        self.cell: Callable[[Any], Any] = cell if formulas == "escape" else _same
         self.bom = bom
         self.report = report or self._log
         self.stream = io.TextIOWrapper(
@@ -597,7 +613,7 @@ class RowsExporter(BaseItemExporter):
         columns = self.columns
         # A product's rows in one write: a file that fails keeps none of them.
         text = io.StringIO(newline="")
-        csv.writer(text).writerows([[_text(row.get(c)) for c in columns] for row in made.rows])
+        csv.writer(text).writerows([[self.cell(_text(row.get(c))) for c in columns] for row in made.rows])
         self.stream.write(text.getvalue())
         self.rows_written += len(made.rows)
 
@@ -616,7 +632,12 @@ class ShopifyExporter(RowsExporter):
 
     def rows(self, product: dict[str, Any]) -> Rows:
         return shopify_rows(
-            product, self.pricing, self.shopify_max_variants, status=self.status, media_base=self.media_base
+            product,
+            self.pricing,
+            self.shopify_max_variants,
+            status=self.status,
+            media_base=self.media_base,
+            html=self.html,
         )
 
 
@@ -625,7 +646,7 @@ class WooCommerceExporter(RowsExporter):
     columns = WOOCOMMERCE_COLUMNS
 
     def rows(self, product: dict[str, Any]) -> Rows:
-        return woocommerce_rows(product, self.pricing, status=self.status, media_base=self.media_base)
+        return woocommerce_rows(product, self.pricing, status=self.status, media_base=self.media_base, html=self.html)
 
 
 class ShopifyUpdateExporter(RowsExporter):
@@ -650,20 +671,22 @@ class CsvExporter(CsvItemExporter):
     write a Python repr or a comma-joined list; and the byte-order mark of
     ``TMAPI_EXPORT_BOM``."""
 
-    def __init__(self, file: IO[bytes], *, bom: bool = False, **kwargs: Any):
+    def __init__(self, file: IO[bytes], *, bom: bool = False, formulas: str = "escape", **kwargs: Any):
         kwargs.setdefault("encoding", "utf-8")
         super().__init__(file, **kwargs)  # type: ignore[arg-type] # any binary file, as the feeds give it
+        self.cell: Callable[[Any], Any] = cell if formulas == "escape" else _same
         if bom:
             self.stream.write("\ufeff")
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, file: IO[bytes], **kwargs: Any) -> Self:
-        return cls(file, bom=config_from_settings(crawler.settings).export_bom, **kwargs)
+        config = config_from_settings(crawler.settings)
+        return cls(file, bom=config.export_bom, formulas=config.csv_formulas, **kwargs)
 
     def serialize_field(self, field: Any, name: str, value: Any) -> Any:
         if "serializer" not in field and isinstance(value, (list, tuple, dict)):
-            return orjson.dumps(value).decode()
-        return super().serialize_field(field, name, value)
+            return self.cell(orjson.dumps(value).decode())
+        return self.cell(super().serialize_field(field, name, value))
 
 
 class JsonLinesExporter(JsonLinesItemExporter):
@@ -706,6 +729,8 @@ def options_of(config: TmapiConfig) -> dict[str, Any]:
         "status": config.export_status,
         "media_base": config.media_url_base,
         "bom": config.export_bom,
+        "html": config.export_html,
+        "formulas": config.csv_formulas,
     }
 
 

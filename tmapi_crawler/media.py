@@ -39,6 +39,14 @@ from tmapi_crawler.answers import BACKOFF_META, retry_exceptions, retry_later
 from tmapi_crawler.compat import files_store, media_cache, replace_files_store, set_slot
 from tmapi_crawler.config import config_from_settings, local_directory
 from tmapi_crawler.extensions import to_feeds
+from tmapi_crawler.media_hosts import (
+    MEDIA_TARGETS,
+    NAMED_TARGETS,
+    REFUSED,
+    MediaHosts,
+    install_public_only,
+    media_target,
+)
 from tmapi_crawler.records import ProductItem, failure_record
 
 if TYPE_CHECKING:
@@ -61,6 +69,7 @@ ERROR_FLAG = "tmapi_media_error"
 _HOLDS_META = "tmapi_media_holds"
 _REDIRECTS_META = "tmapi_media_redirects"
 _PATH_META = "tmapi_media_path"
+_TARGET_META = "tmapi_media_target"
 #: The download slot of a media host: never the API's, even on its host.
 SLOT_PREFIX = "tmapi-media:"
 #: Answers worth asking again, and redirects to follow.
@@ -465,22 +474,58 @@ class MediaMiddleware:
         self.config = self.downloads.config
         self.retry_exceptions = retry_exceptions(crawler.settings)
         self.rng = random.Random()
+        # The API's own host and port too: the sandbox serves its media there.
+        self.hosts = MediaHosts.parse(self.config.media_hosts).naming(self.config.base_url)
+        NAMED_TARGETS.update(self.hosts.named())
+        from twisted.internet import reactor  # the installed one
+
+        install_public_only(reactor)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(crawler)
 
-    async def process_request(self, request: Request) -> None:
+    async def process_request(self, request: Request) -> Response | None:
         if "tmapi" in request.meta:
             await self.downloads.room()
-            return
-        delay = request.meta.pop(BACKOFF_META, None) if MEDIA_META in request.meta else None
+            return None
+        if MEDIA_META not in request.meta:
+            return None
+        delay = request.meta.pop(BACKOFF_META, None)
         if delay:
             await sleep(delay)
+        refusal = self.hosts.refusal(request.url)
+        if refusal is not None:
+            return self._refuse(request, refusal)
+        target = media_target(request.url)
+        if target is not None:
+            MEDIA_TARGETS[target] = MEDIA_TARGETS.get(target, 0) + 1
+            request.meta[_TARGET_META] = target
+        return None
+
+    def _refuse(self, request: Request, why: str) -> Response:
+        """A media URL outside TMAPI_MEDIA_HOSTS or inside the network: a
+        failure in the record, never a download."""
+        self.downloads.stats.inc_value("tmapi/media/refused")
+        logger.warning("Refused the media URL %s: %s", request.url[:200], why)
+        return self._give_up(request, f"refused: {why}")
+
+    @staticmethod
+    def _done(request: Request) -> tuple[str, int] | None:
+        """The download of *request* is over: its target leaves MEDIA_TARGETS."""
+        target = request.meta.pop(_TARGET_META, None)
+        if target is not None:
+            left = MEDIA_TARGETS.get(target, 0) - 1
+            if left > 0:
+                MEDIA_TARGETS[target] = left
+            else:
+                MEDIA_TARGETS.pop(target, None)
+        return target
 
     def process_response(self, request: Request, response: Response) -> Request | Response:
         if MEDIA_META not in request.meta:
             return response
+        self._done(request)
         if response.status in REDIRECT_STATUSES and b"Location" in response.headers:
             hops = request.meta.get(_REDIRECTS_META, 0) + 1
             if hops > MAX_REDIRECTS:
@@ -498,6 +543,11 @@ class MediaMiddleware:
     def process_exception(self, request: Request, exception: Exception) -> Request | Response | None:
         if MEDIA_META not in request.meta:
             return None
+        target = self._done(request)
+        inside = REFUSED.pop(target, None) if target is not None else None
+        if target is not None and inside:
+            addresses = ", ".join(sorted(set(inside)))
+            return self._refuse(request, f"{target[0]} resolves only to addresses inside the network ({addresses})")
         if isinstance(exception, self.retry_exceptions):
             retry = self._retry(request, exception)
             if retry is not None:

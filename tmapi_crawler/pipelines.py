@@ -6,7 +6,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tmapi_crawler.config import describe_validation_error
-from tmapi_crawler.records import FailureItem, ProductItem, failure_record, validate
+from tmapi_crawler.records import FailureItem, ListingItem, ProductItem, failure_record, validate
+from tmapi_crawler.untrusted import clean_record
 
 if TYPE_CHECKING:
     from typing import Self
@@ -20,7 +21,9 @@ class ValidationPipeline:
     """A record that does not match its model becomes a failure record that
     names the field and the problem (``endpoint`` is ``"record"``), counted
     under ``tmapi/invalid/<field>``: nothing invalid reaches the feed, and
-    nothing is dropped silently."""
+    nothing is dropped silently.  Before that, the seller's texts lose their
+    control characters and bidi overrides (:func:`tmapi_crawler.untrusted.clean_record`,
+    counted under ``tmapi/cleaned/control_chars``)."""
 
     def __init__(self, crawler: Crawler):
         self.stats = crawler.stats
@@ -30,6 +33,10 @@ class ValidationPipeline:
         return cls(crawler)
 
     def process_item(self, item: Any) -> Any:
+        if isinstance(item, (ProductItem, ListingItem)):
+            removed = clean_record(item)
+            if removed:
+                self.stats.inc_value("tmapi/cleaned/control_chars", removed)
         error = validate(item)
         if error is None:
             return item

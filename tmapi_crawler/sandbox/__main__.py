@@ -115,6 +115,19 @@ def parser() -> argparse.ArgumentParser:
         + "; ".join(f"{kind} ({what})" for kind, what in MEDIA_FAULTS.items()),
     )
     m.add_argument("--media-latency-ms", type=nn_float, default=0.0, help="time every media file takes")
+    h = p.add_argument_group("hostile sellers (text and media URLs that act where they are carried)")
+    h.add_argument(
+        "--hostile-every",
+        type=nn_int,
+        default=0,
+        help="every N-th generated product's seller writes formulas, mentions, control characters, scripts and "
+        "media URLs inside the network (default: 0, none)",
+    )
+    h.add_argument(
+        "--hostile-media",
+        default="127.0.0.2:9",
+        help="HOST:PORT the hostile sellers' media URLs point at (default: 127.0.0.2:9)",
+    )
     return p
 
 
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         category_size=args.category_size,
         category_page_size=max(1, args.category_page_size),
         repeat_every=args.repeat_every,
+        hostile_every=args.hostile_every,
+        hostile_media=args.hostile_media,
     )
     faults = Faults(
         token=args.token,

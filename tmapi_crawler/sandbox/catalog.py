@@ -160,8 +160,15 @@ class Catalog:
         category_size: int = 60,
         category_page_size: int = 20,
         repeat_every: int = 0,
+        hostile_every: int = 0,
+        hostile_media: str | None = None,
     ):
         self.seed = seed
+        #: Every n-th generated product's seller is hostile (0: none): see HOSTILE_TITLES.
+        self.hostile_every = hostile_every
+        #: ``host:port`` the hostile sellers' media URLs point at (an address
+        #: inside the user's network, in the tests: 127.0.0.2 and a listener).
+        self.hostile_media = hostile_media
         self.shop_size = shop_size
         self.category_size = category_size
         self.category_page_size = category_page_size
@@ -271,6 +278,16 @@ class Catalog:
             free_shipping=rng.random() < 0.4,
         )
 
+    def hostile(self, item_id: int) -> int | None:
+        """Which of HOSTILE_TITLES a hostile seller's product carries
+        (``None``: an honest one)."""
+        if not self.hostile_every or item_id in self._doc_listing or item_id in (DOC_DETAIL_ID, DOC_DESC_ID):
+            return None
+        number = item_id % 10_000_000
+        if number % self.hostile_every:
+            return None
+        return (number // self.hostile_every) % len(HOSTILE_TITLES)
+
     def title(self, item_id: int, language: str) -> str:
         doc = self._doc_listing.get(item_id)
         if doc is not None:
@@ -280,7 +297,9 @@ class Catalog:
         rng = _rng(self.seed, "title", item_id)
         w = words(language)
         sep = "" if language == "zh" else " "
-        return sep.join([rng.choice(w["adj"]), rng.choice(w["adj"]), rng.choice(w["noun"]), f"#{item_id % 10000}"])
+        title = sep.join([rng.choice(w["adj"]), rng.choice(w["adj"]), rng.choice(w["noun"]), f"#{item_id % 10000}"])
+        kind = self.hostile(item_id)
+        return title if kind is None else HOSTILE_TITLES[kind].format(title=title)
 
     def image(self, item_id: int, k: int) -> str:
         if self.media_base is not None:
@@ -518,7 +537,7 @@ class Catalog:
         stock = sum(sku["stock"] for sku in skus)
         price_params = [{"beginAmount": str(n), "price": _cents(c)} for n, c in tiers]
         mix = {"mix_amount": 10000, "mix_begin": 0, "mix_num": 1000, "shop_mix_num": 2147483647}
-        return {
+        detail = {
             "item_id": item_id,
             "product_url": f"https://detail.1688.com/offer/{item_id}.html",
             "title": self.title(item_id, language),
@@ -580,18 +599,66 @@ class Catalog:
             "stock": stock,
             "promotions": [],
         }
+        return detail if self.hostile(item_id) is None else _hostile_detail(detail)
 
     def desc(self, item_id: int) -> dict[str, Any]:
         if item_id == DOC_DESC_ID:
             return documented()["item_desc"]
         rng = _rng(self.seed, "desc", item_id)
         imgs = [self.desc_image(item_id, k) for k in range(rng.randint(2, 10))]
-        return {
-            "item_id": item_id,
-            "detail_imgs": imgs,
-            "detail_html": "".join(f'<img src="{src}"/>' for src in imgs),
-        }
+        html = "".join(f'<img src="{src}"/>' for src in imgs)
+        if self.hostile(item_id) is not None:
+            inside = f"http://{self.hostile_media or '127.0.0.2:9'}/internal/{item_id}"
+            port = (self.hostile_media or ":9").rsplit(":", 1)[1]
+            # Inside the network: by address, through a redirect of an allowed
+            # host (the sandbox), and by a name that resolves there.
+            hostile_imgs = [f"{inside}.jpg", f"{self.media_base}/media/redirect?to={inside}-r.jpg"]
+            hostile_imgs.append(f"http://localhost:{port}/internal/{item_id}-n.jpg")
+            imgs += hostile_imgs
+            html = HOSTILE_HTML.format(images=html, inside=inside) + "".join(
+                f'<img src="{src}">' for src in hostile_imgs
+            )
+        return {"item_id": item_id, "detail_imgs": imgs, "detail_html": html}
 
+
+def _hostile_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """A hostile seller's SKU, property and shop names: formulas, control
+    characters and bidi overrides."""
+    colour = detail["sku_props"][0]["values"][0]
+    hostile = f"=1+2{colour['name']}\u202e"
+    for sku in detail["skus"]:
+        sku["props_names"] = sku["props_names"].replace(f":{colour['name']};", f":{hostile};")
+    colour["name"] = hostile
+    detail["sku_props"][0]["prop_name"] += "\x07"
+    detail["product_props"].append({"=cmd|' /C calc'!A0": "-1+1\x00"})
+    detail["shop_info"]["shop_name"] += "\u202e\x1b[31m"
+    return detail
+
+
+#: What hostile sellers write in a title (``{title}``: the product's own):
+#: spreadsheet formulas, chat mentions and links, control characters.
+HOSTILE_TITLES = (
+    '=HYPERLINK("http://evil.example/x","click") {title}',
+    "+cmd|' /C calc'!A0 {title}",
+    "@everyone {title} [free gift](http://evil.example/gift) <@123456789>",
+    "-2+3 {title}\x00\x07\u202e\u2066txt.exe",
+    "@SUM(1+1)*cmd|' /C calc'!A0 {title} <!channel>",
+)
+#: A hostile seller's description: a script, event handlers, javascript:
+#: and data: URLs, an iframe, a form, a style element, around the images.
+HOSTILE_HTML = (
+    '<p onclick="alert(1)" style="color:red;position:fixed;background:url(http://evil.example/bg)">{images}</p>'
+    "<script>document.title='pwned-script'</script>"
+    "<img src=x onerror=\"document.title='pwned-onerror'\">"
+    "<a href=\"javascript:document.title='pwned-link'\">click</a>"
+    '<a href="{inside}">inside</a>'
+    "<iframe src=\"javascript:parent.document.title='pwned-iframe'\"></iframe>"
+    '<object data="data:text/html,<script>parent.document.title=1</script>"></object>'
+    '<form action="http://evil.example/"><input name=q></form>'
+    "<style>body{{background:url(http://evil.example/css)}}</style>"
+    "<svg onload=\"document.title='pwned-svg'\"></svg>"
+    '<img src="data:image/svg+xml,<svg onload=alert(1)>">'
+)
 
 _CST = timezone(timedelta(hours=8))
 

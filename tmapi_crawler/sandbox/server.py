@@ -512,6 +512,11 @@ class ApiResource(resource.Resource):
         counters.media[path] += 1
         if request.args and TOKEN_PARAM.encode() in request.args:
             counters.media_with_token += 1
+        if path == "/media/redirect" and request.args.get(b"to"):
+            # An allowed host that sends the download elsewhere (a hostile
+            # seller's image, --hostile-every).
+            request.setHeader(b"Location", request.args[b"to"][0])
+            return self._media_answer(request, 302, b"", "text/plain")
         match = MEDIA_PATH.match(path)
         if match is None or request.method != b"GET":
             return self._media_answer(request, 404, b"not found", "text/plain")
