@@ -719,6 +719,136 @@ def daily_bill(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+def _compare(store: Path, truth: dict[str, Any]) -> list[tuple[str, int, bool]]:
+    """``(item id, orders of the last 30 days, stale)`` of every product of
+    the truth: stale when its stored SKUs (in stock or not, price) differ."""
+    db = sqlite3.connect(store)
+    stored: dict[str, dict[str, tuple[bool, str]]] = {}
+    for item_id, skuid, price, stock in db.execute("SELECT item_id, skuid, price, stock FROM skus"):
+        stored.setdefault(str(item_id), {})[skuid] = ((stock or 0) > 0, str(price))
+    db.close()
+    found = []
+    for item_id, true in truth["products"].items():
+        skus = {skuid: (bool(ok), str(price)) for skuid, (ok, price) in true["skus"].items()}
+        found.append((item_id, int(true["orders"]), stored.get(item_id) != skus))
+    return found
+
+
+def _stale(store: Path, truth: dict[str, Any]) -> tuple[float, float]:
+    """``(share of orders, share of products)`` stale: weighted by the
+    truth's orders of the last 30 days, and unweighted."""
+    compared = _compare(store, truth)
+    weight = sum(orders for _, orders, _ in compared)
+    stale_weight = sum(orders for _, orders, wrong in compared if wrong)
+    stale = sum(wrong for _, _, wrong in compared)
+    return (stale_weight / weight if weight else 0.0), stale / max(1, len(compared))
+
+
+def _spent(store: Path) -> int:
+    db = sqlite3.connect(store)
+    try:
+        row = db.execute("SELECT refresh_spent FROM crawls ORDER BY started_at DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return int(row[0] or 0) if row else 0
+
+
+def _choosing_cost(products: int = 20_000) -> float:
+    """Microseconds of CPU the planner takes per listed product (its value,
+    then the choice), on synthetic stored products."""
+    import random as _random
+    from datetime import UTC, datetime, timedelta
+
+    from tmapi_crawler.store.db import Stored
+    from tmapi_crawler.store.freshness import RefreshPlanner
+
+    rng = _random.Random(7)
+    now = datetime.now(UTC)
+    rows = [
+        (Stored(item_id=n, detail=b"{}", detail_fetched_at=(now - timedelta(hours=rng.uniform(1, 300))).isoformat(),
+                description=None, desc_fetched_at=None, listing_sig=None, language="zh", shop="s",
+                refresh_rate=rng.uniform(1e-7, 1e-4), orders_seen=rng.randint(0, 300), units_seen=rng.randint(0, 900),
+                min_stock=rng.randint(1, 300)),
+         {"sale_info": {"orders_count_30days": str(rng.randint(0, 320)),
+                        "sale_quantity_30days": str(rng.randint(0, 999))}})
+        for n in range(products)
+    ]  # fmt: skip
+    planner = RefreshPlanner(budget=0.15)
+    started = time.process_time()
+    for page in range(0, products, 20):
+        planner.choose([planner.candidate(s, entry, now) for s, entry in rows[page : page + 20]], 0.15)
+    return (time.process_time() - started) / products * 1e6
+
+
+def freshness(tmp: Path, quick: bool) -> list[Row]:
+    """A living shop (``--living``) crawled once a simulated day for three
+    weeks, a store per refresh policy, each day at the same calls: today's
+    jittered age (``TMAPI_REFRESH_POLICY=age``, whose refreshes set the day's
+    budget), the oldest first, this crawler's choice by value, and an oracle
+    that knows which products are stale (a watch list of exactly those);
+    this crawler's choice at half and a quarter of the budget too.  A
+    simulated day is DAY seconds of the crawler's clock, and the ages are
+    scaled alike (``TMAPI_DETAIL_MAX_AGE`` a week of such days).  Figures:
+    the share of products stale (stored availability or prices differ from
+    the truth), weighted by orders and not, over the last two weeks."""
+    size, days, day = (300, 10, 14.0) if quick else (1000, 21, 32.0)
+    measured_from = days - (5 if quick else 14)
+    max_age = 7 * day
+    policies = {
+        "jittered age (today)": ("TMAPI_REFRESH_POLICY=age",),
+        "oldest first": ("TMAPI_REFRESH_POLICY=oldest",),
+        "by value (this crawler)": (),
+        "oracle (knows what is stale)": (),
+        "by value, half the budget": (),
+        "by value, a quarter of the budget": (),
+    }
+    stores = {name: tmp / f"fresh-{n}" / "catalog.sqlite" for n, name in enumerate(policies)}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in policies}
+    spent: dict[str, int] = dict.fromkeys(policies, 0)
+    with SandboxProcess("--shops", "1", "--shop-size", str(size), "--living") as sb:
+        begun = time.monotonic()
+        for today in range(days):
+            while time.monotonic() < begun + today * day:
+                time.sleep(0.05)
+            if today:
+                sb.admin("advance", "POST")
+            truth = sb.admin("truth")
+            budget = 0
+            for name, settings in policies.items():
+                store = stores[name]
+                common = (f"TMAPI_STORE={store}", f"TMAPI_DETAIL_MAX_AGE={max_age}", "TMAPI_REMEMBER_LIMIT=false")
+                extra: tuple[str, ...] = settings
+                if name != "jittered age (today)":
+                    share = 2 if "half" in name else 4 if "quarter" in name else 1
+                    extra += (f"TMAPI_REFRESH_BUDGET={budget // share}",)
+                oracle = name.startswith("oracle") and today
+                stale = [item for item, _, wrong in _compare(store, truth) if wrong] if oracle else []
+                if stale:
+                    watch = store.parent / "stale.txt"
+                    watch.write_text("\n".join(stale) + "\n")
+                    extra += (f"TMAPI_WATCH={watch}", "TMAPI_WATCH_MAX_AGE=0")
+                run_ours(sb, store.parent / f"day-{today}", *common, *extra)
+                if name == "jittered age (today)":
+                    budget = _spent(store)
+                if today:
+                    spent[name] += _spent(store)
+            if today >= measured_from:
+                for name in policies:
+                    figures[name].append(_stale(stores[name], sb.admin("truth")))
+    rows = []
+    for name, values in figures.items():
+        weighted = sum(v[0] for v in values) / len(values)
+        plain = sum(v[1] for v in values) / len(values)
+        row = Row("freshness", name, size, spent[name], 0, 0, 0.0)
+        row.figures = {"stale_orders": round(weighted, 4), "stale_products": round(plain, 4),
+                       "refresh_calls": spent[name], "days_measured": len(values)}  # fmt: skip
+        rows.append(row)
+    cost = Row("freshness", "choosing (the planner alone)", 20_000, 0, 0, 0, 0.0)
+    cost.figures = {"cpu_us_per_listed_product": round(_choosing_cost(), 1)}
+    rows.append(cost)
+    return rows
+
+
 def remembered_limit(tmp: Path, quick: bool) -> list[Row]:
     """A 500-product crawl twice on an account of 16 calls in flight, 100 ms
     a call (at most 160 a second), the limit not told: the first finds it,
@@ -739,6 +869,7 @@ def remembered_limit(tmp: Path, quick: bool) -> list[Row]:
 
 
 SCENARIOS = {
+    "freshness": freshness,
     "ceiling": ceiling,
     "cpu": cpu,
     "memory": memory,

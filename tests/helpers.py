@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ __all__ = [
     "SandboxProcess",
     "base_settings",
     "crawl",
+    "logged_stat",
     "minimum_calls",
     "needs",
     "read_jsonl",
@@ -130,6 +132,13 @@ def run_scrapy(
     return subprocess.run(
         [SCRAPY, *args], cwd=cwd, env=scrapy_env(env), capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def logged_stat(stderr: str, name: str) -> float:
+    """The last value of the stat *name* in a crawl's log (its stats dump;
+    0 when it has none)."""
+    found = re.findall(rf"'{re.escape(name)}': ([\d.]+)", stderr)
+    return float(found[-1]) if found else 0.0
 
 
 def minimum_calls(pages: int, products: int, follow: str = "detail+desc") -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import logged_stat as stat
 from tests.helpers import needs, read_jsonl, run_scrapy
 from tests.test_operations import Receiver, receiver  # noqa: F401 - the fixture
 from tests.test_report import open_in_chromium
@@ -208,11 +209,6 @@ def hostile_crawl(sb: Any, tmp_path: Path, *settings: str, store: str = "catalog
     done = run_scrapy(*args, cwd=tmp_path, env={"TMAPI_TOKEN": sb.token}, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
-
-
-def stat(stderr: str, name: str) -> int:
-    found = re.findall(rf"'{re.escape(name)}': (\d+)", stderr)
-    return int(found[-1]) if found else 0
 
 
 def test_no_media_request_reaches_inside_the_network(hostile, listener, tmp_path):

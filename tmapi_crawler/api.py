@@ -255,6 +255,14 @@ def endpoint_of(request: Request) -> Endpoint | None:
     return Endpoint(info["endpoint"])
 
 
+def listing_key(request: Request) -> str:
+    """The listing a listing page's request reads (its endpoint and filters,
+    without the page): what the catalog store knows a listing by."""
+    info = request.meta["tmapi"]
+    params = {k: v for k, v in sorted(info["params"].items()) if k != "page" and v is not None}
+    return info["endpoint"] + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+
 #: The endpoints that start a product (its detail).
 DETAIL_ENDPOINTS = frozenset({Endpoint.ITEM_DETAIL, Endpoint.ITEM_DETAIL_BY_URL})
 

@@ -34,6 +34,7 @@ from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
 from tmapi_crawler.digest import parse_rules
 from tmapi_crawler.media_hosts import DEFAULT_MEDIA_HOSTS, MediaHosts
 from tmapi_crawler.redaction import hide_password
+from tmapi_crawler.store.freshness import parse_budget
 from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:
@@ -136,6 +137,12 @@ class TmapiConfig(BaseModel):
     #: age is jittered per product), not all of them every 24 hours.
     detail_max_age: float = Field(default=7 * 86400.0, ge=0, alias="TMAPI_DETAIL_MAX_AGE")
     desc_max_age: float = Field(default=2592000.0, ge=0, alias="TMAPI_DESC_MAX_AGE")
+    #: The most refreshes of stored products a crawl spends (docs/catalog.md).
+    refresh_budget: int | float | None = Field(default=None, alias="TMAPI_REFRESH_BUDGET")
+    refresh_policy: Literal["value", "oldest", "age"] = Field(default="value", alias="TMAPI_REFRESH_POLICY")
+    #: The products a user sells: refreshed first (tmapi_crawler.store.watch).
+    watch: str | None = Field(default=None, alias="TMAPI_WATCH")
+    watch_max_age: float = Field(default=3600.0, ge=0, alias="TMAPI_WATCH_MAX_AGE")
     changes_file: str = Field(default="changes.jsonl", min_length=1, alias="TMAPI_CHANGES_FILE")
     #: Change rows older than this are pruned when a crawl ends (seconds;
     #: given as 365d, 48h, 90m or seconds; unset: kept for ever).
@@ -198,6 +205,18 @@ class TmapiConfig(BaseModel):
         if not found:
             raise ValueError("is not a duration: give 365d, 48h, 90m or seconds")
         return float(found.group(1)) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[found.group(2)]
+
+    @field_validator("watch")
+    @classmethod
+    def _watch(cls, value: str | None) -> str | None:
+        if value and not Path(value).is_file():
+            raise ValueError("no such file: give the file of the products you sell (ids, URLs or a shop's CSV)")
+        return value or None
+
+    @field_validator("refresh_budget", mode="before")
+    @classmethod
+    def _refresh_budget(cls, value: Any) -> Any:
+        return parse_budget(value)
 
     @field_validator("media_hosts", mode="before")
     @classmethod

@@ -57,6 +57,7 @@ PROGRESS_KEYS = (
     "listings",
     "failures",
     "duplicates",
+    "refresh/spent",
 )
 RESUMED = "tmapi/resumed"
 
@@ -175,10 +176,24 @@ class TmapiStats:
         self.stats.set_value("tmapi/store/calls_saved", saved)
         kinds = changes_by_kind(self.stats.get_stats())
         changes = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
-        return [
+        rows = [
             ("from the store", f"{served} products ({saved} calls saved)"),
             ("changes", f"{changes} in {self.changes_file}" if changes else "0"),
         ]
+        stats = self.stats.get_stats()
+        if "tmapi/refresh/spent" in stats:
+            current = stats.get("tmapi/refresh/estimated_current")
+            share = f"; about {current:.0%} of orders current" if current is not None else ""
+            caught = get("tmapi/refresh/caught")
+            rows.append(
+                (
+                    "refreshed",
+                    f"{get('tmapi/refresh/spent')} of {get('tmapi/refresh/eligible')} stored (budget "
+                    f"{get('tmapi/refresh/budget')}, {get('tmapi/refresh/watched')} watched), {caught} changes caught"
+                    f"{share}",
+                )
+            )
+        return rows
 
     def spider_closed(self, reason: str) -> None:
         if self.task is not None and self.task.running:

@@ -93,7 +93,7 @@ class Report:
         ]
         for item_id in item_ids:
             parts.append(self._product(item_id))
-        parts += [self._runs(), self._per_day(), self._movers(top)]
+        parts += [self._runs(), self._freshness(), self._per_day(), self._movers(top)]
         parts += [self._listed(self.history.listed(kind, self.period), heading) for kind, heading in LISTS.items()]
         parts.append("</body></html>")
         return "\n".join(parts)
@@ -115,6 +115,30 @@ class Report:
             )
         body = f"<table>{''.join(rows)}</table>" if runs else '<p class="muted">No crawl in the period.</p>'
         return f'<h2>Crawls</h2><section id="runs">{body}</section>'
+
+    def _freshness(self) -> str:
+        """Per crawl: the calls it spent refreshing stored products, the
+        changes that matter they caught, and the share of orders the store
+        estimated current after it."""
+        runs = [run for run in self.history.runs(self.period) if run["refresh_spent"] is not None]
+        rows = [
+            "<tr><th>started</th><th>refresh budget</th><th>calls spent refreshing</th>"
+            "<th>changes that matter caught</th><th>orders current (estimated)</th></tr>"
+        ]
+        for run in runs:
+            current = run["estimated_current"]
+            shown = f"{current:.1%}" if current is not None else ""
+            rows.append(
+                f"<tr><td>{_e(run['started_at'])}</td><td class='n'>{run['refresh_budget'] or 0}</td>"
+                f"<td class='n'>{run['refresh_spent'] or 0}</td><td class='n'>{run['refresh_caught'] or 0}</td>"
+                f"<td class='n'>{_e(shown)}</td></tr>"
+            )
+        body = (
+            f"<table>{''.join(rows)}</table>"
+            if runs
+            else '<p class="muted">No crawl refreshed stored products in the period.</p>'
+        )
+        return f'<h2>Freshness</h2><section id="freshness">{body}</section>'
 
     def _per_day(self) -> str:
         days = self.history.per_day(self.period)

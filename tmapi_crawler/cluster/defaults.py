@@ -30,6 +30,7 @@ GRACE_KEY = "%(spider)s:grace"
 RUN_WORKERS_KEY = "%(spider)s:run:workers"
 RUN_KEY = "%(spider)s:run"
 RUN_TOTALS_KEY = "%(spider)s:run:totals"
+RUN_REFRESH_KEY = "%(spider)s:run:refresh"
 #: The workers that will send the crawl's alert (a sorted set: worker ->
 #: deadline, renewed) and the reports of those that stopped (a list).
 ALERT_WORKERS_KEY = "%(spider)s:alert:workers"
@@ -50,6 +51,7 @@ def crawl_keys(spider: str) -> dict[str, str]:
     names |= {"dupefilter": DUPEFILTER_KEY, "seeds": SEEDS_KEY, "crawl": CRAWL_KEY, "grace": GRACE_KEY}
     names |= {"alert_workers": ALERT_WORKERS_KEY, "alert_reports": ALERT_REPORTS_KEY}
     names |= {"run_workers": RUN_WORKERS_KEY, "run": RUN_KEY, "run_totals": RUN_TOTALS_KEY}
+    names |= {"run_refresh": RUN_REFRESH_KEY}
     return {name: key % {"spider": spider} for name, key in names.items()}
 
 

@@ -42,6 +42,7 @@ from tmapi_crawler.cluster.defaults import (
     OUTAGE_PROBE_FIRST,
     OUTAGE_PROBE_MAX,
     RUN_KEY,
+    RUN_REFRESH_KEY,
     RUN_TOTALS_KEY,
     RUN_WORKERS_KEY,
 )
@@ -122,7 +123,7 @@ class RedisHealth:
         workers crawling it now (:attr:`run_id`)."""
         names = {"spider": spider}
         self.crawl_key, self.grace_key = CRAWL_KEY % names, GRACE_KEY % names
-        self.run_keys = [RUN_WORKERS_KEY % names, RUN_KEY % names, RUN_TOTALS_KEY % names]
+        self.run_keys = [RUN_WORKERS_KEY % names, RUN_KEY % names, RUN_TOTALS_KEY % names, RUN_REFRESH_KEY % names]
         marker = json.dumps({"crawl": uuid.uuid4().hex, "started_at": now_precise()})
         self.server.set(self.crawl_key, marker, nx=True)
         self.crawl_id = self.server.get(self.crawl_key)  # type: ignore[assignment]

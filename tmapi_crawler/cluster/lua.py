@@ -235,7 +235,7 @@ return reports
 # -- runs: the workers crawling together now ----------------------------------------------
 
 # KEYS: the run's workers (a sorted set: worker -> deadline), the run's id,
-# the run's totals; ARGV: this worker, ms it stays a member unless renewed, a
+# the run's totals, the run's refreshes spent; ARGV: this worker, ms it stays a member unless renewed, a
 # new id.  A worker that finds no live worker starts a new run (with no
 # totals: those of a run whose workers died are not this one's).  -> the
 # run's id.
@@ -245,14 +245,15 @@ RUN_JOIN = (
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], ARGV[3])
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return redis.call('GET', KEYS[2])
 """
 )
 
-# KEYS: the run's workers, the run's id, the run's totals (a hash); ARGV:
+# KEYS: the run's workers, the run's id, the run's totals (a hash), the
+# run's refreshes spent; ARGV:
 # this worker, then name, count pairs of what it did.  Its counts are added
 # to the run's in the same step as it leaves; the last one out ends the run
 # (the next worker starts a new one) and gets the totals (a flat list of
@@ -265,7 +266,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) > 0 then return false end
 local totals = redis.call('HGETALL', KEYS[3])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return totals
 """
 )

@@ -115,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         + "; ".join(f"{kind} ({what})" for kind, what in MEDIA_FAULTS.items()),
     )
     m.add_argument("--media-latency-ms", type=nn_float, default=0.0, help="time every media file takes")
+    g.add_argument(
+        "--living",
+        action="store_true",
+        help="a catalog that lives: orders take stock and move the listing counters, SKUs sell out and are "
+        "restocked, prices move, one simulated day per POST /__admin/advance (GET /__admin/truth says what is true)",
+    )
     h = p.add_argument_group("hostile sellers (text and media URLs that act where they are carried)")
     h.add_argument(
         "--hostile-every",
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         repeat_every=args.repeat_every,
         hostile_every=args.hostile_every,
         hostile_media=args.hostile_media,
+        living=args.living,
     )
     faults = Faults(
         token=args.token,

@@ -28,6 +28,8 @@ from functools import cached_property, lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from tmapi_crawler.sandbox.living import LivingProduct, LivingWorld
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -162,8 +164,11 @@ class Catalog:
         repeat_every: int = 0,
         hostile_every: int = 0,
         hostile_media: str | None = None,
+        living: bool = False,
     ):
         self.seed = seed
+        #: The living catalog (tmapi_crawler.sandbox.living), or None: a still one.
+        self.living = LivingWorld(seed) if living else None
         #: Every n-th generated product's seller is hostile (0: none): see HOSTILE_TITLES.
         self.hostile_every = hostile_every
         #: ``host:port`` the hostile sellers' media URLs point at (an address
@@ -410,7 +415,10 @@ class Catalog:
         rng = _rng(self.seed, "entry", item_id)
         price = s.price
         imgs = [self.image(item_id, k) for k in range(3)]
-        return {
+        live = self._living(item_id)
+        if live is not None:
+            price = _cents(live.cheapest_cents)
+        entry = {
             "item_id": str(item_id),
             "title": self.title(item_id, language),
             "img": imgs[0],
@@ -440,6 +448,12 @@ class Catalog:
             "created_time": s.created.astimezone(_CST).strftime("%Y-%m-%dT%H:%M:00+0800"),
             "status": "published",
         }
+        if live is not None:
+            entry["sale_info"] |= {
+                "sale_quantity_30days": str(live.units_30d),
+                "orders_count_30days": str(live.orders_30d),
+            }
+        return entry
 
     def category_entry(self, item_id: int, language: str) -> dict[str, Any]:
         doc = self._doc_listing.get(item_id)
@@ -448,6 +462,9 @@ class Catalog:
         s = self.summary(item_id)
         rng = _rng(self.seed, "centry", item_id)
         member = self.member_id_of(s.shop)
+        live = self._living(item_id)
+        price = _cents(live.cheapest_cents) if live is not None else s.price
+        sales = live.units_30d if live is not None else s.sales
         return {
             "item_id": item_id,
             "product_url": f"https://detail.1688.com/offer/{item_id}.html",
@@ -455,13 +472,13 @@ class Catalog:
             "img": self.image(item_id, 0),
             "price": "",
             "price_info": {
-                "sale_price": s.price,
-                "show_price": s.price,
+                "sale_price": price,
+                "show_price": price,
                 "origin_price": f"{s.price_cents * 1.2 / 100:.2f}",
             },
             "quantity_begin": rng.choice([1, 2, 3, 50, 200]),
-            "sales_count": str(s.sales),
-            "sale_info": {"sale_quantity_int": s.sales, "buyer_count": s.sales // 2},
+            "sales_count": str(sales),
+            "sale_info": {"sale_quantity_int": sales, "buyer_count": sales // 2},
             "shop_info": {
                 "login_id": member,
                 "shop_url": f"https://{member}.1688.com",
@@ -599,7 +616,19 @@ class Catalog:
             "stock": stock,
             "promotions": [],
         }
+        if self.living is not None:
+            _live(detail, self.living.product(item_id, len(skus), base))
         return detail if self.hostile(item_id) is None else _hostile_detail(detail)
+
+    def _living(self, item_id: int) -> LivingProduct | None:
+        """The living state of a generated product (made with its detail)."""
+        if self.living is None or item_id in self._doc_listing or item_id in (DOC_DETAIL_ID, DOC_DESC_ID):
+            return None
+        found = self.living.products.get(item_id)
+        if found is None:
+            self._generated_detail(item_id, "zh")
+            found = self.living.products[item_id]
+        return found
 
     def desc(self, item_id: int) -> dict[str, Any]:
         if item_id == DOC_DESC_ID:
@@ -619,6 +648,21 @@ class Catalog:
                 f'<img src="{src}">' for src in hostile_imgs
             )
         return {"item_id": item_id, "detail_imgs": imgs, "detail_html": html}
+
+
+def _live(detail: dict[str, Any], live: LivingProduct) -> None:
+    """A generated detail as its living state is today: each SKU's stock and
+    price, the product's stock, price range and sold-out flag."""
+    for sku, state in zip(detail["skus"], live.skus, strict=True):
+        sku["stock"] = state.stock
+        sku["sale_price"] = _cents(state.price_cents)
+    stock = sum(state.stock for state in live.skus)
+    low, high = live.cheapest_cents, max(state.price_cents for state in live.skus)
+    detail["stock"] = stock
+    detail["is_sold_out"] = stock == 0
+    detail["sku_price_range"]["stock"] = stock
+    detail["price_info"] |= {"price": _cents(low), "price_min": _cents(low), "price_max": _cents(high)}
+    detail["sku_price_scale"] = f"{_cents(low)}-{_cents(high)}"
 
 
 def _hostile_detail(detail: dict[str, Any]) -> dict[str, Any]:

@@ -331,6 +331,13 @@ class Sandbox:
         self.desc_bytes.cache_clear()
         return summary
 
+    def advance(self) -> int:
+        """One simulated day of the living catalog (``--living``)."""
+        assert self.catalog.living is not None
+        day = self.catalog.living.advance()
+        self.detail_bytes.cache_clear()  # every detail is what its day makes it
+        return day
+
     def reset(self) -> None:
         self.counters = Counters(in_flight=self.counters.in_flight)
         self.balance = self.faults.quota
@@ -649,6 +656,17 @@ class ApiResource(resource.Resource):
                 request.setResponseCode(400)
                 return _dumps({"ok": False, "error": "share and delist must be fractions that add up to at most 1"})
             return _dumps({"ok": True, **sb.revise(share, delist)})
+        living = sb.catalog.living
+        if action in ("advance", "truth") and living is None:
+            request.setResponseCode(409)
+            return _dumps({"ok": False, "error": "the catalog is still: start the sandbox with --living"})
+        if action == "advance" and method == "POST" and living is not None:
+            # One simulated day per call; the world stands still in between.
+            return _dumps({"ok": True, "day": sb.advance()})
+        if action == "truth" and method == "GET" and living is not None:
+            catalog = sb.catalog
+            truth = living.truth(lambda item_id: [s["skuid"] for s in catalog.detail(item_id, "zh")["skus"]])
+            return _dumps({"ok": True, **truth})
         request.setResponseCode(404)
         return _dumps({"ok": False, "error": f"no such admin action: {method} {action}"})
 

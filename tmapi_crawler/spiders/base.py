@@ -13,7 +13,15 @@ from scrapy import Request, Spider, signals
 from scrapy.utils.httpobj import urlparse_cached
 
 from tmapi_crawler import api
-from tmapi_crawler.api import DETAIL_ENDPOINTS, FETCHED_AT_META, ApiError, Endpoint, attempts_of, envelope_of
+from tmapi_crawler.api import (
+    DETAIL_ENDPOINTS,
+    FETCHED_AT_META,
+    ApiError,
+    Endpoint,
+    attempts_of,
+    envelope_of,
+    listing_key,
+)
 from tmapi_crawler.arguments import CommonArgs, ListingArgs, check_media, check_seed, parse_arguments, tool_arguments
 from tmapi_crawler.commands.parse import PARSING
 from tmapi_crawler.config import config_from_settings, is_distributed
@@ -150,8 +158,7 @@ class TmapiSpider(Spider):
         if self.catalog is None or read is None:
             return
         info = request.meta["tmapi"]
-        params = {k: v for k, v in sorted(info["params"].items()) if k != "page" and v is not None}
-        key = info["endpoint"] + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+        key = listing_key(request)
         item_ids = []
         for entry in entries or ():
             # An entry that is not a product is a failure record of its own.

@@ -26,6 +26,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,17 +42,20 @@ from tmapi_crawler.api import (
     Endpoint,
     Envelope,
     endpoint_of,
+    listing_key,
     remember_envelope,
 )
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
-from tmapi_crawler.extensions import changes_by_kind, to_feeds
+from tmapi_crawler.extensions import RESUMED, changes_by_kind, to_feeds
 from tmapi_crawler.jobdir import crawl_id
 from tmapi_crawler.leases import NotSafe, tracker_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
 from tmapi_crawler.store.changes import listing_signature
 from tmapi_crawler.store.db import PRUNE_BATCH, CatalogDB, CrawlRow, PageNote, iso
+from tmapi_crawler.store.freshness import RefreshPlanner, listing_counters
 from tmapi_crawler.store.url import StoreError, parse_store_url
+from tmapi_crawler.store.watch import read_watch
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
 if TYPE_CHECKING:
@@ -138,6 +142,9 @@ def check_store(settings: BaseSettings) -> None:
         db.close()
     if problems:
         raise ConfigError(str(db.damaged(problems[0])))
+    watch = config_from_settings(settings).watch
+    if watch:
+        read_watch(Path(watch))
 
 
 def stored_response(request: Request, data: bytes, fetched_at: str, parsed: Any = None) -> Response:
@@ -161,7 +168,7 @@ class CatalogStore:
         self.stats = crawler.stats
         try:
             self.reader = CatalogDB(url)
-            self.writer = CatalogDB(url)
+            self.writer = CatalogDB(url, max_age=self.config.detail_max_age)
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
         if sys.getswitchinterval() > SWITCH_INTERVAL:
@@ -183,6 +190,16 @@ class CatalogStore:
         #: detail was looked up): their description call needs no lookup.
         self._desc_due: set[int] = set()
         self.failed: StoreError | None = None
+        #: The products refreshed by the planner (their changes that matter are "caught").
+        self.refreshing: set[int] = set()
+        #: Which stored products this crawl refreshes (tmapi_crawler.store.freshness).
+        self.planner = RefreshPlanner(
+            budget=self.config.refresh_budget,
+            policy=self.config.refresh_policy,
+            max_age=self.config.detail_max_age,
+            watch=read_watch(Path(self.config.watch)) if self.config.watch else frozenset(),
+            watch_max_age=self.config.watch_max_age,
+        )
         self.crawl_id = ""
         #: Since when the store does not answer (an outage that may pass).
         self.down_since: float | None = None
@@ -286,6 +303,8 @@ class CatalogStore:
             return "language"
         if listing is not None and listing_signature(listing) != stored.listing_sig:
             return "listing"
+        if listing is not None and self.config.refresh_policy != "age":
+            return None  # a candidate: the refresh planner decides (StoreSpiderMiddleware)
         if not self._young(stored.detail_age(now), self.config.detail_max_age, stored.item_id):
             return "age"
         return None
@@ -410,6 +429,9 @@ class CatalogStore:
             self._room = None
 
     def _written(self, result: WriteResult, records: int) -> None:
+        caught = sum(1 for item_id in result.mattered if item_id in self.refreshing)
+        if caught:
+            self.stats.inc_value("tmapi/refresh/caught", caught)
         self.stats.inc_value("tmapi/store/batches")
         self.stats.inc_value("tmapi/store/written", result.written)
         self.stats.inc_value("tmapi/store/unchanged", records - result.written)
@@ -449,11 +471,52 @@ class CatalogStore:
     def _opened(self) -> None:
         logger.info("Catalog store: %s", self.url.display)
         self.crawl_id = self._crawl_id()
+        # A JOBDIR resume: what the earlier runs spent is the crawl's too.
+        self.planner.spent_before = int(self.stats.get_value(f"{RESUMED}/refresh/spent", 0) or 0)
+        budget = self.config.refresh_budget
+        if isinstance(budget, int) and is_distributed(self.crawler.settings):
+            from tmapi_crawler.cluster.budget import SharedBudget  # Redis's client: distributed mode only
+
+            self.planner.grant = SharedBudget(self.crawler, budget).grant
+        try:  # small tables, read once: each shop's rate, each listing's last read
+            self.planner.shop_rates = self.reader.shop_rates()
+            self.planner.listing_reads = self.reader.listing_reads()
+        except Exception as exc:
+            self._fail(self.reader.error(exc))
         self._loop.start(FLUSH_INTERVAL, now=False)
+
+    def _refresh_stats(self) -> None:
+        """What the planner spent and bought, in the stats (the summary's
+        line, the crawls table); one warning when watched products waited."""
+        planner, stats = self.planner, self.stats
+        if self.config.refresh_policy == "age":
+            # The age rule of earlier versions: what it spent, for comparison.
+            aged = int(stats.get_value("tmapi/store/detail_fetched/age", 0) or 0)
+            stats.set_value("tmapi/refresh/spent", aged)
+            stats.set_value("tmapi/refresh/budget", aged)
+            return
+        if not (planner.eligible or planner.watch):
+            return
+        stats.set_value("tmapi/refresh/budget", planner.budget)
+        stats.set_value("tmapi/refresh/spent", planner.spent)
+        stats.set_value("tmapi/refresh/watched", planner.watched)
+        stats.set_value("tmapi/refresh/eligible", planner.eligible)
+        if planner.estimated_current is not None:
+            stats.set_value("tmapi/refresh/estimated_current", round(planner.estimated_current, 4))
+        if planner.waited:
+            stats.set_value("tmapi/refresh/watched_waited", planner.waited)
+            logger.warning(
+                "%d watched products were due but waited: the refresh budget (%d calls) did not hold them; "
+                "TMAPI_REFRESH_BUDGET=%d would",
+                planner.waited,
+                planner.budget,
+                planner.spent + planner.waited,
+            )
 
     def _closed(self, reason: str) -> None:
         if self._loop.running:
             self._loop.stop()
+        self._refresh_stats()
         if self.failed is None:
             try:
                 self.writer.record_crawl(self._crawl_row(reason))
@@ -514,6 +577,10 @@ class CatalogStore:
             calls=int(stats.get("tmapi/billed", 0)),
             served=int(stats.get("tmapi/store/detail_from_store", 0)),
             changes=changes_by_kind(stats),
+            refresh_budget=int(stats.get("tmapi/refresh/budget", 0)),
+            refresh_spent=int(stats.get("tmapi/refresh/spent", 0)),
+            refresh_caught=int(stats.get("tmapi/refresh/caught", 0)),
+            estimated_current=stats.get("tmapi/refresh/estimated_current"),
         )
 
 
@@ -615,6 +682,7 @@ class StoreSpiderMiddleware:
             except StoreError:
                 failed = True  # the store failed (the crawl stops): the requests go on, and are kept
         now = datetime.now(UTC)
+        refresh = set() if failed else self._plan(response, details, found, now)
         for out in outputs:
             if failed or not _is_detail(out):
                 yield out
@@ -622,6 +690,9 @@ class StoreSpiderMiddleware:
             stored = found.get(out.cb_kwargs["item_id"])
             params = out.meta["tmapi"]["params"]
             reason = self.store.fresh_detail(stored, params.get("language"), out.cb_kwargs.get("listing"), now)
+            if reason is None and stored is not None and stored.item_id in refresh:
+                reason = "watched" if stored.item_id in self.store.planner.watch else "refresh"
+                self.store.refreshing.add(stored.item_id)
             if reason is not None:
                 self.store.to_fetch(out, stored, reason, now)
                 out.meta[CHECKED_META] = True  # StoreMiddleware need not look it up again
@@ -636,6 +707,32 @@ class StoreSpiderMiddleware:
             self._answered.add(key)
             for answer in self.leases.replace(out, list(self._answer(out, stored, now))):
                 yield answer
+
+    def _plan(self, response: Response, details: list[Request], found: dict[int, Stored], now: datetime) -> set[int]:
+        """The stored products of a listing page to refresh (the planner's
+        choice among those whose entry looks unchanged); the others fetched
+        for a reason of their own (new, entry changed) count as current."""
+        planner = self.store.planner
+        if self.store.config.refresh_policy == "age":
+            return set()
+        candidates = []
+        for out in details:
+            stored = found.get(out.cb_kwargs["item_id"])
+            listing = out.cb_kwargs.get("listing")
+            reason = self.store.fresh_detail(stored, out.meta["tmapi"]["params"].get("language"), listing, now)
+            if reason is None and stored is not None and listing is not None:
+                candidates.append(planner.candidate(stored, listing, now))
+            elif reason is not None:
+                planner.fetched(1.0 + float(listing_counters(listing)[0] or 0))
+        if not candidates:
+            return set()
+        request = response.request
+        key = listing_key(request) if request is not None and "tmapi" in request.meta else None
+        expected = int(self.stats.get_value("tmapi/products_expected", 0) or 0)
+        left = max(0, expected - planner.eligible - len(candidates))
+        chosen = planner.choose(candidates, planner.share_of(key, now), left)
+        self.stats.set_value("tmapi/refresh/spent", planner.spent)  # JOBDIR keeps it (a resume spends what is left)
+        return chosen
 
     def _answer(self, request: Request, stored: Stored, now: datetime) -> Iterator[Any]:
         """What the spider's callbacks make of the stored detail (and of the

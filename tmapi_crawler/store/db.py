@@ -33,6 +33,7 @@ import orjson
 
 from tmapi_crawler.records import now_precise
 from tmapi_crawler.store.changes import Sku, State, change_record, diff, listing_signature, state_of
+from tmapi_crawler.store.freshness import RefreshRows
 from tmapi_crawler.store.url import StoreDamaged, StoreError, StoreURL
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 #: The store's schema version; a store written by a newer version is refused,
 #: an older one is migrated (:data:`MIGRATIONS`).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: SQLite's primary result codes of a lock held by another connection: it passes.
 SQLITE_TRANSIENT = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 #: PostgreSQL's SQLSTATE classes and codes of an outage that passes:
@@ -118,6 +119,8 @@ class Dialect:
     #: A text column's UTF-8 bytes (``{}``: the column): a stored answer read
     #: as bytes is not decoded to read it and encoded again to answer with it.
     utf8: str = "CAST({} AS BLOB)"
+    #: A floating-point column.
+    real: str = "REAL"
 
     def sql(self, text: str) -> str:
         return text
@@ -297,6 +300,7 @@ POSTGRES = _Postgres(
     day="to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     reconnects=True,
     utf8="convert_to({}, 'UTF8')",
+    real="DOUBLE PRECISION",
 )
 DIALECTS: dict[str, Dialect] = {"sqlite": SQLITE, "postgresql": POSTGRES}
 
@@ -368,7 +372,28 @@ def _schema(d: Dialect) -> list[str]:
         )""",
         _crawls_table(d),
         _limits_table(d),
+        *_refresh_schema(d),
         f"INSERT INTO tmapi_schema (version) VALUES ({SCHEMA_VERSION})",  # noqa: S608 - a constant
+    ]
+
+
+def _refresh_schema(d: Dialect) -> list[str]:
+    """Schema 5: what the refresh policy knows of each product (its history
+    of changes that matter, the rate estimated from it, the listing's
+    counters and its smallest stock when it was fetched), each shop's rate
+    (the prior of its products), and each crawl's refresh figures."""
+    real = d.real
+    return [
+        "ALTER TABLE products ADD COLUMN refresh_history TEXT",
+        f"ALTER TABLE products ADD COLUMN refresh_rate {real}",
+        "ALTER TABLE products ADD COLUMN orders_seen BIGINT",
+        "ALTER TABLE products ADD COLUMN units_seen BIGINT",
+        "ALTER TABLE products ADD COLUMN min_stock BIGINT",
+        f"CREATE TABLE shop_rates (shop TEXT PRIMARY KEY, rate_sum {real} NOT NULL, products BIGINT NOT NULL)",
+        "ALTER TABLE crawls ADD COLUMN refresh_budget BIGINT",
+        "ALTER TABLE crawls ADD COLUMN refresh_spent BIGINT",
+        "ALTER TABLE crawls ADD COLUMN refresh_caught BIGINT",
+        f"ALTER TABLE crawls ADD COLUMN estimated_current {real}",
     ]
 
 
@@ -420,6 +445,7 @@ MIGRATIONS: dict[int, Callable[[Dialect], list[str]]] = {
     # Schema 4: the account's limit remembered; the report's counts by kind
     # read an index, not the whole table.
     3: lambda d: [_limits_table(d), CHANGES_BY_KIND],
+    4: _refresh_schema,
 }
 
 
@@ -441,6 +467,14 @@ class Stored:
     #: is checked whole: a damaged row makes no record).
     detail_data: dict[str, Any] | None = None
     desc_data: dict[str, Any] | None = None
+    #: What the refresh policy knows (schema 5): the shop, the estimated rate
+    #: of changes that matter (``None``: no history yet), the listing's order
+    #: and unit counters and the smallest SKU stock when it was fetched.
+    shop: str | None = None
+    refresh_rate: float | None = None
+    orders_seen: int | None = None
+    units_seen: int | None = None
+    min_stock: int | None = None
 
     def detail_age(self, now: datetime) -> float:
         return (now - datetime.fromisoformat(self.detail_fetched_at)).total_seconds()
@@ -480,6 +514,12 @@ class CrawlRow:
     calls: int
     served: int
     changes: dict[str, int]
+    #: Refreshes (schema 5): the budget, the calls spent, the changes that
+    #: matter they caught, the estimated share of orders current after it.
+    refresh_budget: int = 0
+    refresh_spent: int = 0
+    refresh_caught: int = 0
+    estimated_current: float | None = None
 
 
 @dataclass(slots=True)
@@ -489,6 +529,8 @@ class WriteResult:
 
     changes: list[dict[str, Any]] = field(default_factory=list)
     written: int = 0
+    #: The products fetched again whose fetch found a change that matters.
+    mattered: list[int] = field(default_factory=list)
 
 
 def _json(value: Any) -> str | None:
@@ -514,11 +556,16 @@ def _price_of(detail: dict[str, Any]) -> str | None:
     return _number(str(price)) if price not in (None, "") else None
 
 
-def _stored(item_id: Any, detail: Any, detail_at: Any, desc: Any, desc_at: Any, sig: Any, language: Any) -> Stored:
+def _stored(
+    item_id: Any, detail: Any, detail_at: Any, desc: Any, desc_at: Any, sig: Any, language: Any, *refresh: Any
+) -> Stored:
     """A product's row as :class:`Stored`, each value checked (raises
     ValueError, TypeError or a JSON error for a row that is damaged)."""
     if not isinstance(item_id, int) or (sig is not None and not isinstance(sig, str)) or not isinstance(language, str):
         raise TypeError("a column holds a value of the wrong type")
+    shop, rate, orders, units, min_stock = refresh or (None, None, None, None, None)
+    if not all(v is None or isinstance(v, (int, float)) for v in (rate, orders, units, min_stock)):
+        raise TypeError("a refresh column holds a value of the wrong type")
     detail, desc = bytes(detail), bytes(desc) if desc is not None else None
     detail_data, desc_data = orjson.loads(detail), orjson.loads(desc) if desc is not None else None
     if not isinstance(detail_data, dict) or (desc is not None and not isinstance(desc_data, dict)):
@@ -533,6 +580,11 @@ def _stored(item_id: Any, detail: Any, detail_at: Any, desc: Any, desc_at: Any, 
         language=language,
         detail_data=detail_data,
         desc_data=desc_data,
+        shop=shop if isinstance(shop, str) else None,
+        refresh_rate=None if rate is None else float(rate),
+        orders_seen=None if orders is None else int(orders),
+        units_seen=None if units is None else int(units),
+        min_stock=None if min_stock is None else int(min_stock),
     )
 
 
@@ -553,8 +605,10 @@ def _number(value: str | None) -> str | None:
 class CatalogDB:
     """One connection to the store (see the module's docstring)."""
 
-    def __init__(self, url: StoreURL, *, create: bool = True):
+    def __init__(self, url: StoreURL, *, create: bool = True, max_age: float = 7 * 86400.0):
         self.url = url
+        #: TMAPI_DETAIL_MAX_AGE: the scale of the refresh policy's rates.
+        self.max_age = max_age
         self.dialect = DIALECTS[url.kind]
         try:
             self.conn: Any = self.dialect.connect(url, create)
@@ -696,7 +750,8 @@ class CatalogDB:
         utf8 = self.dialect.utf8
         rows = self.query(
             f"SELECT item_id, {utf8.format('detail')}, detail_fetched_at, {utf8.format('description')}, "  # noqa: S608
-            f"desc_fetched_at, listing_sig, language FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
+            "desc_fetched_at, listing_sig, language, shop, refresh_rate, orders_seen, units_seen, min_stock "
+            f"FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
             item_ids,
         )
         found = {}
@@ -774,18 +829,18 @@ class CatalogDB:
                 self._write_page(cur, note, result)
         return result
 
-    def _old_states(self, cur: Any, ids: list[int]) -> dict[int, tuple[State, str, str | None]]:
+    def _old_states(self, cur: Any, ids: list[int]) -> dict[int, tuple[State, str, str | None, str | None, Any]]:
         marks = ",".join("?" * len(ids))
         rows = cur.execute(
             self.dialect.sql(
-                f"SELECT item_id, title, language, stock, detail_fetched_at, desc_fetched_at "  # noqa: S608
-                f"FROM products WHERE item_id IN ({marks})"
+                "SELECT item_id, title, language, stock, detail_fetched_at, desc_fetched_at, "  # noqa: S608
+                f"refresh_history, refresh_rate FROM products WHERE item_id IN ({marks})"
             ),
             ids,
         ).fetchall()
-        old: dict[int, tuple[State, str, str | None]] = {}
-        for item_id, title, language, stock, detail_at, desc_at in rows:
-            old[item_id] = (State(title, language, stock), str(iso(detail_at)), iso(desc_at))
+        old: dict[int, tuple[State, str, str | None, str | None, Any]] = {}
+        for item_id, title, language, stock, detail_at, desc_at, history, rate in rows:
+            old[item_id] = (State(title, language, stock), str(iso(detail_at)), iso(desc_at), history, rate)
         if old:
             found = list(old)
             sku_rows = cur.execute(
@@ -823,6 +878,7 @@ class CatalogDB:
         skus: list[tuple[Any, ...]] = []
         descriptions: list[tuple[Any, ...]] = []
         changes: list[dict[str, Any]] = []
+        refresh = RefreshRows()
         for record in records:
             item_id = int(record["item_id"])
             before = old.get(item_id)
@@ -865,9 +921,11 @@ class CatalogDB:
                 (item_id, skuid, sku.props, _number(sku.price), sku.stock, detail_at)
                 for skuid, sku in state.skus.items()
             ]
-            changes += diff(
+            found = diff(
                 item_id, before[0] if before else None, state, detected_at=str(detail_at), source=record.get("source")
             )
+            changes += found
+            refresh.add(record, state, _shop(detail), before, found)
         if products:
             cur.executemany(
                 sql(
@@ -905,6 +963,22 @@ class CatalogDB:
             )
         self._insert_changes(cur, changes)
         result.changes += changes
+        if refresh.rows:
+            refresh.write(cur, self.dialect, result, self.max_age)
+
+    def shop_rates(self) -> dict[str, float]:
+        """Each shop's rate of changes that matter (the mean of its products'
+        estimates): the prior of a product with no history."""
+        return {
+            str(shop): float(rate_sum) / products
+            for shop, rate_sum, products in self.query("SELECT shop, rate_sum, products FROM shop_rates")
+            if products
+        }
+
+    def listing_reads(self) -> dict[str, str]:
+        """When each listing's last read started: the default refresh budget
+        spends what the time since then implies."""
+        return {str(key): str(iso(at)) for key, at in self.query("SELECT listing_key, started_at FROM listing_reads")}
 
     def prune_changes(self, before: str, batch: int = PRUNE_BATCH) -> int:
         """Delete one batch of change rows detected before *before* (one
@@ -1066,6 +1140,7 @@ class CatalogDB:
                     (crawl.id, crawl.spider, _json(crawl.seed), crawl.started_at, crawl.finished_at, crawl.reason,
                      crawl.products, crawl.calls, crawl.served, _json(crawl.changes)),
                 )  # fmt: skip
+                self._record_refresh(cur, crawl)
                 return
             seed, started, finished, reason, workers, products, calls, served, changes = row
             kinds = orjson.loads(changes)
@@ -1081,6 +1156,18 @@ class CatalogDB:
                  max(str(iso(finished)), str(iso(crawl.finished_at))), ", ".join(reasons), workers + 1,
                  products + crawl.products, calls + crawl.calls, served + crawl.served, _json(kinds), crawl.id),
             )  # fmt: skip
+            self._record_refresh(cur, crawl)
+
+    def _record_refresh(self, cur: Any, crawl: CrawlRow) -> None:
+        """The crawl's refresh figures; a worker's add to the others'."""
+        cur.execute(
+            self.dialect.sql(
+                "UPDATE crawls SET refresh_budget = COALESCE(refresh_budget, 0) + ?, "
+                "refresh_spent = COALESCE(refresh_spent, 0) + ?, refresh_caught = COALESCE(refresh_caught, 0) + ?, "
+                "estimated_current = COALESCE(?, estimated_current) WHERE id = ?"
+            ),
+            (crawl.refresh_budget, crawl.refresh_spent, crawl.refresh_caught, crawl.estimated_current, crawl.id),
+        )
 
     # -- reading it out ---------------------------------------------------------------------
 

@@ -81,7 +81,8 @@ class History:
         where, params = period.where("started_at")
         rows = self.db.query(
             "SELECT id, spider, seed, started_at, finished_at, finish_reason, workers, products, calls, served, "  # noqa: S608
-            f"changes FROM crawls WHERE {where} ORDER BY started_at DESC LIMIT {RUNS_MOST}",
+            "changes, refresh_budget, refresh_spent, refresh_caught, estimated_current "
+            f"FROM crawls WHERE {where} ORDER BY started_at DESC LIMIT {RUNS_MOST}",
             params,
         )
         return [
@@ -97,6 +98,10 @@ class History:
                 "calls": row[8],
                 "served": row[9],
                 "changes": orjson.loads(row[10]),
+                "refresh_budget": row[11],
+                "refresh_spent": row[12],
+                "refresh_caught": row[13],
+                "estimated_current": row[14],
             }
             for row in rows
         ]
