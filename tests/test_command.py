@@ -284,3 +284,19 @@ def test_fetch_shell_and_parse_on_an_api_url(sandbox, tmp_path):
     assert pages.stdout.count("'item_id'") == 20
     for done in (fetched, shell, parsed, pages):
         assert sandbox.token not in done.stdout + done.stderr
+
+
+def test_a_feed_that_cannot_be_written_from_the_start_is_refused_before_any_call(sandbox, tmp_path):
+    """An unknown format or an exporter that cannot be loaded would make
+    Scrapy disable every feed and the crawl "finish" with no record."""
+    base = ["crawl", "shop", "-a", "member_id=b2b-sandbox0000", "-s", f"TMAPI_BASE_URL={sandbox.url}"]
+    cases = {
+        'FEEDS={"out.data": {"format": "yaml"}}': "has the format 'yaml', which no exporter has",
+        'FEEDS={"out.txt": {"format": "mine"}}': "format 'mine' (nowhere.Exporter) cannot be loaded",
+    }
+    for feeds, words in cases.items():
+        done = run_scrapy(*base, "-s", feeds, "-s", 'FEED_EXPORTERS={"mine": "nowhere.Exporter"}', cwd=tmp_path,
+                          env={"TMAPI_TOKEN": sandbox.token})  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().count("\n") == 0 and words in done.stderr, done.stderr
+    assert sandbox.stats()["calls"] == 0

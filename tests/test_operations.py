@@ -220,3 +220,22 @@ def test_a_job_of_scrapyd_has_a_failures_file_of_its_own(make_sandbox, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "failures-6487ec79947edab326d6db28a2d86511e8247444.jsonl").exists()
     assert not (tmp_path / "failures.jsonl").exists()
+
+
+def test_monitors_that_pass_are_one_line_and_a_failure_is_the_whole_report(make_sandbox, tmp_path):
+    sb = make_sandbox("--shops", "1", "--shop-size", "20")
+    args = ["crawl", "shop", "-a", "member_id=b2b-sandbox0000", "-O", "p.jsonl", "-s", f"TMAPI_BASE_URL={sb.url}"]
+    done = run_scrapy(*args, cwd=tmp_path, env={"TMAPI_TOKEN": sb.token})
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if "[Spidermon]" in line]
+    assert len(said) == 1 and said[0].endswith("[Spidermon] monitors: 8 passed"), said
+    # A failed monitor (page 2 of 2 is broken: 10 products lost): the whole report, with the failure.
+    broken = make_sandbox("--shops", "1", "--shop-size", "20", "--broken", "shop:b2b-sandbox0000:2:html")
+    two_pages = ["-a", "page_size=10", "-s", f"TMAPI_BASE_URL={broken.url}"]
+    failing = run_scrapy(*args[:6], *two_pages, cwd=tmp_path, env={"TMAPI_TOKEN": broken.token})
+    report = [line for line in failing.stderr.splitlines() if "[Spidermon]" in line]
+    assert any("FAIL: products/every announced product" in line for line in report), report
+    assert sum("... OK" in line for line in report) >= 6 and any("... FAIL" in line for line in report), report
+    # At LOG_LEVEL=DEBUG, spidermon's report as it writes it.
+    debug = run_scrapy(*args, "-s", "LOG_LEVEL=DEBUG", cwd=tmp_path, env={"TMAPI_TOKEN": sb.token})
+    assert sum("[Spidermon]" in line and "... OK" in line for line in debug.stderr.splitlines()) >= 8

@@ -95,6 +95,11 @@ def test_the_report_opens_offline_with_every_data_point(filled, chromium, tmp_pa
     runs = chart_section(dom, "runs")
     assert runs.count("<tr>") == 1 + 3
     assert runs.count("member_id=b2b-sandbox0000") == 3
+    # What the store answered, in calls saved: the later days' products, and
+    # the descriptions reused for the products whose price changed.
+    saved = [int(n) for n in re.findall(r"\((\d+) calls saved\)", runs)]
+    assert len(saved) == 3 and saved[-1] == 0 and all(n > 0 for n in saved[:2]), saved
+    assert runs.count("descriptions reused") == 2
 
 
 def chart_section(dom: str, name: str) -> str:

@@ -194,7 +194,13 @@ def _drop_schema_5(cur: Any, *, crawls: bool = True) -> None:
         "products": ("refresh_history", "refresh_rate", "orders_seen", "units_seen", "min_stock")
     }
     if crawls:
-        columns["crawls"] = ("refresh_budget", "refresh_spent", "refresh_caught", "estimated_current")
+        columns["crawls"] = (
+            "descriptions_reused",
+            "refresh_budget",
+            "refresh_spent",
+            "refresh_caught",
+            "estimated_current",
+        )
     for table, names in columns.items():
         for name in names:
             cur.execute(f"ALTER TABLE {table} DROP COLUMN {name}")
@@ -607,7 +613,10 @@ async def test_the_summary_says_what_the_store_did(make_sandbox, tmp_path, store
     kinds = Counter(c["change"] for c in second.extra["changes"])
     assert all(second.stats[f"tmapi/changes/{kind}"] == count for kind, count in kinds.items())
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("TMAPI summary"))
-    assert f"from the store     {served} products ({saved} calls saved)" in summary
+    # The revised products' details were fetched, their descriptions reused.
+    reused = saved - 2 * served
+    assert reused == fetched > 0
+    assert f"from the store     {served} products and {reused} descriptions reused ({saved} calls saved)" in summary
     listed = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
     assert f"changes            {listed} in " in summary
 

@@ -62,6 +62,15 @@ PROGRESS_KEYS = (
 RESUMED = "tmapi/resumed"
 
 
+def from_the_store(served: int, descriptions: int) -> str:
+    """What the store answered, as the summary and the report say it: the
+    products served whole, and the descriptions reused for products whose
+    detail was fetched (a price changed), and the calls that saved."""
+    alone = max(0, descriptions - served)
+    reused = f" and {alone} descriptions reused" if alone else ""
+    return f"{served} products{reused} ({served + descriptions} calls saved)"
+
+
 def changes_by_kind(stats: dict[str, Any]) -> dict[str, int]:
     """The change records written in this crawl, by kind (``tmapi/changes/<kind>``)."""
     return {
@@ -177,7 +186,7 @@ class TmapiStats:
         kinds = changes_by_kind(self.stats.get_stats())
         changes = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
         rows = [
-            ("from the store", f"{served} products ({saved} calls saved)"),
+            ("from the store", from_the_store(served, get("tmapi/store/desc_from_store"))),
             ("changes", f"{changes} in {self.changes_file}" if changes else "0"),
         ]
         stats = self.stats.get_stats()

@@ -194,11 +194,37 @@ class StallMonitors(MonitorSuite):
 
 
 class _Result(SpiderMonitorResult):
-    """spidermon's result, logging through ``spider.logger``: its own
-    ``spider.log()`` is deprecated since Scrapy 2.14."""
+    """spidermon's result, logging through ``spider.logger`` (its own
+    ``spider.log()`` is deprecated since Scrapy 2.14), and quietly: when
+    every monitor of a step passes, one line (``monitors: 8 passed``) in the
+    place of spidermon's report of a line a monitor; the whole report when
+    one fails, or at ``LOG_LEVEL=DEBUG``."""
+
+    def __init__(self, spider: Any):
+        super().__init__(spider)
+        self.lines: list[str] = []
+        # Scrapy filters by its handler's level (LOG_LEVEL), not the loggers'.
+        level = spider.settings.get("LOG_LEVEL") if getattr(spider, "settings", None) is not None else None
+        self.quiet = str(level or "INFO").upper() not in ("DEBUG", "10")
 
     def log(self, msg: Any, level: int = logging.DEBUG) -> None:
+        if level == logging.INFO and self.quiet:
+            self.lines.append(str(msg))  # said with the step's outcome (finish_step)
+            return
         self.spider.logger.log(level, "[%s] %s", LOG_MESSAGE_HEADER, msg)
+
+    def finish_step(self) -> None:
+        super().finish_step()  # its report goes to self.lines
+        lines, self.lines = self.lines, []
+        if self.step.successful:
+            if self.step.item_result_class.name == "monitor":
+                counts = {"passed": len(self.step.items_for_status(MONITOR.STATUS.SUCCESS))}
+                counts["skipped"] = len(self.step.items_for_status(MONITOR.STATUS.SKIPPED))
+                said = ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "passed")
+                self.spider.logger.info("[%s] monitors: %s", LOG_MESSAGE_HEADER, said)
+            return
+        for line in lines:
+            self.spider.logger.info("[%s] %s", LOG_MESSAGE_HEADER, line)
 
     def write_errors(self) -> None:
         """A failed monitor in one line, its reason (a failure is an outcome,

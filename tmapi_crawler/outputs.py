@@ -98,9 +98,32 @@ def local_feeds(settings: BaseSettings) -> list[Path]:
     return feeds
 
 
+def check_feed_formats(settings: BaseSettings) -> None:
+    """Refuse, in one line, a feed whose format no exporter has or whose
+    exporter cannot be loaded: Scrapy would disable every feed with one
+    error line and the crawl would "finish" with no record."""
+    from scrapy.utils.misc import load_object
+
+    from tmapi_crawler.exports import FEED_FORMATS  # the add-on registers them
+
+    exporters = {**FEED_FORMATS, **settings.getwithbase("FEED_EXPORTERS")}
+    for uri, options in settings.getdict("FEEDS").items():
+        form = (options or {}).get("format") or Path(str(uri)).suffix.removeprefix(".")
+        path = exporters.get(form)
+        if path is None:
+            known = ", ".join(sorted(name for name, value in exporters.items() if value))
+            raise ConfigError(f"the feed {uri} has the format {form!r}, which no exporter has; the formats: {known}")
+        try:
+            if isinstance(path, str):
+                load_object(path)
+        except (ImportError, AttributeError, ValueError, NameError) as exc:
+            raise ConfigError(f"the exporter of the feed format {form!r} ({path}) cannot be loaded: {exc}") from None
+
+
 def check_outputs(settings: BaseSettings) -> None:
     """Refuse, in one line, a local output that cannot be written; raises
     :class:`ConfigError`."""
+    check_feed_formats(settings)
     for path, what in local_outputs(settings):
         problem = _unwritable(Path(path))
         if problem:

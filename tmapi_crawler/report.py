@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go
 
 from tmapi_crawler.digest import offer_url
+from tmapi_crawler.extensions import from_the_store
 
 if TYPE_CHECKING:
     from tmapi_crawler.store.history import History, Listed, Mover, Period
@@ -102,7 +103,7 @@ class Report:
         runs = self.history.runs(self.period)
         rows = [
             "<tr><th>started</th><th>spider</th><th>seed</th><th>finish reason</th><th>products</th>"
-            "<th>calls billed</th><th>from the store (calls saved)</th><th>changes</th></tr>"
+            "<th>calls billed</th><th>from the store</th><th>changes</th></tr>"
         ]
         for run in runs:
             seed = ", ".join(f"{k}={v}" for s in run["seed"] or [] for k, v in s.items()) if run["seed"] else ""
@@ -111,7 +112,8 @@ class Report:
             rows.append(
                 f"<tr><td>{_e(run['started_at'])}</td><td>{_e(run['spider'])}{_e(workers)}</td><td>{_e(seed)}</td>"
                 f"<td>{_e(run['finish_reason'])}</td><td class='n'>{run['products']}</td>"
-                f"<td class='n'>{run['calls']}</td><td class='n'>{run['served']}</td><td>{_e(changes)}</td></tr>"
+                f"<td class='n'>{run['calls']}</td><td>{_e(from_the_store(run['served'], run['descriptions_reused']))}"
+                f"</td><td>{_e(changes)}</td></tr>"
             )
         body = f"<table>{''.join(rows)}</table>" if runs else '<p class="muted">No crawl in the period.</p>'
         return f'<h2>Crawls</h2><section id="runs">{body}</section>'

@@ -577,6 +577,7 @@ class CatalogStore:
             calls=int(stats.get("tmapi/billed", 0)),
             served=int(stats.get("tmapi/store/detail_from_store", 0)),
             changes=changes_by_kind(stats),
+            descriptions_reused=int(stats.get("tmapi/store/desc_from_store", 0)),
             refresh_budget=int(stats.get("tmapi/refresh/budget", 0)),
             refresh_spent=int(stats.get("tmapi/refresh/spent", 0)),
             refresh_caught=int(stats.get("tmapi/refresh/caught", 0)),

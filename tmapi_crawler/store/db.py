@@ -390,6 +390,7 @@ def _refresh_schema(d: Dialect) -> list[str]:
         "ALTER TABLE products ADD COLUMN units_seen BIGINT",
         "ALTER TABLE products ADD COLUMN min_stock BIGINT",
         f"CREATE TABLE shop_rates (shop TEXT PRIMARY KEY, rate_sum {real} NOT NULL, products BIGINT NOT NULL)",
+        "ALTER TABLE crawls ADD COLUMN descriptions_reused BIGINT",
         "ALTER TABLE crawls ADD COLUMN refresh_budget BIGINT",
         "ALTER TABLE crawls ADD COLUMN refresh_spent BIGINT",
         "ALTER TABLE crawls ADD COLUMN refresh_caught BIGINT",
@@ -516,6 +517,8 @@ class CrawlRow:
     changes: dict[str, int]
     #: Refreshes (schema 5): the budget, the calls spent, the changes that
     #: matter they caught, the estimated share of orders current after it.
+    #: Descriptions answered by the store (schema 5): with ``served``, the calls saved.
+    descriptions_reused: int = 0
     refresh_budget: int = 0
     refresh_spent: int = 0
     refresh_caught: int = 0
@@ -1162,11 +1165,19 @@ class CatalogDB:
         """The crawl's refresh figures; a worker's add to the others'."""
         cur.execute(
             self.dialect.sql(
-                "UPDATE crawls SET refresh_budget = COALESCE(refresh_budget, 0) + ?, "
+                "UPDATE crawls SET descriptions_reused = COALESCE(descriptions_reused, 0) + ?, "
+                "refresh_budget = COALESCE(refresh_budget, 0) + ?, "
                 "refresh_spent = COALESCE(refresh_spent, 0) + ?, refresh_caught = COALESCE(refresh_caught, 0) + ?, "
                 "estimated_current = COALESCE(?, estimated_current) WHERE id = ?"
             ),
-            (crawl.refresh_budget, crawl.refresh_spent, crawl.refresh_caught, crawl.estimated_current, crawl.id),
+            (
+                crawl.descriptions_reused,
+                crawl.refresh_budget,
+                crawl.refresh_spent,
+                crawl.refresh_caught,
+                crawl.estimated_current,
+                crawl.id,
+            ),
         )
 
     # -- reading it out ---------------------------------------------------------------------

@@ -81,7 +81,7 @@ class History:
         where, params = period.where("started_at")
         rows = self.db.query(
             "SELECT id, spider, seed, started_at, finished_at, finish_reason, workers, products, calls, served, "  # noqa: S608
-            "changes, refresh_budget, refresh_spent, refresh_caught, estimated_current "
+            "changes, refresh_budget, refresh_spent, refresh_caught, estimated_current, descriptions_reused "
             f"FROM crawls WHERE {where} ORDER BY started_at DESC LIMIT {RUNS_MOST}",
             params,
         )
@@ -102,6 +102,7 @@ class History:
                 "refresh_spent": row[12],
                 "refresh_caught": row[13],
                 "estimated_current": row[14],
+                "descriptions_reused": row[15] or 0,
             }
             for row in rows
         ]
