@@ -683,14 +683,24 @@ class StoreSpiderMiddleware:
             except StoreError:
                 failed = True  # the store failed (the crawl stops): the requests go on, and are kept
         now = datetime.now(UTC)
-        refresh = set() if failed else self._plan(response, details, found, now)
+        # Why each detail must be fetched (None: the store may answer it), once a detail.
+        reasons = {
+            id(out): self.store.fresh_detail(
+                found.get(out.cb_kwargs["item_id"]),
+                out.meta["tmapi"]["params"].get("language"),
+                out.cb_kwargs.get("listing"),
+                now,
+            )
+            for out in ([] if failed else details)
+        }
+        refresh = set() if failed else self._plan(response, details, found, reasons, now)
         for out in outputs:
             if failed or not _is_detail(out):
                 yield out
                 continue
             stored = found.get(out.cb_kwargs["item_id"])
             params = out.meta["tmapi"]["params"]
-            reason = self.store.fresh_detail(stored, params.get("language"), out.cb_kwargs.get("listing"), now)
+            reason = reasons[id(out)]
             if reason is None and stored is not None and stored.item_id in refresh:
                 reason = "watched" if stored.item_id in self.store.planner.watch else "refresh"
                 self.store.refreshing.add(stored.item_id)
@@ -709,10 +719,18 @@ class StoreSpiderMiddleware:
             for answer in self.leases.replace(out, list(self._answer(out, stored, now))):
                 yield answer
 
-    def _plan(self, response: Response, details: list[Request], found: dict[int, Stored], now: datetime) -> set[int]:
+    def _plan(
+        self,
+        response: Response,
+        details: list[Request],
+        found: dict[int, Stored],
+        reasons: dict[int, str | None],
+        now: datetime,
+    ) -> set[int]:
         """The stored products of a listing page to refresh (the planner's
-        choice among those whose entry looks unchanged); the others fetched
-        for a reason of their own (new, entry changed) count as current."""
+        choice among those whose entry looks unchanged: *reasons*, by the
+        id of each detail request, ``None``); the others fetched for a reason
+        of their own (new, entry changed) count as current."""
         planner = self.store.planner
         if self.store.config.refresh_policy == "age":
             return set()
@@ -720,7 +738,7 @@ class StoreSpiderMiddleware:
         for out in details:
             stored = found.get(out.cb_kwargs["item_id"])
             listing = out.cb_kwargs.get("listing")
-            reason = self.store.fresh_detail(stored, out.meta["tmapi"]["params"].get("language"), listing, now)
+            reason = reasons[id(out)]
             if reason is None and stored is not None and listing is not None:
                 candidates.append(planner.candidate(stored, listing, now))
             elif reason is not None:
