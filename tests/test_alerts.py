@@ -173,12 +173,14 @@ def test_a_bad_rule_is_one_line_before_any_call(sandbox, tmp_path):
 def test_two_workers_send_one_alert(make_sandbox, redis_server, postgres, tmp_path, receiver):  # noqa: F811
     sb = make_sandbox("--shops", "1", "--shop-size", "200", "--latency-ms", "5")
     hook = receiver()
+    apprise = receiver()  # TMAPI_NOTIFY's json:// too: one message a run of workers
 
     def workers(tag: str) -> list[Worker]:
         made = []
         for n in range(2):
             settings = {"TMAPI_STORE": postgres, "TMAPI_CHANGES_FILE": tmp_path / f"{tag}{n}-changes.jsonl",
                         "TMAPI_ALERT_WEBHOOK": hook.url, "TMAPI_ALERT_CHANGES": RULES,
+                        "TMAPI_NOTIFY": apprise.url.replace("http://", "json://"),
                         "TMAPI_ALERT_MAX_CHANGES": 20}  # fmt: skip
             seed = ("-a", f"member_id={SHOP}") if n == 0 else ()
             made.append(Worker(f"{tag}{n}", "shop", *seed, sandbox=sb, redis=redis_server, cwd=tmp_path,
@@ -190,11 +192,13 @@ def test_two_workers_send_one_alert(make_sandbox, redis_server, postgres, tmp_pa
     assert len(hook.posts) == 1  # one alert for the crawl, not one a worker
     assert hook.posts[0]["changes_by_kind"] == {"new": 200}
     assert hook.posts[0]["workers"] == 2
+    assert len(apprise.posts) == 1 and "changes: 200 new" in apprise.posts[0]["title"]
     redis_server.client().delete("shop:dupefilter")  # the same seed again, a day later
     sb.revise(0.3, delist=0.05)
     second = workers("b")
     assert [w.wait() for w in second] == [0, 0]
     assert len(hook.posts) == 2
+    assert len(apprise.posts) == 2
     alert = hook.posts[1]
     expected = matching([c for n in range(2) for c in read_jsonl(tmp_path / f"b{n}-changes.jsonl")])
     assert alert["changes_matched"] == len(expected) > 20

@@ -26,6 +26,29 @@ def test_scrapy_list_shows_the_spiders(tmp_path):
     assert result.stdout.split() == ["category", "item", "shop"]
 
 
+def test_each_spiders_arguments_are_in_its_help_and_in_list_verbose(tmp_path):
+    done = run_scrapy("crawl", "shop", "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    help_lines = done.stdout.splitlines()
+    at = help_lines.index(next(line for line in help_lines if line.startswith("Arguments of the shop spider")))
+    assert "-a member_id=<seller member id>" in help_lines[at]
+    arguments = {line.split()[0]: line for line in help_lines[at + 1 :] if line.startswith("  ")}
+    assert next(iter(arguments)) == "member_id"  # the seed first
+    assert "seller member id(s), comma-separated (default: -)" in arguments["member_id"]
+    assert "products a listing page, 1 to 100 (default: 20)" in arguments["page_size"]
+    assert "listing|detail|detail+desc (default: detail+desc)" in arguments["follow"]
+    assert "sales" in arguments["sort"]
+    assert "Arguments of the item spider" not in done.stdout  # the spider named, alone
+    everything = run_scrapy("crawl", "--help", cwd=tmp_path).stdout
+    assert all(f"Arguments of the {name} spider" in everything for name in ("shop", "category", "item"))
+    listed = run_scrapy("list", "--verbose", cwd=tmp_path)
+    assert listed.returncode == 0
+    blocks = listed.stdout.strip().split("\n\n")
+    assert [block.splitlines()[0] for block in blocks] == ["category", "item", "shop"]
+    assert "item_ids" in blocks[1] and "cat_id" in blocks[0] and "free_shipping" in blocks[0]
+    assert run_scrapy("list", cwd=tmp_path).stdout.split() == ["category", "item", "shop"]
+
+
 def test_crawl_exports_json_lines_and_exits_0(sandbox, tmp_path):
     result = run_scrapy(
         *crawl_cmd(sandbox, "shop", "-a", "member_id=b2b-sandbox0000", "-a", "max_pages=1", "-O", "out.jsonl"),

@@ -28,10 +28,10 @@ from spidermon.contrib.scrapy.extensions import Spidermon
 
 from tmapi_crawler.alerts import AlertWebhook
 from tmapi_crawler.answers import AnswerMiddleware
-from tmapi_crawler.api import PRODUCTION_URL
+from tmapi_crawler.api import API_SLOT, PRODUCTION_URL
 from tmapi_crawler.compat import InternalsCheck
-from tmapi_crawler.config import DEFAULTS, is_distributed
-from tmapi_crawler.exports import EXPORTERS, FEED_FORMATS
+from tmapi_crawler.config import DEFAULTS, from_environment, is_distributed
+from tmapi_crawler.exports import EXPORTERS, register_feed_formats
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
 from tmapi_crawler.handler import TokenDownloadHandler
 from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
@@ -98,7 +98,8 @@ class TmapiAddon:
         return cls(crawler)
 
     def update_settings(self, settings: BaseSettings) -> None:
-        for secret in ("TMAPI_TOKEN", "TMAPI_STORE"):  # a store URL may hold a password
+        from_environment(settings)
+        for secret in ("TMAPI_TOKEN", "TMAPI_STORE", "TMAPI_NOTIFY"):  # a store URL may hold a password
             value = settings.get(secret)
             if isinstance(value, str) and value:
                 settings.set(secret, SecretStr(value), settings.getpriority(secret) or 0)
@@ -135,11 +136,14 @@ class TmapiAddon:
             _default(settings, "SPIDER_MIDDLEWARES", StoreSpiderMiddleware, 950)
             _default(settings, "ITEM_PIPELINES", StorePipeline, 200)
         # The gate decides how many calls are in flight; Scrapy's own limits
-        # only need to leave it room.
+        # only need to leave it room: the API's calls have a slot of their
+        # own, with no delay, whatever the project's politeness settings.
         cap = settings.getint("TMAPI_CONCURRENCY") or DEFAULT_CAP
-        for name in ("CONCURRENT_REQUESTS", "CONCURRENT_REQUESTS_PER_DOMAIN"):
-            if settings.getint(name) < 2 * cap:
-                settings.set(name, 2 * cap, settings.getpriority(name) or 0)
+        if settings.getint("CONCURRENT_REQUESTS") < 2 * cap:
+            settings.set("CONCURRENT_REQUESTS", 2 * cap, settings.getpriority("CONCURRENT_REQUESTS") or 0)
+        slots = settings.getdict("DOWNLOAD_SLOTS")
+        slots[API_SLOT] = {"concurrency": 2 * cap, "delay": 0, "jitter": 0}
+        settings.set("DOWNLOAD_SLOTS", slots, settings.getpriority("DOWNLOAD_SLOTS") or 0)
         if settings.get("FILES_STORE"):
             self._media(settings)
         if is_distributed(settings):
@@ -208,10 +212,11 @@ class TmapiAddon:
     @staticmethod
     def _monitors(settings: BaseSettings) -> None:
         """spidermon with the crawler's suites (added to any the user has),
-        and the alert webhook after it.  Monitors are on unless the user
-        turns spidermon off, and always when a webhook is set: it reports
-        on them."""
-        if settings.get("TMAPI_ALERT_WEBHOOK"):
+        and the alerts after it.  Monitors are on unless the user turns
+        spidermon off, and always when a webhook or TMAPI_NOTIFY is set:
+        the alerts report on them."""
+        alerts = settings.get("TMAPI_ALERT_WEBHOOK") or settings.get("TMAPI_NOTIFY")
+        if alerts:
             settings.set(
                 "SPIDERMON_ENABLED",
                 True,
@@ -221,7 +226,7 @@ class TmapiAddon:
             settings.set("SPIDERMON_ENABLED", True, "addon")
         settings.set_in_component_priority_dict("EXTENSIONS", Spidermon, None)  # replaced by:
         _default(settings, "EXTENSIONS", TmapiSpidermon, 500)
-        if settings.get("TMAPI_ALERT_WEBHOOK"):  # else nothing to send, and no "Disabled" warning
+        if alerts:  # else nothing to send, and no "Disabled" warning
             _default(settings, "EXTENSIONS", AlertWebhook, 510)
         close = list(settings.getlist("SPIDERMON_SPIDER_CLOSE_MONITORS"))
         settings.set("SPIDERMON_SPIDER_CLOSE_MONITORS", [*close, _path(CrawlMonitors)], "addon")
@@ -253,11 +258,7 @@ class TmapiAddon:
         storages = settings.getdict("FEED_STORAGES")
         ours = {scheme: _path(GuardedFileFeedStorage) for scheme in ("", "file") if scheme not in storages}
         settings.set("FEED_STORAGES", {**storages, **ours}, settings.getpriority("FEED_STORAGES") or 0)
-        # Our formats wherever the user's FEED_EXPORTERS does not name them.
-        exporters = settings.getdict("FEED_EXPORTERS")
-        if any(name not in exporters for name in FEED_FORMATS):
-            priority = settings.getpriority("FEED_EXPORTERS") or 0
-            settings.set("FEED_EXPORTERS", {**FEED_FORMATS, **exporters}, priority)
+        register_feed_formats(settings)  # ours wherever the user's FEED_EXPORTERS does not name them
         feeds: dict[str, dict[str, Any]] = {}
         resuming = has_state(settings)
         for uri, given in settings.getdict("FEEDS").items():

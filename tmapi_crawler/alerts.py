@@ -1,7 +1,11 @@
-"""The alert webhook (``TMAPI_ALERT_WEBHOOK``, docs/operations.md): one POST
-when a crawl ends with a failed monitor, or with changes of the catalog store
-that match ``TMAPI_ALERT_CHANGES`` (:mod:`tmapi_crawler.digest`); both in one
-POST when both happen, none when neither does.
+"""The crawl's alert (docs/operations.md): when a crawl ends with a failed
+monitor, or with changes of the catalog store that match
+``TMAPI_ALERT_CHANGES`` (:mod:`tmapi_crawler.digest`), one message (both in
+one when both happen, none when neither does) to the webhook
+(``TMAPI_ALERT_WEBHOOK``: a POST in ``TMAPI_ALERT_FORMAT``) and to the
+services of ``TMAPI_NOTIFY`` (:mod:`tmapi_crawler.notify`: a title and a
+Markdown body through Apprise).  With ``TMAPI_NOTIFY_REPORT`` every crawl
+notifies, with the catalog report of its period attached: the daily email.
 
 It runs after spidermon's monitors (:mod:`tmapi_crawler.monitors`) and reads
 their results from the stats.  In distributed mode each worker leaves its
@@ -19,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 from io import BytesIO
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,17 +38,19 @@ from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from tmapi_crawler.config import config_from_settings, is_distributed
-from tmapi_crawler.digest import Digest, offer_url, parse_rules, render
+from tmapi_crawler.digest import Digest, headline, markdown, offer_url, parse_rules, render
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.monitors import RESULTS
 from tmapi_crawler.records import ChangeItem
-from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.db import CatalogDB, iso
 from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.crawler import Crawler
+
+    from tmapi_crawler.notify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +108,14 @@ class _Discard(Protocol):
 
 
 class AlertWebhook:
-    def __init__(self, crawler: Crawler, url: str):
+    """The alert's extension: to the webhook, to Apprise's services, or both."""
+
+    def __init__(self, crawler: Crawler, url: str | None, notifier: Notifier | None = None):
         self.crawler = crawler
         self.url = url
+        self.notifier = notifier
         config = config_from_settings(crawler.settings)
+        self.attach_report = config.notify_report
         self.form = config.alert_format
         self.rules = parse_rules(config.alert_changes) if config.alert_changes else []
         self.digest = Digest(self.rules, config.alert_max_changes)
@@ -118,10 +130,16 @@ class AlertWebhook:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        url = config_from_settings(crawler.settings).alert_webhook
-        if not url:
-            raise NotConfigured("TMAPI_ALERT_WEBHOOK is not set")
-        return cls(crawler, url)
+        config = config_from_settings(crawler.settings)
+        notifier = None
+        if config.notify is not None:
+            from tmapi_crawler.notify import Notifier  # Apprise: only for crawls that notify
+
+            notifier = Notifier(config.notify.get_secret_value())
+            logger.info("Notifications go to %s (TMAPI_NOTIFY)", notifier.describe())
+        if not config.alert_webhook and notifier is None:
+            raise NotConfigured("neither TMAPI_ALERT_WEBHOOK nor TMAPI_NOTIFY is set")
+        return cls(crawler, config.alert_webhook, notifier)
 
     def item_scraped(self, item: Any) -> None:
         if isinstance(item, ChangeItem):
@@ -152,11 +170,32 @@ class AlertWebhook:
                 logger.info("This worker's alert report is in Redis: the last worker to stop sends the alert")
                 return
             report = merge(reports)
-        if not report["failed_monitors"] and not report["changes_matched"]:
+        alert = bool(report["failed_monitors"] or report["changes_matched"])
+        if not alert and not (self.notifier is not None and self.attach_report):
             logger.debug("Every monitor passed and no change matched TMAPI_ALERT_CHANGES: no alert")
             return
-        for payload in render(report, self.form):
-            await self.post(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        if self.url and alert:
+            for payload in render(report, self.form):
+                await self.post(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        if self.notifier is not None:
+            await self.notify(self.notifier, report)
+
+    async def notify(self, notifier: Notifier, report: dict[str, Any]) -> None:
+        """The alert through Apprise: the headline as the title, the rest of
+        the Markdown message as the body; the report of the crawl's period
+        attached with ``TMAPI_NOTIFY_REPORT``."""
+        body = "\n".join([summary_line(report), *markdown(report).splitlines()[1:]])
+        failure = bool(report["failed_monitors"])
+        if not (self.attach_report and self.store):
+            await notifier.send(headline(report), body, failure=failure)
+            return
+        with tempfile.TemporaryDirectory(prefix="tmapi-report-") as folder:
+            since = iso(report["started_at"]) if report.get("started_at") else None
+            name = f"catalog-report-{(since or 'all')[:10]}.html"
+            path = Path(folder) / name
+            loop = asyncio.get_running_loop()
+            written = await loop.run_in_executor(None, _write_report, self.store, since, path)
+            await notifier.send(headline(report), body, failure=failure, attachment=path if written else None)
 
     async def report(self, reason: str) -> dict[str, Any]:
         """This worker's report: the crawl's summary, the failed monitors,
@@ -182,6 +221,8 @@ class AlertWebhook:
 
     async def post(self, body: bytes) -> None:
         from twisted.internet import reactor  # the installed one (see compat.compact_timers)
+
+        assert self.url is not None
 
         agent = Agent(reactor, connectTimeout=TIMEOUT)
         headers = Headers({b"Content-Type": [b"application/json"], b"User-Agent": [b"tmapi_crawler alert"]})
@@ -212,6 +253,37 @@ class AlertWebhook:
             problem,
             attempt,
         )
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The crawl's numbers in one line, first in a notification's body."""
+    return (
+        f"{report.get('products', 0)} products, {report.get('billed', 0)} calls billed, "
+        f"{report.get('failures', 0)} failures"
+    )
+
+
+def _write_report(store: str, since: str | None, path: Path) -> bool:
+    """The catalog report of the period from *since* to now, to *path* (in
+    a thread); ``False``, with one warning line, when it cannot be made."""
+    from tmapi_crawler.report import Report  # plotly: only for crawls that attach the report
+    from tmapi_crawler.store.history import History, Period
+
+    try:
+        db = CatalogDB(parse_store_url(store), create=False)
+    except StoreError as exc:
+        logger.warning("The notification goes without its report: %s", exc)
+        return False
+    try:
+        path.write_text(Report(History(db), Period(since, None)).render(20, []), encoding="utf-8")
+    except Exception as exc:
+        logger.warning(
+            "The notification goes without its report: %s", db.error(exc) if not isinstance(exc, OSError) else exc
+        )
+        return False
+    finally:
+        db.close()
+    return True
 
 
 def _titles(store: str, changes: list[dict[str, Any]]) -> dict[int, tuple[str, dict[str, str | None]]]:

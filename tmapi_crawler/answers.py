@@ -25,7 +25,16 @@ from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.utils.asyncio import sleep
 from scrapy.utils.misc import load_object
 
-from tmapi_crawler.api import KEPT_FLAG, STORED_FLAG, ApiError, MalformedAnswer, Outcome, envelope_of
+from tmapi_crawler.api import (
+    API_SLOT,
+    DOWNLOAD_SLOT,
+    KEPT_FLAG,
+    STORED_FLAG,
+    ApiError,
+    MalformedAnswer,
+    Outcome,
+    envelope_of,
+)
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
@@ -98,6 +107,8 @@ class AnswerMiddleware:
     async def process_request(self, request: Request) -> Request | None:
         if "tmapi" not in request.meta:
             return None
+        # A call queued by an earlier version (JOBDIR, Redis) gets the API's slot too.
+        request.meta.setdefault(DOWNLOAD_SLOT, API_SLOT)
         if self.gate.stop_reason is not None:
             return self._keep(request)
         delay = request.meta.pop(BACKOFF_META, None)

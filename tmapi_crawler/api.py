@@ -122,6 +122,19 @@ def clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+#: The download slot of every API call, apart from whatever else a project
+#: crawls: the add-on gives it no delay and room for the gate's calls
+#: (``DOWNLOAD_SLOTS``), so that a project's politeness settings
+#: (``DOWNLOAD_DELAY``, ``CONCURRENT_REQUESTS_PER_DOMAIN``, AutoThrottle) keep
+#: applying to websites and never pace the API, which the gate paces.
+API_SLOT = "tmapi-api"
+#: The meta key of a request's download slot (Scrapy's ``Downloader.DOWNLOAD_SLOT``).
+DOWNLOAD_SLOT = "download_slot"
+#: Meta set on every call: its slot, no robots.txt (an API has none), no
+#: AutoThrottle delay.
+API_META = {DOWNLOAD_SLOT: API_SLOT, "dont_obey_robotstxt": True, "autothrottle_dont_adjust_delay": True}
+
+
 def build_request(
     base_url: str,
     endpoint: Endpoint,
@@ -135,6 +148,8 @@ def build_request(
     params = clean_params(params)
     meta = kwargs.pop("meta", None) or {}
     meta["tmapi"] = {"endpoint": endpoint.value, "params": params}
+    for key, value in API_META.items():
+        meta.setdefault(key, value)
     url = base_url.rstrip("/") + endpoint.path
     if endpoint.method == "POST":
         return JsonRequest(url, data=params, meta=meta, **kwargs)

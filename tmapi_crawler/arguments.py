@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -102,7 +102,7 @@ class CommonArgs(BaseModel):
         default="detail+desc", description="how far to follow each listed product"
     )
     media: Annotated[list[MediaKind], BeforeValidator(_split)] = Field(
-        default_factory=list, description="files to download into FILES_STORE: main, sku, desc, video"
+        default_factory=list, description="files to download into FILES_STORE, comma-separated"
     )
 
     @field_validator("media")
@@ -171,11 +171,15 @@ class ShopArgs(ListingArgs):
     member_id: Annotated[list[MemberId], BeforeValidator(_split)] = Field(
         default_factory=list, description="seller member id(s), comma-separated"
     )
-    sort: Sort | None = None
-    shop_cat_id: str | None = Field(default=None, pattern=r"^\w{1,40}$")
-    price_start: PriceText | None = None
-    price_end: PriceText | None = None
-    page_size: int = Field(default=20, ge=1, le=MAX_SHOP_PAGE_SIZE)
+    sort: Sort | None = Field(default=None, description="the listing's order")
+    shop_cat_id: str | None = Field(
+        default=None, pattern=r"^\w{1,40}$", description="only this category of the shop (its own category id)"
+    )
+    price_start: PriceText | None = Field(default=None, description="lowest price, CNY")
+    price_end: PriceText | None = Field(default=None, description="highest price, CNY")
+    page_size: int = Field(
+        default=20, ge=1, le=MAX_SHOP_PAGE_SIZE, description=f"products a listing page, 1 to {MAX_SHOP_PAGE_SIZE}"
+    )
 
     @model_validator(mode="after")
     def _price_range(self) -> ShopArgs:
@@ -192,9 +196,9 @@ class CategoryArgs(ListingArgs):
     cat_id: Annotated[list[ItemId], BeforeValidator(_split)] = Field(
         default_factory=list, description="category id(s), comma-separated"
     )
-    super_factory: Bool = None
-    support_dropshipping: Bool = None
-    free_shipping: Bool = None
+    super_factory: Bool = Field(default=None, description="only super factories (true/false)")
+    support_dropshipping: Bool = Field(default=None, description="only sellers who drop-ship (true/false)")
+    free_shipping: Bool = Field(default=None, description="only products shipped free (true/false)")
 
 
 class ItemArgs(CommonArgs):
@@ -209,7 +213,9 @@ class ItemArgs(CommonArgs):
         default_factory=list, description="product URLs, comma-separated"
     )
     file: Path | None = Field(default=None, description="a file with one product id or URL a line")
-    follow: Literal["detail", "detail+desc"] = "detail+desc"
+    follow: Literal["detail", "detail+desc"] = Field(
+        default="detail+desc", description="how far to follow each product"
+    )
 
     @field_validator("follow", mode="before")
     @classmethod
@@ -319,3 +325,52 @@ def check_seed(args: CommonArgs) -> None:
     distributed crawl may start so: its seeds come from Redis)."""
     if not args.seeds():
         raise ConfigError(f"invalid argument: no seed: give {args.SEED_HINT}")
+
+
+# -- help ------------------------------------------------------------------------------
+
+
+def _choices(annotation: Any) -> str:
+    """The values a Literal (or a list of one) allows, ``a|b|c``; ``""``
+    for any other type."""
+    for arg in (annotation, *get_args(annotation)):
+        if get_origin(arg) is Literal:
+            return "|".join(map(str, get_args(arg)))
+        inner = _choices(arg) if get_args(arg) and arg is not annotation else ""
+        if inner:
+            return inner
+    return ""
+
+
+def described(model: type[CommonArgs]) -> list[tuple[str, str, str]]:
+    """Each argument of *model*: its name, its default (as given on the
+    command line), and what it means with the values it takes."""
+    rows = []
+    seeds = getattr(model, "SEED_FIELDS", {})
+    fields = sorted(model.model_fields.items(), key=lambda field: field[0] not in seeds)  # the seed first
+    for name, info in fields:
+        default = info.get_default(call_default_factory=True)
+        if default in (None, []):
+            shown_default = "-"
+        elif isinstance(default, bool):
+            shown_default = str(default).lower()
+        else:
+            shown_default = str(default)
+        meaning = info.description or ""
+        choices = _choices(info.annotation)
+        if choices and len(choices) < 90:
+            meaning = f"{meaning}: {choices}" if meaning else choices
+        rows.append((name, shown_default, meaning))
+    return rows
+
+
+def help_text(spider: str, model: type[CommonArgs]) -> str:
+    """The arguments of *spider* as ``scrapy crawl SPIDER --help`` and
+    ``scrapy list --verbose`` list them (``-a NAME=VALUE``)."""
+    rows = described(model)
+    width = max(len(name) for name, _, _ in rows)
+    seed = getattr(model, "SEED_HINT", "")
+    lines = [f"Arguments of the {spider} spider (-a NAME=VALUE){f'; the seed: {seed}' if seed else ''}"]
+    for name, default, meaning in rows:
+        lines.append(f"  {name.ljust(width)}  {meaning} (default: {default})")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ setting (docs/settings.md).
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -129,6 +130,11 @@ class TmapiConfig(BaseModel):
     alert_changes: str | None = Field(default=None, alias="TMAPI_ALERT_CHANGES")
     alert_max_changes: int = Field(default=50, ge=1, alias="TMAPI_ALERT_MAX_CHANGES")
     alert_format: Literal["json", "slack", "discord"] = Field(default="json", alias="TMAPI_ALERT_FORMAT")
+    #: Notifications through Apprise (tmapi_crawler.notify): URLs or an Apprise
+    #: configuration file.  A secret like the token: the URLs hold tokens.
+    notify: SecretStr | None = Field(default=None, alias="TMAPI_NOTIFY")
+    #: The catalog report of the crawl's period attached to each notification.
+    notify_report: bool = Field(default=False, alias="TMAPI_NOTIFY_REPORT")
     stall_timeout: float = Field(default=900.0, gt=0, alias="TMAPI_STALL_TIMEOUT")
     #: The catalog store (docs/catalog.md): a SQLite file or a PostgreSQL URL.
     #: A secret like the token: a PostgreSQL URL may hold a password.
@@ -243,6 +249,15 @@ class TmapiConfig(BaseModel):
             raise ValueError(str(exc).removeprefix(shown).lstrip(": ")) from None
         return value
 
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or not str(text).strip():
+            return None
+        _check_notify(str(text))
+        return value
+
     @field_validator("inner_download_handler", "gate_class", "media_claims_class")
     @classmethod
     def _class_path(cls, value: str) -> str:
@@ -260,6 +275,12 @@ class TmapiConfig(BaseModel):
                 f"TMAPI_BASE_URL={shown(self.base_url)} would send the token in clear text; "
                 f"use https:// (or set TMAPI_ALLOW_HTTP=True to accept the risk)"
             )
+        if self.notify_report and self.notify is None:
+            raise ValueError("TMAPI_NOTIFY_REPORT=True attaches a report to the notifications: set TMAPI_NOTIFY too")
+        if self.notify_report and self.store is None:
+            raise ValueError(
+                "TMAPI_NOTIFY_REPORT=True attaches the catalog store's report: set TMAPI_STORE too (docs/catalog.md)"
+            )
         return self
 
     @property
@@ -267,11 +288,23 @@ class TmapiConfig(BaseModel):
         return urlsplit(self.base_url).netloc
 
 
+@functools.lru_cache(maxsize=8)
+def _check_notify(value: str) -> None:
+    """``TMAPI_NOTIFY`` loads in Apprise (checked once a value: the
+    settings are validated by many components)."""
+    from tmapi_crawler.notify import load_services
+
+    load_services(value)
+
+
 #: Setting name -> default, derived from the model (the README lists them too).
 DEFAULTS: dict[str, Any] = {
     str(field.alias): field.default for field in TmapiConfig.model_fields.values() if field.alias is not None
 }
 
+
+#: Settings whose values are never echoed in an error: they hold tokens.
+SECRET_SETTINGS = ("TMAPI_TOKEN", "TMAPI_NOTIFY")
 
 #: The most characters of a bad value that a one-line error shows.
 SHOWN_MOST = 80
@@ -296,6 +329,9 @@ def describe_validation_error(exc: ValidationError, names: dict[str, str] | None
         if err["type"] in ("model_type", "missing") or not loc:
             parts.append(f"{name}: {msg}" if name else msg)
             continue
+        if name in SECRET_SETTINGS:  # the message names what is wrong, masked
+            parts.append(f"{name}: {msg}")
+            continue
         value = hide_password(err["input"]) if isinstance(err["input"], str) else err["input"]
         parts.append(f"{name}={shown(value)}: {msg}")
     return "; ".join(parts)
@@ -310,6 +346,23 @@ def unknown_settings(settings: BaseSettings) -> str | None:
             hint = f": did you mean {close[0]}?" if close else " (docs/settings.md lists them)"
             return f"unknown setting {shown(name)}{hint}"
     return None
+
+
+#: The settings that may hold a password or a token, read from the
+#: environment when the settings do not give them (``-s`` wins): they stay
+#: out of ``ps`` and of scrapyd's job list.  The token is read from
+#: ``TMAPI_TOKEN`` the same way, by :func:`config_from_settings`.
+FROM_ENVIRONMENT = ("REDIS_URL", "TMAPI_STORE", "TMAPI_ALERT_WEBHOOK", "TMAPI_NOTIFY", "FILES_STORE")
+
+
+def from_environment(settings: BaseSettings) -> None:
+    """Each of :data:`FROM_ENVIRONMENT` the settings lack, from the
+    environment (the add-on, and this project's settings module, call it:
+    a project with the add-on alone reads them as this one does)."""
+    for name in FROM_ENVIRONMENT:
+        value = os.environ.get(name)
+        if value and not settings.get(name):
+            settings.set(name, value, "addon")
 
 
 def config_from_settings(settings: BaseSettings) -> TmapiConfig:

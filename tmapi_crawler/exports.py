@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import IO, Self
 
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
 
     from tmapi_crawler.config import TmapiConfig
 
@@ -754,3 +755,13 @@ FEED_FORMATS: dict[str, str] = {
     # The failures and changes files: compact, as `scrapy catalog changes` writes
     "jsonlines-compact": f"{__name__}.CompactJsonLinesExporter",
 }
+
+
+def register_feed_formats(settings: BaseSettings) -> None:
+    """Each of :data:`FEED_FORMATS` the settings' ``FEED_EXPORTERS`` does not
+    name, added (the add-on, for the crawl; the crawl command, before Scrapy
+    reads ``-o file:shopify``)."""
+    exporters = settings.getdict("FEED_EXPORTERS")
+    if any(name not in exporters for name in FEED_FORMATS):
+        priority = settings.getpriority("FEED_EXPORTERS") or 0
+        settings.set("FEED_EXPORTERS", {**FEED_FORMATS, **exporters}, priority)

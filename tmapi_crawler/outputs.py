@@ -170,8 +170,23 @@ class FeedGuard:
         return cls(crawler)
 
     def _opened(self) -> None:
-        """Remove the failures and changes files an earlier crawl left: a
-        crawl with none must not leave yesterday's."""
+        """Refuse feeds that cannot be written at all (the crawl command
+        does before the crawl; Scrapy's own ``crawl`` gets here): the crawl
+        stops before any call.  Then remove the failures and changes files
+        an earlier crawl left: a crawl with none must not leave yesterday's."""
+        try:
+            check_feed_formats(self.crawler.settings)
+        except ConfigError as exc:
+            self.item_failed = True
+            self.failed = str(exc)
+            self.stats.set_value(FEED_ERROR_STAT, self.failed)
+            logger.error("%s: the crawl stops before any call; give a format the feed exports have", self.failed)
+            for listener in self.listeners:
+                listener(FEED_FAILED)
+            # The gate sends nothing from now (told in listen()); the engine
+            # runs once the spider is open, and is closed then.
+            self.crawler.signals.connect(self._close, signal=signals.engine_started)
+            return
         for uri, options in self.crawler.settings.getdict("FEEDS").items():
             if (options or {}).get(FRESH):
                 path = Path(str(uri).removeprefix("file://"))
@@ -179,6 +194,10 @@ class FeedGuard:
                     path.unlink(missing_ok=True)
                 except OSError as exc:
                     self.write_failed(str(path), exc)
+
+    async def _close(self) -> None:
+        assert self.crawler.engine is not None
+        await self.crawler.engine.close_spider_async(reason=FEED_FAILED)
 
     def _item_scraped(self) -> None:
         self.item_failed = False
@@ -204,8 +223,11 @@ class FeedGuard:
 
     def listen(self, listener: Callable[[str], None]) -> None:
         """Call *listener* with the finish reason when a file fails (the
-        lease tracker stops acknowledging, the gate stops the crawl)."""
+        lease tracker stops acknowledging, the gate stops the crawl); at
+        once when one failed already (a feed refused as the spider opened)."""
         self.listeners.append(listener)
+        if self.failed is not None:
+            listener(FEED_FAILED)
 
 
 def guard_of(crawler: Crawler) -> FeedGuard | None:
@@ -219,6 +241,11 @@ class GuardedFeedExporter(FeedExporter):
     user's exporter) is a file that failed (:meth:`FeedGuard.write_failed`):
     one line, the crawl stops, nothing of it is acknowledged.  Scrapy's
     would log a traceback and go on without the record."""
+
+    def _exporter_supported(self, format_: str) -> bool:
+        """Scrapy's check, without its error line: :class:`FeedGuard` says
+        it, and stops the crawl (Scrapy's would go on without any feed)."""
+        return format_ in self.exporters
 
     def item_scraped(self, item: Any, spider: Spider) -> None:
         counts = [(slot, slot.itemcount) for slot in self.slots]

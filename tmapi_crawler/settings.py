@@ -8,6 +8,7 @@ suits a paid JSON API rather than web pages.
 
 import os
 
+from tmapi_crawler.config import FROM_ENVIRONMENT
 from tmapi_crawler.exports import FEED_FORMATS
 
 BOT_NAME = "tmapi_crawler"
@@ -59,14 +60,11 @@ LOG_LEVEL = "INFO"
 LOG_FORMATTER = "tmapi_crawler.extensions.QuietLogFormatter"
 LOGSTATS_INTERVAL = 0
 
-# The settings that may hold a password, from the environment when they are
-# not given as settings (-s wins): they stay out of `ps` and of scrapyd's job
-# list. The token is read from TMAPI_TOKEN the same way (tmapi_crawler.config).
-if os.environ.get("REDIS_URL"):
-    REDIS_URL = os.environ["REDIS_URL"]
-if os.environ.get("TMAPI_STORE"):
-    TMAPI_STORE = os.environ["TMAPI_STORE"]
-if os.environ.get("TMAPI_ALERT_WEBHOOK"):
-    TMAPI_ALERT_WEBHOOK = os.environ["TMAPI_ALERT_WEBHOOK"]
-if os.environ.get("FILES_STORE"):
-    FILES_STORE = os.environ["FILES_STORE"]
+# The settings that may hold a password or a token, from the environment when
+# they are not given as settings (-s wins): they stay out of `ps` and of
+# scrapyd's job list (the add-on does the same for a project of a user's own;
+# the commands outside a crawl read them here). The token is read from
+# TMAPI_TOKEN the same way (tmapi_crawler.config).
+for _name in FROM_ENVIRONMENT:
+    if os.environ.get(_name):
+        globals()[_name] = os.environ[_name]

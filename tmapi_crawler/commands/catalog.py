@@ -36,7 +36,7 @@ from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
 from tmapi_crawler.commands import refuse, whole_file
-from tmapi_crawler.config import shown
+from tmapi_crawler.config import from_environment, shown
 from tmapi_crawler.report import Report
 from tmapi_crawler.store.changes import CHANGE_KINDS
 from tmapi_crawler.store.db import CatalogDB, iso
@@ -98,6 +98,7 @@ class Command(ScrapyCommand):
                 "| scrapy catalog report -O report.html | scrapy catalog check"
             )
         action = args[0]
+        from_environment(self.settings)  # a project with the add-on alone: REDIS_URL, TMAPI_STORE
         given = opts.store or self.settings.get("TMAPI_STORE")
         if isinstance(given, SecretStr):
             given = given.get_secret_value()

@@ -28,7 +28,7 @@ from scrapy.utils.conf import arglist_to_dict
 from tmapi_crawler.arguments import parse_arguments
 from tmapi_crawler.cluster.defaults import GATE_HOLDERS_KEY, GATE_KEY, crawl_keys
 from tmapi_crawler.commands import refuse
-from tmapi_crawler.config import ConfigError, is_distributed, shown
+from tmapi_crawler.config import ConfigError, from_environment, is_distributed, shown
 
 if TYPE_CHECKING:
     import argparse
@@ -66,6 +66,7 @@ class Command(ScrapyCommand):
         if not args or args[0] not in ACTIONS:
             raise UsageError(f"give an action: {', '.join(ACTIONS)}")
         action, spiders = args[0], args[1:]
+        from_environment(self.settings)  # a project with the add-on alone: REDIS_URL, TMAPI_STORE
         if not is_distributed(self.settings):
             refuse(
                 "REDIS_URL is not set: set the REDIS_URL environment variable, or give -s REDIS_URL=redis://host:6379/0"

@@ -13,13 +13,23 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from scrapy.commands import ScrapyHelpFormatter
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.spiderloader import get_spider_loader
 
+from tmapi_crawler.arguments import CategoryArgs, CommonArgs, ItemArgs, ShopArgs, help_text
 from tmapi_crawler.commands import EXIT_BUSY, EXIT_CODES, EXIT_NO_LISTING, refuse
-from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed, require_token, shown
+from tmapi_crawler.config import (
+    ConfigError,
+    config_from_settings,
+    from_environment,
+    is_distributed,
+    require_token,
+    shown,
+)
+from tmapi_crawler.exports import register_feed_formats
 from tmapi_crawler.jobdir import check_jobdir, jobdir_of
 from tmapi_crawler.locks import Busy, hold_feed, hold_jobdir
 from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs, local_feeds
@@ -33,6 +43,18 @@ if TYPE_CHECKING:
 LISTING_ENDPOINTS = ("shop_items", "category_items")
 
 
+#: The arguments of this project's spiders, for ``--help``.
+SPIDER_ARGUMENTS: dict[str, type[CommonArgs]] = {"shop": ShopArgs, "category": CategoryArgs, "item": ItemArgs}
+
+
+class HelpWithArguments(ScrapyHelpFormatter):
+    """Scrapy's help, with the epilog (the spiders' arguments) as written:
+    one argument a line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
 def exit_code_for(reason: str | None) -> int:
     return EXIT_CODES.get(reason or "", 1)
 
@@ -41,13 +63,27 @@ class Command(ScrapyCrawlCommand):
     def short_desc(self) -> str:
         return "Run a TMAPI spider (shop, category or item)"
 
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """Scrapy's options, and below them the arguments of the spider the
+        command line names (``scrapy crawl shop --help``), or of each of
+        ours when it names none: argparse prints the help while it reads
+        the options, before it has the spider's name, so it is looked for
+        in the command line itself."""
+        super().add_options(parser)
+        named = [spider for spider in SPIDER_ARGUMENTS if spider in sys.argv[1:]]
+        parser.formatter_class = HelpWithArguments
+        parser.epilog = "\n\n".join(help_text(name, SPIDER_ARGUMENTS[name]) for name in named or SPIDER_ARGUMENTS)
+
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        register_feed_formats(self.settings)  # -O shop.csv:shopify in a project with the add-on alone
         super().process_options(args, opts)
         # Checked here, before Scrapy sets up logging and the reactor, so that
         # a mistake costs one line on stderr and nothing else.
         if len(args) != 1:
             raise UsageError("give exactly one spider: shop, category or item")
         assert self.settings is not None
+        from_environment(self.settings)  # as the add-on will: checked here with the values it will use
         loader = get_spider_loader(self.settings)
         try:
             spidercls = loader.load(args[0])

@@ -166,6 +166,8 @@ class Counters:
     media_with_token: int = 0
     media_in_flight: int = 0
     media_max_in_flight: int = 0
+    #: Paths that are no endpoint (a client fetching /robots.txt, say) -> times asked.
+    unknown: Counter[str] = field(default_factory=Counter)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -179,6 +181,7 @@ class Counters:
                 "max_in_flight": self.media_max_in_flight,
             },
             "calls": sum(self.calls.values()),
+            "unknown_paths": dict(self.unknown),
             "calls_per_endpoint": dict(self.calls),
             "codes": {str(code): n for code, n in sorted(self.codes.items())},
             "billed": self.billed,
@@ -476,6 +479,7 @@ class ApiResource(resource.Resource):
             return self._media(request, path)
         endpoint = Endpoint.from_path(path)
         if endpoint is None or request.method.decode() != endpoint.method:
+            self.sandbox.counters.unknown[path] += 1
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"application/json")
             return _dumps({"code": 404, "msg": f"no such endpoint: {request.method.decode()} {path}", "data": None})
