@@ -868,6 +868,66 @@ def remembered_limit(tmp: Path, quick: bool) -> list[Row]:
     return rows
 
 
+#: The account of #37: 16 calls in flight, 500 ms a call (at most 32 a second).
+ACCOUNT_CAP, ACCOUNT_LATENCY = 16, 0.5
+
+
+def _share(row: Row) -> float:
+    return round(row.billed / row.seconds / (ACCOUNT_CAP / ACCOUNT_LATENCY), 3) if row.seconds else 0.0
+
+
+def run_aiohttp(sandbox: SandboxProcess, workdir: Path, member_id: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.aiohttp_client", sandbox.url, TOKEN, member_id, str(ACCOUNT_CAP)]
+    return _run([*cmd, "out.jsonl"], workdir, project_env())
+
+
+def account_limit(tmp: Path, quick: bool) -> list[Row]:
+    """Every crawl at the account's limit (#37): 500-product shops and one
+    of 3,000 under a limit of 16 calls in flight at 500 ms a call, each
+    crawled twice (the second starts from the remembered limit); beside the
+    aiohttp client told the limit; then two workers through Redis."""
+    shops = [("a", 500), ("b", 500), ("c", 500), ("big", 3000)] if not quick else [("a", 500)]
+    rows: list[Row] = []
+    flags = ("--latency-ms", str(int(ACCOUNT_LATENCY * 1000)), "--concurrency", str(ACCOUNT_CAP))
+    for name, size in shops:
+        minimum = -(-size // 20) + 2 * size
+        with SandboxProcess("--shops", "1", "--shop-size", str(size), "--seed", str(len(rows)), *flags) as sb:
+            client = measure(sb, "account", f"shop {name} ({size}): aiohttp told the limit", minimum,
+                             run_aiohttp(sb, tmp / f"account-{name}-client", "b2b-sandbox0000"))  # fmt: skip
+            client.figures["share_of_limit"] = _share(client)
+            rows.append(client)
+            workdir = tmp / f"account-{name}"
+            for crawl in ("first", "second"):
+                run = run_ours(sb, workdir, "LOG_FILE=crawl.log", "LOG_LEVEL=INFO")
+                row = measure(sb, "account", f"shop {name} ({size}): {crawl} crawl", minimum, run)
+                row.figures["share_of_limit"] = _share(row)
+                row.figures["vs_client"] = round(client.seconds / row.seconds, 3) if row.seconds else None
+                row.figures["answers_503"] = row.figures["codes"].get("503", 0)
+                rows.append(row)
+    if quick:
+        return rows
+    size = 1000
+    minimum = -(-size // 20) + 2 * size
+    with tempfile.TemporaryDirectory(prefix="tmapi-redis-") as redis_dir:
+        redis = RedisServer(Path(redis_dir))
+        try:
+            with SandboxProcess("--shops", "1", "--shop-size", str(size), *flags) as sb:
+                for crawl in ("first", "second"):
+                    redis.client().delete("shop:dupefilter")
+                    settings = (f"REDIS_URL={redis.url}", "TMAPI_IDLE_TIMEOUT=1", "TMAPI_PROGRESS_INTERVAL=0")
+                    procs = [
+                        _start(ours_command(sb, *settings), tmp / f"account-workers-{i}", project_env())
+                        for i in range(2)
+                    ]
+                    row = measure(sb, "account", f"2 workers ({size}): {crawl} crawl", minimum, _wait(procs))
+                    row.figures["share_of_limit"] = _share(row)
+                    row.figures["answers_503"] = row.figures["codes"].get("503", 0)
+                    rows.append(row)
+        finally:
+            redis.stop()
+    return rows
+
+
 SCENARIOS = {
     "freshness": freshness,
     "ceiling": ceiling,
@@ -884,6 +944,7 @@ SCENARIOS = {
     "million": million,
     "daily-bill": daily_bill,
     "remembered-limit": remembered_limit,
+    "account-limit": account_limit,
 }
 
 
