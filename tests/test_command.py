@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import SCRAPY, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
+from tests.helpers import ROOT, SCRAPY, SandboxProcess, read_jsonl, run_scrapy, scrapy_env
 
 
 def crawl_cmd(sandbox: SandboxProcess, *args: str, token: str | None = "sandbox") -> list[str]:
@@ -323,3 +324,16 @@ def test_a_feed_that_cannot_be_written_from_the_start_is_refused_before_any_call
         assert done.returncode == 2, done.stderr[-2000:]
         assert done.stderr.strip().count("\n") == 0 and words in done.stderr, done.stderr
     assert sandbox.stats()["calls"] == 0
+
+
+def test_every_finish_reason_has_the_exit_code_the_operations_page_gives():
+    """One list of finish reasons (FinishReason), each with its exit code,
+    and the table of docs/operations.md says the same."""
+    from tmapi_crawler.reasons import FinishReason, exit_code_for
+
+    page = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    documented: dict[str, str] = {}
+    for reason, code in re.findall(r"^\| `([a-z_]+)`[^|]* \| (\d+) \|", page, re.M):
+        documented.setdefault(reason, code)  # "finished, but no listing page could be read": 9, the command's
+    assert {reason.value: str(reason.exit_code) for reason in FinishReason} == documented
+    assert exit_code_for("closespider_timeout") == 1 and exit_code_for(None) == 1

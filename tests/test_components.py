@@ -155,3 +155,46 @@ async def test_timer_compaction_frees_cancelled_timers(monkeypatch):
         assert dead() < 50
     finally:
         ext.spider_closed()
+
+
+def test_a_callback_without_tracked_is_refused_naming_it():
+    """A subclass's callback must be @tracked, or its lease is never
+    acknowledged and a resumed crawl pays for the call again: an override
+    is refused before the crawl, a new callback when its request is made."""
+    from scrapy.settings import Settings
+
+    from tmapi_crawler.config import ConfigError
+    from tmapi_crawler.spiders.base import tracked
+    from tmapi_crawler.spiders.shop import ShopSpider
+
+    class Careless(ShopSpider):
+        name = "careless"
+
+        def parse_page(self, response, **kwargs):  # the base's callback, untracked
+            yield from ()
+
+    with pytest.raises(ConfigError, match=r"Careless\.parse_page overrides a callback of ShopSpider without @tracked"):
+        Careless.check_arguments({"member_id": "m"}, Settings())
+
+    class Careful(ShopSpider):
+        name = "careful"
+
+        @tracked
+        def parse_page(self, response, **kwargs):
+            yield from ()
+
+    Careful.check_arguments({"member_id": "m"}, Settings())
+
+    class NewCallback(ShopSpider):
+        name = "new_callback"
+
+        def page_request(self, params, opts, pages=None):
+            return self.api_request(Endpoint.SHOP_ITEMS, params, callback=self.my_page)
+
+        def my_page(self, response):
+            yield from ()
+
+    crawler = get_crawler(NewCallback, {"TMAPI_TOKEN": "t"})
+    spider = NewCallback.from_crawler(crawler, member_id="m")
+    with pytest.raises(TypeError, match=r"the callback .*NewCallback\.my_page of an API call is not decorated"):
+        list(spider.seed_requests(spider.args))

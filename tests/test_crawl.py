@@ -312,3 +312,15 @@ async def test_an_ids_file_is_read_as_the_crawl_goes(make_sandbox, tmp_path):
     assert crawler.stats is not None
     assert crawler.stats.get_value("tmapi/products") == 3000
     assert scheduled_at_first_product[0] < 300  # 2 * TMAPI_CONCURRENCY in the downloader, and a little more
+
+
+@deferred_f_from_coro_f
+async def test_a_counter_told_of_records_before_the_feed_exports_is_refused(sandbox, tmp_path, caplog):
+    """FeedGuard.item_failed is set while the feed exports write a record:
+    a component that reads it must be told after them (a user's EXTENSIONS
+    priority below 0 would count what no file holds)."""
+    settings = {"EXTENSIONS": {"tmapi_crawler.extensions.TmapiStats": -10}}
+    result = await crawl("shop", sandbox, tmp_path, settings, member_id="b2b-sandbox0000")
+    assert result.reason == "tmapi_feed_failed"
+    assert "TmapiStats is told of each record before the feed exports" in caplog.text
+    assert sandbox.stats()["calls"] == 0

@@ -8,6 +8,7 @@ the Lua scripts of tmapi_crawler.cluster.lua).
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from hashlib import sha256
@@ -19,7 +20,9 @@ from scrapy.utils.test import get_crawler
 
 from tests.helpers import crawl
 from tmapi_crawler.api import Outcome
+from tmapi_crawler.ceiling import PROBE_BACKOFF, PROBE_FIRST, PROBE_MOST, AdaptiveLimit
 from tmapi_crawler.cluster.gate import SharedCallGate
+from tmapi_crawler.cluster.lua import RELEASE
 from tmapi_crawler.limits import (
     FileMemory,
     LimitMemory,
@@ -30,7 +33,7 @@ from tmapi_crawler.limits import (
     memory_of,
 )
 from tmapi_crawler.spiders.item import ItemSpider
-from tmapi_crawler.throttle import PROBE_AFTER, CallGate, CrawlStopping
+from tmapi_crawler.throttle import CallGate, CrawlStopping
 
 
 @pytest.fixture(params=["one process", "redis"])
@@ -79,14 +82,59 @@ async def test_slow_start_then_a_503_sets_the_ceiling(make_gate):
 
 
 @deferred_f_from_coro_f
-async def test_the_ceiling_is_tried_again_after_a_long_time_without_503(make_gate):
+async def test_the_ceiling_is_probed_soon_and_less_often_after_each_failed_probe(make_gate):
+    """tmapi_crawler.ceiling: one higher after PROBE_FIRST round trips at the
+    ceiling; a probe that meets a 503 doubles the wait; one that holds a
+    round trip keeps its ceiling, and the next comes as soon."""
     gate = make_gate(start=3, cap=10)
-    ticket = await gate.acquire()
-    gate.release(ticket, Outcome.CONCURRENCY)
+    gate.release(await gate.acquire(), Outcome.CONCURRENCY)
     assert gate.ceiling == 1
-    for _ in range(PROBE_AFTER * 1):
+    for _ in range(PROBE_FIRST * 1):
         gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.ceiling == 2  # probed
+    first, second = await gate.acquire(), await gate.acquire()
+    gate.release(second, Outcome.CONCURRENCY)  # 2 in flight is one too many: the probe failed
+    assert gate.ceiling == 1
+    gate.release(first, Outcome.OK)
+    for _ in range(PROBE_BACKOFF * PROBE_FIRST - 2):
+        gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.ceiling == 1  # PROBE_BACKOFF times as long before the next probe
+    gate.release(await gate.acquire(), Outcome.OK)
     assert gate.ceiling == 2
+    for _ in range(PROBE_FIRST * 2):  # it holds: the next probe as soon as the first
+        gate.release(await gate.acquire(), Outcome.OK)
+    assert gate.ceiling == 3
+
+
+def test_the_shared_gates_lua_applies_the_reference_rule(redis_server):
+    """The adaptive rule is written twice (AdaptiveLimit, the reference, and
+    the shared gate's RELEASE script): the same answers, the same limit and
+    ceiling after each, on a real Redis."""
+    client = redis_server.client()
+    release = client.register_script(RELEASE)
+    keys = ["t:gate", "t:holders", "t:admissions"]
+    client.delete(*keys)
+    rule = AdaptiveLimit(cap=24, start=4, limit=4.0)
+    rng = random.Random(37)
+    probes = held = failed = 0
+    for n in range(4000):
+        sent = rng.randint(max(1, int(rule.limit) - 2), int(rule.limit))
+        refused = sent > 17 or rng.random() < 0.01  # an account of 17 places, and a stray 503
+        before = rule.ceiling
+        was_probing = rule.probing
+        if refused:
+            rule.refused(sent)
+            failed += was_probing is not None and rule.probing is None
+        else:
+            rule.succeeded(sent)
+            held += was_probing is not None and rule.probing is None
+        probes += before is not None and rule.ceiling is not None and rule.ceiling > before
+        args = [f"h{n}", "concurrency" if refused else "ok", sent, 0, 24, 4, 5000, 60000, PROBE_MOST, 10**12, sent,
+                PROBE_FIRST, PROBE_BACKOFF]  # fmt: skip
+        limit, ceiling, *_ = release(keys=keys, args=args)
+        assert (int(limit), None if ceiling < 0 else int(ceiling)) == (int(rule.limit), rule.ceiling), n
+    assert probes > 20 and held > 3 and failed > 5  # every branch of the rule was taken
+    assert rule.ceiling is not None and rule.ceiling <= 17
 
 
 @deferred_f_from_coro_f
@@ -276,7 +324,10 @@ async def test_the_next_crawl_starts_at_the_limit_the_last_one_found(make_sandbo
     first = await crawl("shop", sb, tmp_path / "1", settings, member_id="b2b-sandbox0000")
     first_503 = sb.stats()["codes"].get("503", 0)
     assert first_503 >= 1  # slow start found the limit
-    assert first.stats["tmapi/throttle/ceiling"] == 5 or first.stats["tmapi/throttle/ceiling"] == 6
+    # The ceiling as the crawler counts (a call from its send to its answer's
+    # handling): the account's 6, and the answers on their way to the crawler.
+    assert 5 <= first.stats["tmapi/throttle/ceiling"] <= 8
+    assert sb.stats()["max_in_flight"] == 6  # the account's places, all used
     assert "tmapi/throttle/remembered" not in first.stats
     saved = json.loads((tmp_path / ".scrapy" / "tmapi-limits.json").read_text())
     assert list(saved) == [f"127.0.0.1:{sb.url.rsplit(':', 1)[1]}:{sha256(sb.token.encode()).hexdigest()[:16]}"]

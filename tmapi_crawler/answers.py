@@ -36,6 +36,7 @@ from tmapi_crawler.api import (
     envelope_of,
 )
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.throttle import CrawlStopping, gate_of
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class AnswerMiddleware:
                     code,
                     envelope.msg,
                 )
-                self.gate.stop("tmapi_auth_failed")
+                self.gate.stop(FinishReason.AUTH_FAILED)
             return self._keep(request)
         raise ApiError(code, envelope.msg)
 

@@ -282,6 +282,11 @@ def read_inputs(path: Path) -> Iterator[tuple[int, str, str | None]]:
                 yield number, text, f"{shown(text)} is neither a product id nor a 1688 product URL"
 
 
+#: The spider argument that says a spider is made for ``scrapy parse``
+#: (:mod:`tmapi_crawler.commands.parse`): it parses one URL, with no seed.
+PARSING = "_parse"
+
+
 def tool_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The arguments that tools running a spider add for themselves, which
     start with ``_`` (scrapyd's ``_job``): not ours to check, kept as the

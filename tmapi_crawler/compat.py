@@ -31,6 +31,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
 from tmapi_crawler.outputs import GuardedFile
+from tmapi_crawler.reasons import FinishReason
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The finish reason of a crawl stopped because an internal is missing.
-INCOMPATIBLE = "tmapi_incompatible_scrapy"
+INCOMPATIBLE = FinishReason.INCOMPATIBLE
 
 
 def _slot(crawler: Crawler) -> Any:
@@ -57,6 +58,13 @@ def engine_closing(crawler: Crawler) -> bool:
     engine = crawler.engine
     slot = _slot(crawler)
     return not engine.running or slot is None or slot.closing is not None
+
+
+def queued_requests(crawler: Crawler) -> int:
+    """How many requests the scheduler holds (``ExecutionEngine._slot``'s
+    scheduler: Scrapy exposes no count of it); 0 before the spider opens."""
+    slot = _slot(crawler) if crawler.engine is not None else None
+    return len(slot.scheduler) if slot is not None else 0
 
 
 def wake_engine(crawler: Crawler) -> None:

@@ -95,6 +95,10 @@ class TmapiStats:
     """Counts records under ``tmapi/``, logs a progress line every
     ``TMAPI_PROGRESS_INTERVAL`` seconds and a summary when the crawl ends."""
 
+    #: Counts only what the files took (FeedGuard.item_failed): told of a
+    #: record after the feed exports (tmapi_crawler.outputs.check_readers_order).
+    reads_feed_outcome = True
+
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.stats = crawler.stats

@@ -73,6 +73,9 @@ class LeaseTracker:
     :meth:`unlink` for each request it is given, and :meth:`commit` now and
     then."""
 
+    #: Acknowledges only what the files took (FeedGuard.item_failed).
+    reads_feed_outcome = True
+
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.enabled = False
@@ -104,7 +107,9 @@ class LeaseTracker:
         self.enabled = True
         self._commit_now = commit
         # Told of each record only now: without a leasing scheduler there is
-        # nothing to count (a receiver less for every record).
+        # nothing to count (a receiver less for every record); and connected
+        # after the feed exports, whose receiver sets FeedGuard.item_failed
+        # for the record (tmapi_crawler.outputs.GuardedFeedExporter).
         signals_ = self.crawler.signals
         signals_.connect(self._item_settled, signal=signals.item_scraped)
         signals_.connect(self._item_dropped, signal=signals.item_dropped)

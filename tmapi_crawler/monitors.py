@@ -23,11 +23,12 @@ from spidermon.core.actions import Action
 from spidermon.settings import MONITOR
 
 from tmapi_crawler.config import TmapiConfig, config_from_settings, is_distributed
+from tmapi_crawler.reasons import FinishReason
 
 logger = logging.getLogger(__name__)
 
 #: Finish reasons of a crawl that did what it was asked.
-GOOD_REASONS = ("finished", "tmapi_budget_exhausted")
+GOOD_REASONS = (FinishReason.FINISHED, FinishReason.BUDGET_EXHAUSTED)
 #: The share of 503 answers above which the throttle is not doing its job
 #: (it keeps it well under 1%: docs/performance.md).
 MOST_503_SHARE = 0.05
@@ -94,7 +95,7 @@ class ProductsMonitor(TmapiMonitor):
         ended = sum(self.total(k) for k in ("products", "listings", "products_failed", "duplicates"))
         reason = self.data.stats.get("finish_reason")
         self.check(
-            reason != "finished" or ended >= expected,
+            reason != FinishReason.FINISHED or ended >= expected,
             f"the listings announced {expected} products, {ended} ended as a record or a failure "
             "(a listing page failed: see the failures file)",
         )

@@ -34,7 +34,8 @@ from scrapy import signals
 from scrapy.extensions.feedexport import FeedExporter, FileFeedStorage
 from scrapy.extensions.spiderstate import SpiderState
 
-from tmapi_crawler.config import DEFAULTS, ConfigError
+from tmapi_crawler.config import DEFAULTS, ConfigError, is_distributed
+from tmapi_crawler.reasons import FinishReason
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The finish reason of a crawl stopped because a file could not be written.
-FEED_FAILED = "tmapi_feed_failed"
+FEED_FAILED = FinishReason.FEED_FAILED
 #: The stat that holds the one line saying which file and why.
 FEED_ERROR_STAT = "tmapi/feed/error"
 #: A feed option of the failures and changes files: they hold this crawl's
@@ -159,10 +160,9 @@ class FeedGuard:
         self.failed: str | None = None
         #: Whether a file failed to take the record being exported now.
         self.item_failed = False
-        resumable = bool(crawler.settings.get("JOBDIR")) or bool(crawler.settings.get("REDIS_URL"))
+        resumable = bool(crawler.settings.get("JOBDIR")) or is_distributed(crawler.settings)
         self.resume = "; the same command resumes where it stopped" if resumable else ""
         self.listeners: list[Callable[[str], None]] = []
-        crawler.signals.connect(self._item_scraped, signal=signals.item_scraped)
         crawler.signals.connect(self._opened, signal=signals.spider_opened)
 
     @classmethod
@@ -176,11 +176,12 @@ class FeedGuard:
         an earlier crawl left: a crawl with none must not leave yesterday's."""
         try:
             check_feed_formats(self.crawler.settings)
+            check_readers_order(self.crawler)
         except ConfigError as exc:
             self.item_failed = True
             self.failed = str(exc)
             self.stats.set_value(FEED_ERROR_STAT, self.failed)
-            logger.error("%s: the crawl stops before any call; give a format the feed exports have", self.failed)
+            logger.error("%s: the crawl stops before any call", self.failed)
             for listener in self.listeners:
                 listener(FEED_FAILED)
             # The gate sends nothing from now (told in listen()); the engine
@@ -198,9 +199,6 @@ class FeedGuard:
     async def _close(self) -> None:
         assert self.crawler.engine is not None
         await self.crawler.engine.close_spider_async(reason=FEED_FAILED)
-
-    def _item_scraped(self) -> None:
-        self.item_failed = False
 
     def write_failed(self, path: str, exc: BaseException) -> None:
         """A write to *path* failed (a feed, or the crawl's state in
@@ -230,6 +228,33 @@ class FeedGuard:
             listener(FEED_FAILED)
 
 
+#: The class attribute of a component whose ``item_scraped`` receiver reads
+#: :attr:`FeedGuard.item_failed`: it must be told of a record after the feed
+#: exports wrote it (checked when the spider opens).
+READS_FEED_OUTCOME = "reads_feed_outcome"
+
+
+def check_readers_order(crawler: Crawler) -> None:
+    """Refuse a crawl in which a component that reads whether the files
+    took a record (:data:`READS_FEED_OUTCOME`) is told of it before the feed
+    exports (a user's ``EXTENSIONS`` priority below theirs): it would count
+    a record no file holds.  Raises :class:`ConfigError` naming it."""
+    from pydispatch import dispatcher
+
+    exporter = crawler.get_extension(GuardedFeedExporter)
+    if exporter is None:
+        return
+    for receiver in dispatcher.liveReceivers(dispatcher.getAllReceivers(crawler.signals.sender, signals.item_scraped)):
+        owner = getattr(receiver, "__self__", None)
+        if owner is exporter:
+            return
+        if getattr(owner, READS_FEED_OUTCOME, False):
+            raise ConfigError(
+                f"{type(owner).__name__} is told of each record before the feed exports (its priority in "
+                "EXTENSIONS is below theirs, 0): it would count records no file holds; give it a priority above 0"
+            )
+
+
 def guard_of(crawler: Crawler) -> FeedGuard | None:
     return crawler.get_extension(FeedGuard)
 
@@ -248,6 +273,13 @@ class GuardedFeedExporter(FeedExporter):
         return format_ in self.exporters
 
     def item_scraped(self, item: Any, spider: Spider) -> None:
+        # FeedGuard.item_failed says whether this record is in every file:
+        # reset here, set while the slots write it, read by the lease tracker,
+        # whose item_scraped receiver is connected after this one (when the
+        # leasing scheduler opens), so that it always reads this record's.
+        guard = guard_of(self.crawler)
+        if guard is not None and guard.failed is None:
+            guard.item_failed = False
         counts = [(slot, slot.itemcount) for slot in self.slots]
         try:
             super().item_scraped(item, spider)
@@ -258,7 +290,6 @@ class GuardedFeedExporter(FeedExporter):
                 (slot for slot, count in counts if slot.itemcount == count and slot.filter.accepts(item)),
                 counts[0][0] if counts else None,
             )
-            guard = guard_of(self.crawler)
             if guard is None:
                 raise
             guard.write_failed(failed.uri.removeprefix("file://") if failed is not None else "a feed", exc)

@@ -30,6 +30,7 @@ from tmapi_crawler.api import DETAIL_ENDPOINTS, FETCHED_AT_META, KEPT_FLAG, STOR
 from tmapi_crawler.config import is_distributed
 from tmapi_crawler.leases import LEASE_META
 from tmapi_crawler.outputs import guard_of
+from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import FailureItem, ProductItem, now_precise
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ class PaidAnswers:
     """A downloader middleware next to :class:`~tmapi_crawler.answers.AnswerMiddleware`
     (engine-side of it: it sees the answers that were billed, and its own
     answers need no call); see the module's docstring."""
+
+    #: Counts only what the files took (FeedGuard.item_failed): told of a
+    #: record after the feed exports (tmapi_crawler.outputs.check_readers_order).
+    reads_feed_outcome = True
 
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
@@ -160,7 +165,7 @@ class PaidAnswers:
     def _closed(self, reason: str) -> None:
         paid = sum(self.unwritten.values())
         self.unwritten.clear()
-        if paid and reason != "finished":
+        if paid and reason != FinishReason.FINISHED:
             self.stats.set_value("tmapi/paid_not_kept", paid)
             logger.warning(
                 "%d calls were paid for products that were not written or stored (the crawl stopped: %s); the next "

@@ -29,11 +29,13 @@ from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, Outcome, calls_to_finish, endpoint_of
+from tmapi_crawler.ceiling import PROBE_MOST, AdaptiveLimit
 from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.limits import Remembered, keep, recall
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.outputs import guard_of
+from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import now_iso
 
 if TYPE_CHECKING:
@@ -50,14 +52,15 @@ logger = logging.getLogger(__name__)
 START = 4
 #: The most calls in flight when TMAPI_CONCURRENCY is not set.
 DEFAULT_CAP = 64
-#: Successes, in round trips at the ceiling, before one call more is tried.
-PROBE_AFTER = 50
+#: Round trips at the ceiling before one call more is tried, at the most
+#: (tmapi_crawler.ceiling: the first probe comes after PROBE_FIRST).
+PROBE_AFTER = PROBE_MOST
 #: Seconds between two checks that the engine is not closing.
 SHUTDOWN_POLL = 0.5
 
 
 #: The finish reason of a crawl that reached TMAPI_MAX_CALLS.
-BUDGET_EXHAUSTED = "tmapi_budget_exhausted"
+BUDGET_EXHAUSTED = FinishReason.BUDGET_EXHAUSTED
 #: meta keys (their value: the gate's run id, so that a request kept from an
 #: earlier run claims nothing): the product was started by this crawl, and
 #: the place of its description is kept in the budget.
@@ -120,11 +123,8 @@ class CallGate:
         self.stats = crawler.stats
         self.cap = cap
         self.start = min(start, cap)
-        self.limit = float(self.start)
-        self.ceiling: int | None = None
-        #: The most calls in flight that a successful call was sent with.
-        self.proven = 0
-        self.successes_at_ceiling = 0
+        #: Slow start, the ceiling and its probes (tmapi_crawler.ceiling).
+        self.rule = AdaptiveLimit(cap=cap, start=self.start, limit=float(self.start))
         self.in_flight = 0
         self.burst: Burst | None = None
         self.sent = 0
@@ -150,6 +150,32 @@ class CallGate:
         self.quota_paused_at: str | None = None
         self._memory: tuple[LimitMemory, str] | None = None
         self._publish()
+
+    # -- the adaptive limit (tmapi_crawler.ceiling) ----------------------------
+
+    @property
+    def limit(self) -> float:
+        return self.rule.limit
+
+    @limit.setter
+    def limit(self, value: float) -> None:
+        self.rule.limit = value
+
+    @property
+    def ceiling(self) -> int | None:
+        return self.rule.ceiling
+
+    @ceiling.setter
+    def ceiling(self, value: int | None) -> None:
+        self.rule.ceiling = value
+
+    @property
+    def proven(self) -> int:
+        return self.rule.proven
+
+    @proven.setter
+    def proven(self, value: int) -> None:
+        self.rule.proven = value
 
     # -- the limit remembered across crawls (tmapi_crawler.limits) -------------
 
@@ -355,33 +381,20 @@ class CallGate:
 
     def _grow(self, used: int) -> None:
         """A call sent with *used* calls in flight succeeded."""
-        if self.ceiling is None:
-            # Slow start: one more per success, doubling every round trip,
-            # but never beyond twice the most calls a success was sent with:
-            # grown unused (RFC 7661's lesson), the limit would run far past
-            # the account's while a 503 is on its way, and each 503 proves
-            # only that the limit is below its own call's count.
-            self.proven = max(self.proven, used)
-            self.limit = min(float(self.cap), self.limit + 1, 2.0 * max(self.proven, self.start))
-        else:
-            self.successes_at_ceiling += 1
-            if self.successes_at_ceiling < PROBE_AFTER * max(self.ceiling, 1) or self.ceiling >= self.cap:
-                return
-            # A long time without 503: perhaps the account's limit was raised.
-            self.successes_at_ceiling = 0
-            self.ceiling += 1
-            self.limit = float(self.ceiling)
-        self._publish()
+        before = (self.limit, self.ceiling)
+        self.rule.succeeded(used)
+        if (self.limit, self.ceiling) != before:
+            self._publish()
 
     def _concurrency_exceeded(self, in_flight_when_sent: int) -> None:
         # The call was refused while in_flight_when_sent - 1 others of ours
         # were out: the account has at most that many places.
-        new = max(1, min(int(self.limit), in_flight_when_sent - 1))
-        if new != self.ceiling:
-            logger.info("TMAPI answered 503 with %d calls in flight: at most %d from now on", in_flight_when_sent, new)
-        self.limit = float(new)
-        self.ceiling = new
-        self.successes_at_ceiling = 0
+        if self.rule.refused(in_flight_when_sent):
+            logger.info(
+                "TMAPI answered 503 with %d calls in flight: at most %d from now on",
+                in_flight_when_sent,
+                self.ceiling,
+            )
         self._publish()
 
     def _publish(self) -> None:
@@ -413,7 +426,7 @@ class CallGate:
                 "then run the same command again; with -s JOBDIR=... it resumes where it stopped",
                 now - self.paused_since,
             )
-            self.stop("tmapi_quota_exhausted")
+            self.stop(FinishReason.QUOTA_EXHAUSTED)
             return
         self._arm_probe()
 
@@ -460,7 +473,7 @@ class CallGate:
         progress, without a signal that reaches us first: look for it, so
         that the calls waiting here are handed back instead of being sent."""
         if engine_closing(self.crawler):
-            self.stop("shutdown")
+            self.stop(FinishReason.SHUTDOWN)
 
     # -- stopping -------------------------------------------------------------
 
@@ -476,7 +489,7 @@ class CallGate:
             engine = self.crawler.engine
         except RuntimeError:  # not crawling: a component on its own
             engine = None
-        if engine is not None and engine.running and engine.spider is not None and reason != "shutdown":
+        if engine is not None and engine.running and engine.spider is not None and reason != FinishReason.SHUTDOWN:
             deferred_from_coro(engine.close_spider_async(reason=reason))
         self._wake()
 

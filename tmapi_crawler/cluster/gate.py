@@ -38,6 +38,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import Outcome
+from tmapi_crawler.ceiling import PROBE_BACKOFF, PROBE_FIRST, PROBE_MOST
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import (
     GATE_ADMISSIONS_KEY,
@@ -50,8 +51,9 @@ from tmapi_crawler.cluster.health import RedisHealth
 from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
+from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import now_iso
-from tmapi_crawler.throttle import PROBE_AFTER, CallGate, Ticket
+from tmapi_crawler.throttle import CallGate, Ticket
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -146,7 +148,8 @@ class SharedCallGate(CallGate):
             # (tmapi_crawler.limits) when no 503 set a ceiling.
             self.proven = max(self.proven, sent_with)
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
-        args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_AFTER, ticket.number, ticket.in_flight]
+        args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_MOST, ticket.number, ticket.in_flight]
+        args += [PROBE_FIRST, PROBE_BACKOFF]
         if self.unreleased or not self.health.up:
             self.unreleased.append(args)
         else:
@@ -227,7 +230,7 @@ class SharedCallGate(CallGate):
                 "then start the workers again; the pending requests wait in Redis",
                 paused,
             )
-            self.stop("tmapi_quota_exhausted")
+            self.stop(FinishReason.QUOTA_EXHAUSTED)
 
     def _seen_resumed(self) -> None:
         assert self.paused_since is not None

@@ -49,6 +49,7 @@ from tmapi_crawler.cluster.defaults import (
 from tmapi_crawler.cluster.lua import RENEW, RUN_JOIN, RUN_LEAVE
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.monitors import LAST_WORKER, RUN_TOTALS
+from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import now_precise
 from tmapi_crawler.throttle import gate_of
 
@@ -62,9 +63,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Finish reason: Redis did not answer for TMAPI_REDIS_OUTAGE_TIMEOUT seconds.
-REDIS_UNAVAILABLE = "tmapi_redis_unavailable"
+REDIS_UNAVAILABLE = FinishReason.REDIS_UNAVAILABLE
 #: Finish reason: Redis answers, but without this crawl's state.
-REDIS_STATE_LOST = "tmapi_redis_state_lost"
+REDIS_STATE_LOST = FinishReason.REDIS_STATE_LOST
 
 
 def _text(value: Any) -> str:

@@ -131,7 +131,8 @@ return {1, n + 1, 0, -1, admitted(n + 1)}
 
 # KEYS: gate, holders, admissions; ARGV: holder, outcome, calls in flight
 # when it was sent, probe, cap, start, first probe ms, longest probe interval
-# ms, PROBE_AFTER, the call's number, the calls in flight it made.  A 503 proves the limit below the most
+# ms, PROBE_MOST, the call's number, the calls in flight it made, PROBE_FIRST, PROBE_BACKOFF (the rule is
+# tmapi_crawler.ceiling.AdaptiveLimit's, the reference, step for step).  A 503 proves the limit below the most
 # calls in flight during its call's life: every call the account had in
 # flight when it refused this one was let through before and not yet
 # released, so it was counted then, whatever order the calls reached it in.
@@ -157,6 +158,13 @@ local probe = ARGV[4] == '1'
 local event = ''
 if outcome == 'concurrency' then
   local new = math.max(1, math.min(limit, sent - 1))
+  local probing = tonumber(redis.call('HGET', KEYS[1], 'probing'))
+  if probing and new < probing then
+    -- the probe failed: PROBE_BACKOFF times as long before the next
+    local rounds = tonumber(redis.call('HGET', KEYS[1], 'probe_rounds')) or tonumber(ARGV[12])
+    redis.call('HSET', KEYS[1], 'probe_rounds', math.min(rounds * tonumber(ARGV[13]), tonumber(ARGV[9])))
+    redis.call('HDEL', KEYS[1], 'probing')
+  end
   if new ~= ceiling then event = 'ceiling' end
   limit = new
   ceiling = new
@@ -188,11 +196,19 @@ elseif outcome ~= 'auth' then
     limit = math.min(cap, limit + 1, 2 * math.max(proven, tonumber(ARGV[6])))
     redis.call('HSET', KEYS[1], 'limit', limit, 'proven', proven)
   else
+    -- at the ceiling: probed one higher after probe_rounds round trips
     local s = redis.call('HINCRBY', KEYS[1], 'successes', 1)
-    if s >= tonumber(ARGV[9]) * math.max(ceiling, 1) and ceiling < cap then
+    local rounds = tonumber(redis.call('HGET', KEYS[1], 'probe_rounds')) or tonumber(ARGV[12])
+    if redis.call('HEXISTS', KEYS[1], 'probing') == 1 and s >= ceiling then
+      -- a round trip at the probed ceiling without a 503: it holds
+      rounds = tonumber(ARGV[12])
+      redis.call('HSET', KEYS[1], 'probe_rounds', rounds)
+      redis.call('HDEL', KEYS[1], 'probing')
+    end
+    if s >= rounds * math.max(ceiling, 1) and ceiling < cap then
       ceiling = ceiling + 1
       limit = ceiling
-      redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0)
+      redis.call('HSET', KEYS[1], 'limit', limit, 'ceiling', ceiling, 'successes', 0, 'probing', ceiling)
     end
   end
 end

@@ -18,22 +18,15 @@ import sys
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from tmapi_crawler.reasons import EXIT_CODES as REASON_EXIT_CODES
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-#: Exit codes by finish reason; any reason not listed exits 1.
-EXIT_CODES = {
-    "finished": 0,
-    "tmapi_budget_exhausted": 0,  # the crawl did what it was allowed to
-    "tmapi_auth_failed": 3,
-    "tmapi_quota_exhausted": 4,
-    "tmapi_store_failed": 5,  # the catalog store failed (disk full...); run again when fixed
-    "tmapi_feed_failed": 6,  # a feed, failures or changes file could not be written; free space, run again
-    "tmapi_redis_unavailable": 7,  # Redis did not answer for TMAPI_REDIS_OUTAGE_TIMEOUT; run again when it does
-    "tmapi_redis_state_lost": 8,  # Redis lost the crawl (restarted empty, flushed): clear and start again
-    "shutdown": 130,  # stopped by Ctrl-C or SIGTERM; resume with JOBDIR
-}
+#: Exit codes by finish reason (tmapi_crawler.reasons.FinishReason, the one
+#: list of them); any reason not listed exits 1.
+EXIT_CODES = REASON_EXIT_CODES
 EXIT_BAD_INPUT = 2
 #: A crawl that could read no listing at all (every first page failed).
 EXIT_NO_LISTING = 9

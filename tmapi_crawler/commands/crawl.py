@@ -2,7 +2,7 @@
 
 * the ``TMAPI_*`` settings and the spider arguments are checked before the
   crawl starts; a bad one prints one line (no traceback) and exits 2;
-* the exit code tells how the crawl ended (see :data:`tmapi_crawler.commands.EXIT_CODES`), so that
+* the exit code tells how the crawl ended (see :class:`tmapi_crawler.reasons.FinishReason`), so that
   cron jobs and schedulers can trust it.
 """
 
@@ -20,7 +20,7 @@ from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.arguments import CategoryArgs, CommonArgs, ItemArgs, ShopArgs, help_text
-from tmapi_crawler.commands import EXIT_BUSY, EXIT_CODES, EXIT_NO_LISTING, refuse
+from tmapi_crawler.commands import EXIT_BUSY, EXIT_NO_LISTING, refuse
 from tmapi_crawler.config import (
     ConfigError,
     config_from_settings,
@@ -33,6 +33,7 @@ from tmapi_crawler.exports import register_feed_formats
 from tmapi_crawler.jobdir import check_jobdir, jobdir_of
 from tmapi_crawler.locks import Busy, hold_feed, hold_jobdir
 from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs, local_feeds
+from tmapi_crawler.reasons import exit_code_for
 from tmapi_crawler.store.crawl import check_store, store_url
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ class HelpWithArguments(ScrapyHelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
-
-
-def exit_code_for(reason: str | None) -> int:
-    return EXIT_CODES.get(reason or "", 1)
 
 
 class Command(ScrapyCrawlCommand):

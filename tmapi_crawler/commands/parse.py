@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 
 from scrapy.commands.parse import Command as ScrapyParseCommand
 
+from tmapi_crawler.arguments import PARSING
+
 if TYPE_CHECKING:
     import argparse
-
-#: The spider argument that says a spider is made for ``scrapy parse``.
-PARSING = "_parse"
 
 
 class Command(ScrapyParseCommand):

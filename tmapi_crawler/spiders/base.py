@@ -22,9 +22,17 @@ from tmapi_crawler.api import (
     envelope_of,
     listing_key,
 )
-from tmapi_crawler.arguments import CommonArgs, ListingArgs, check_media, check_seed, parse_arguments, tool_arguments
-from tmapi_crawler.commands.parse import PARSING
-from tmapi_crawler.config import config_from_settings, is_distributed
+from tmapi_crawler.arguments import (
+    PARSING,
+    CommonArgs,
+    ListingArgs,
+    check_media,
+    check_seed,
+    parse_arguments,
+    tool_arguments,
+)
+from tmapi_crawler.compat import queued_requests
+from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.leases import LeaseTracker, tracker_of
 from tmapi_crawler.records import (
     BadAnswer,
@@ -61,6 +69,14 @@ logger = logging.getLogger(__name__)
 PRIORITY_PAGE = 0
 PRIORITY_DETAIL = 10
 PRIORITY_DESC = 20
+#: A listing page asked for while the frontier is short goes before every
+#: product call: its products need two more round trips, so that the calls
+#: of the account never wait for a page (#37).
+PRIORITY_PAGE_FIRST = 30
+#: The frontier is short below this many queued requests; a page asked for
+#: past it waits behind them (PRIORITY_PAGE), so that a big category's
+#: listing is not all held in memory ahead of its products.
+FRONTIER_MOST = 1000
 
 
 async def wait_for_room(crawler: Crawler) -> None:
@@ -94,7 +110,41 @@ def tracked(callback: Callable[..., Iterable[Any]]) -> Callable[..., Iterable[An
     def wrapper(self: TmapiSpider, result: Any, **kwargs: Any) -> Iterable[Any]:
         return self.leases.track(result.request, callback(self, result, **kwargs))
 
+    setattr(wrapper, TRACKED, True)
     return wrapper
+
+
+#: The mark :func:`tracked` leaves on a callback.
+TRACKED = "tmapi_tracked"
+
+
+def check_tracked(spider: Spider, callback: Any, role: str) -> None:
+    """Refuse an API call whose *callback* (or errback) is not
+    :func:`tracked`: its lease would never be acknowledged, and a resumed
+    crawl would pay for the call again.  Raises ``TypeError`` naming it,
+    when the request is made (the seeds: at the crawl's start)."""
+    if callback is None or not getattr(callback, TRACKED, False):
+        name = getattr(callback, "__qualname__", None) or f"{type(spider).__name__}.parse"
+        raise TypeError(
+            f"the {role} {name} of an API call is not decorated with @tracked "
+            "(tmapi_crawler.spiders.base.tracked): its request would never be acknowledged, and a resumed crawl "
+            "would pay for it again; decorate it"
+        )
+
+
+def check_overrides(cls: type) -> None:
+    """Refuse a subclass that overrides a callback of its base without
+    :func:`tracked` (raises ConfigError, one line; the crawl command says it
+    before the crawl): the base's requests would call it, untracked."""
+    for name in dir(cls):
+        value = getattr(cls, name, None)
+        tracked_above = any(getattr(base.__dict__.get(name), TRACKED, False) for base in cls.__mro__[1:])
+        if tracked_above and not getattr(value, TRACKED, False):
+            raise ConfigError(
+                f"{cls.__name__}.{name} overrides a callback of {cls.__mro__[1].__name__} without @tracked "
+                "(tmapi_crawler.spiders.base.tracked): its requests would never be acknowledged, and a resumed "
+                "crawl would pay for them again; decorate it"
+            )
 
 
 class TmapiSpider(Spider):
@@ -122,12 +172,14 @@ class TmapiSpider(Spider):
     def check_arguments(cls, kwargs: dict[str, Any], settings: BaseSettings) -> CommonArgs:
         """Validate *kwargs* as this spider's arguments (raises ConfigError);
         a worker of a distributed crawl may start without a seed."""
+        check_overrides(cls)
         args = parse_arguments(cls.args_model, kwargs, require_seed=not is_distributed(settings))
         check_media(args, settings)
         return args
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        check_overrides(cls)
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = config_from_settings(crawler.settings)
         if not is_distributed(crawler.settings) and PARSING not in kwargs:
@@ -195,8 +247,19 @@ class TmapiSpider(Spider):
 
     # -- requests -------------------------------------------------------------
 
+    def page_priority(self) -> int:
+        """The priority of a listing page asked for now: first while the
+        frontier is short (:data:`FRONTIER_MOST`), else after the products."""
+        try:
+            queued = queued_requests(self.crawler)
+        except Exception:  # a scheduler that cannot count (Redis away): as before
+            return PRIORITY_PAGE
+        return PRIORITY_PAGE_FIRST if queued < FRONTIER_MOST else PRIORITY_PAGE
+
     def api_request(self, endpoint: Endpoint, params: dict[str, Any], **kwargs: Any) -> Request:
         kwargs.setdefault("errback", self.on_error)
+        check_tracked(self, kwargs.get("callback"), "callback")
+        check_tracked(self, kwargs["errback"], "errback")
         return api.build_request(self.config.base_url, endpoint, params, **kwargs)
 
     @staticmethod

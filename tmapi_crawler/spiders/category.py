@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from tmapi_crawler.api import Endpoint, envelope_of
 from tmapi_crawler.arguments import CategoryArgs
 from tmapi_crawler.records import BadAnswer
-from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider, request_of, tracked
+from tmapi_crawler.spiders.base import TmapiSpider, request_of, tracked
 from tmapi_crawler.spiders.context import CategoryPage
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class CategorySpider(TmapiSpider):
             Endpoint.CATEGORY_ITEMS,
             params,
             callback=self.parse_page,
-            priority=PRIORITY_PAGE,
+            priority=self.page_priority(),
             cb_kwargs=dict(CategoryPage(opts=opts)),
         )
 

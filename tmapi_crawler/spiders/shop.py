@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tmapi_crawler.api import Endpoint, envelope_of
 from tmapi_crawler.arguments import ShopArgs
 from tmapi_crawler.records import BadAnswer
-from tmapi_crawler.spiders.base import PRIORITY_PAGE, TmapiSpider, request_of, tracked
+from tmapi_crawler.spiders.base import TmapiSpider, request_of, tracked
 from tmapi_crawler.spiders.context import ShopPage
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class ShopSpider(TmapiSpider):
             params,
             callback=self.parse_page,
             errback=self.on_page_error,
-            priority=PRIORITY_PAGE,
+            priority=self.page_priority(),
             cb_kwargs=dict(ShopPage(opts=opts, pages=pages)),
         )
 

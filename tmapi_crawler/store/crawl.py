@@ -50,6 +50,7 @@ from tmapi_crawler.extensions import RESUMED, changes_by_kind, to_feeds
 from tmapi_crawler.jobdir import crawl_id
 from tmapi_crawler.leases import NotSafe, tracker_of
 from tmapi_crawler.loops import looping_call
+from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
 from tmapi_crawler.store.changes import listing_signature
 from tmapi_crawler.store.db import PRUNE_BATCH, CatalogDB, CrawlRow, PageNote, iso
@@ -79,7 +80,7 @@ MAX_WAITING = 2 * BATCH_SIZE
 #: Seconds between two writes of what is pending.
 FLUSH_INTERVAL = 0.2
 #: The finish reason of a crawl stopped because the store failed.
-STORE_FAILED = "tmapi_store_failed"
+STORE_FAILED = FinishReason.STORE_FAILED
 #: Seconds a thread runs before a waiting one gets the GIL, at most (Python's
 #: default is 5 ms).  Each statement the store's threads run lets the GIL go;
 #: with the default, a busy reactor made each of them wait 5 ms for it back,
