@@ -198,3 +198,21 @@ def test_a_callback_without_tracked_is_refused_naming_it():
     spider = NewCallback.from_crawler(crawler, member_id="m")
     with pytest.raises(TypeError, match=r"the callback .*NewCallback\.my_page of an API call is not decorated"):
         list(spider.seed_requests(spider.args))
+
+
+def test_listing_pages_go_first_while_the_frontier_is_short(monkeypatch):
+    """#37: a page's products need two more round trips, so a page asked for
+    while few requests are queued goes before them; past FRONTIER_MOST it
+    waits behind them (a big category is not all held in memory)."""
+    from tmapi_crawler.spiders import base
+    from tmapi_crawler.spiders.shop import ShopSpider
+
+    crawler = get_crawler(ShopSpider, {"TMAPI_TOKEN": "t"})
+    spider = ShopSpider.from_crawler(crawler, member_id="m")
+    queued = {"n": 0}
+    monkeypatch.setattr(base, "queued_requests", lambda _crawler: queued["n"])
+    [first] = spider.seed_requests(spider.args)
+    assert first.priority == base.PRIORITY_PAGE_FIRST > base.PRIORITY_DESC > base.PRIORITY_DETAIL
+    queued["n"] = base.FRONTIER_MOST
+    [later] = spider.seed_requests(spider.args)
+    assert later.priority == base.PRIORITY_PAGE < base.PRIORITY_DETAIL

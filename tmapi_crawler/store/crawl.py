@@ -496,8 +496,8 @@ class CatalogStore:
             stats.set_value("tmapi/refresh/spent", aged)
             stats.set_value("tmapi/refresh/budget", aged)
             return
-        if not (planner.eligible or planner.watch):
-            return
+        if not (planner.eligible or planner.watch or planner.spent_before):
+            return  # a resume whose listing pages were all read before still reports what was left
         stats.set_value("tmapi/refresh/budget", planner.budget)
         stats.set_value("tmapi/refresh/spent", planner.spent)
         stats.set_value("tmapi/refresh/watched", planner.watched)
