@@ -73,6 +73,8 @@ def base_settings(sandbox: SandboxProcess, tmp_path: Path, **overrides: Any) -> 
         "TMAPI_BASE_URL": sandbox.url,
         "TMAPI_TOKEN": sandbox.token,
         "TMAPI_FAILURES_FILE": str(tmp_path / "failures.jsonl"),
+        # With a store: never the checkout's own folder.
+        "TMAPI_CHANGES_FILE": str(tmp_path / "changes.jsonl"),
         "TMAPI_RETRY_BACKOFF": 0.01,
         "TMAPI_PROGRESS_INTERVAL": 0,
         # Each test finds the limit of its own sandbox (tests of the
