@@ -640,9 +640,9 @@ def million(tmp: Path, quick: bool) -> list[Row]:
     the plan of each statement they run, and the size on disk a product."""
     import random
 
-    from tmapi_crawler.report import Report
     from tmapi_crawler.store.db import CatalogDB
     from tmapi_crawler.store.history import History, Period
+    from tmapi_crawler.store.report import Report
     from tmapi_crawler.store.url import parse_store_url
 
     products = 100_000 if quick else 1_000_000

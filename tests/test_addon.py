@@ -13,14 +13,14 @@ from scrapy.utils.test import get_crawler
 
 from tests.helpers import TOKEN, crawl
 from tmapi_crawler.addon import TmapiAddon
-from tmapi_crawler.answers import AnswerMiddleware
+from tmapi_crawler.calls.answers import AnswerMiddleware
+from tmapi_crawler.calls.gate import TmapiThrottle
+from tmapi_crawler.calls.handler import TokenDownloadHandler
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import config_from_settings
-from tmapi_crawler.handler import TokenDownloadHandler
-from tmapi_crawler.leases import LeaseTracker
+from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.spiders.shop import ShopSpider
-from tmapi_crawler.throttle import TmapiThrottle
 
 ADDON = {"ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}}
 
@@ -50,9 +50,9 @@ def test_one_process_components():
     extensions = components(s, "EXTENSIONS")
     for cls in (TmapiThrottle, LeaseTracker, InternalsCheck):
         assert path(cls) in extensions
-    assert config_from_settings(s).gate_class == "tmapi_crawler.throttle.CallGate"
+    assert config_from_settings(s).gate_class == "tmapi_crawler.calls.gate.CallGate"
     # Scrapy's own scheduler, which keeps to the budget's end (behaviour.md).
-    assert s["SCHEDULER"] == "tmapi_crawler.throttle.BudgetScheduler"
+    assert s["SCHEDULER"] == "tmapi_crawler.calls.gate.BudgetScheduler"
     assert issubclass(load_object(s["SCHEDULER"]), Scheduler)
     assert s["DUPEFILTER_CLASS"] == "scrapy.dupefilters.RFPDupeFilter"
     assert not any("cluster" in mw for mw in components(s, "SPIDER_MIDDLEWARES"))
@@ -133,8 +133,8 @@ def test_feeds_get_the_records_and_failures_their_own_file(tmp_path):
 
 def test_a_user_can_turn_off_or_reorder_each_optional_component(tmp_path):
     from tmapi_crawler.extensions import TimerCompaction, TmapiStats
-    from tmapi_crawler.media import MediaFilesPipeline, MediaMiddleware
-    from tmapi_crawler.monitors import TmapiSpidermon
+    from tmapi_crawler.media.downloads import MediaFilesPipeline, MediaMiddleware
+    from tmapi_crawler.notify.monitors import TmapiSpidermon
     from tmapi_crawler.store.crawl import CatalogStore, StorePipeline, StoreSpiderMiddleware
 
     optional: dict[str, list[type]] = {

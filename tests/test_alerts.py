@@ -14,7 +14,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from tests.helpers import crawl, read_jsonl, run_scrapy
 from tests.test_cluster import Worker
 from tests.test_operations import Receiver, receiver  # noqa: F401 - the fixture
-from tmapi_crawler.digest import (
+from tmapi_crawler.notify.digest import (
     DISCORD_CONTENT_CHARS,
     DISCORD_MOST_MESSAGES,
     SLACK_HEADER_CHARS,

@@ -90,7 +90,7 @@ BAD_SETTINGS = {
     "TMAPI_IDLE_TIMEOUT": "-1",
     "TMAPI_LEASE_TIMEOUT": "0",
     "TMAPI_INNER_DOWNLOAD_HANDLER": "no.such.Handler",
-    "TMAPI_GATE_CLASS": "tmapi_crawler.throttle.NoSuchGate",
+    "TMAPI_GATE_CLASS": "tmapi_crawler.calls.gate.NoSuchGate",
     "TMAPI_MEDIA_CLAIMS_CLASS": "tmapi_crawler.cluster.claims.NoSuchClaims",
     "TMAPI_PRICE_RATE": "0",
     "TMAPI_PRICE_MARKUP": "cheap",

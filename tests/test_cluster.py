@@ -20,8 +20,8 @@ from scrapy.http import JsonRequest
 from scrapy.utils.test import get_crawler
 
 from tests.helpers import SCRAPY, TOKEN, RedisServer, SandboxProcess, needs, read_jsonl, run_scrapy, scrapy_env
-from tmapi_crawler import codec
 from tmapi_crawler.cluster.connection import safe_url
+from tmapi_crawler.durable import codec
 from tmapi_crawler.records import ProductItem
 from tmapi_crawler.spiders.shop import ShopSpider
 

@@ -11,8 +11,8 @@ from scrapy.utils.test import get_crawler
 from twisted.internet.error import TimeoutError as TxTimeoutError
 
 from tmapi_crawler import api
-from tmapi_crawler.answers import BACKOFF_META, AnswerMiddleware
 from tmapi_crawler.api import ApiError, Endpoint
+from tmapi_crawler.calls.answers import BACKOFF_META, AnswerMiddleware
 from tmapi_crawler.redaction import redact_exception
 from tmapi_crawler.spiders.item import ItemSpider
 

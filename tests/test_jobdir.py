@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SCRAPY, SandboxProcess, run_scrapy, scrapy_env
-from tmapi_crawler.jobdir import COMMIT_INTERVAL, STATE_FILE
+from tmapi_crawler.durable.jobdir import COMMIT_INTERVAL, STATE_FILE
 
 SHOP = "b2b-sandbox0000"
 PRODUCTS = 200

@@ -19,7 +19,7 @@ import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from tests.helpers import TOKEN, SandboxProcess, crawl, minimum_calls, read_jsonl, run_scrapy
-from tmapi_crawler.media import looks_like
+from tmapi_crawler.media.downloads import looks_like
 from tmapi_crawler.records import ProductItem, add_media, media_urls, validate
 
 SHOP = "b2b-sandbox0000"
@@ -347,7 +347,7 @@ async def test_ftp_uploads_in_parallel_into_new_directories(ftp_store):
     from scrapy.utils.defer import maybe_deferred_to_future
     from twisted.internet.defer import DeferredList
 
-    from tmapi_crawler.media import _FTPStore
+    from tmapi_crawler.media.downloads import _FTPStore
 
     url, root = ftp_store
     FilesPipeline._update_stores(Settings())

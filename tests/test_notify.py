@@ -22,9 +22,9 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 
 from tests.helpers import crawl, run_scrapy
 from tests.test_alerts import report
-from tmapi_crawler import notify
-from tmapi_crawler.digest import markdown
-from tmapi_crawler.notify import Notifier, NotifyError, load_services, masked
+from tmapi_crawler.notify import services
+from tmapi_crawler.notify.digest import markdown
+from tmapi_crawler.notify.services import Notifier, NotifyError, load_services, masked
 
 SHOP = "b2b-sandbox0000"  # 60 products
 SECRET = "s3cr3t-pass"
@@ -203,7 +203,7 @@ def test_two_services_down_or_slow_cost_one_line_each_never_the_crawl(make_sandb
 @deferred_f_from_coro_f
 async def test_the_crawl_end_waits_for_no_service_longer_than_its_bound(monkeypatch, sinks, caplog):
     slow = sinks(delay=6.0)
-    monkeypatch.setattr(notify, "TIMEOUT", 1.0)
+    monkeypatch.setattr(services, "TIMEOUT", 1.0)
     notifier = Notifier(f"json://127.0.0.1:{slow.port}/slow?rto=30")
     started = time.monotonic()
     took = await notifier.send("title", "body")

@@ -19,7 +19,8 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 
 from tests.harness import ScrapydServer
 from tests.helpers import ROOT, TOKEN, crawl, run_scrapy
-from tmapi_crawler import addon, alerts
+from tmapi_crawler import addon
+from tmapi_crawler.notify import alerts
 
 SHOP = "b2b-sandbox0000"  # 60 products
 

@@ -10,7 +10,7 @@ from scrapy import Request, Spider
 from scrapy.utils.test import get_crawler
 
 from tmapi_crawler.cluster.queue import LeasedQueue
-from tmapi_crawler.leases import LEASE_META, PARENT_META, LeaseTracker
+from tmapi_crawler.durable.leases import LEASE_META, PARENT_META, LeaseTracker
 from tmapi_crawler.records import ProductItem
 
 

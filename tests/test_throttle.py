@@ -20,10 +20,9 @@ from scrapy.utils.test import get_crawler
 
 from tests.helpers import crawl
 from tmapi_crawler.api import Outcome
-from tmapi_crawler.ceiling import PROBE_BACKOFF, PROBE_FIRST, PROBE_MOST, AdaptiveLimit
-from tmapi_crawler.cluster.gate import SharedCallGate
-from tmapi_crawler.cluster.lua import RELEASE
-from tmapi_crawler.limits import (
+from tmapi_crawler.calls.ceiling import PROBE_BACKOFF, PROBE_FIRST, PROBE_MOST, AdaptiveLimit
+from tmapi_crawler.calls.gate import CallGate, CrawlStopping
+from tmapi_crawler.calls.limits import (
     FileMemory,
     LimitMemory,
     RedisMemory,
@@ -32,8 +31,9 @@ from tmapi_crawler.limits import (
     account_of,
     memory_of,
 )
+from tmapi_crawler.cluster.gate import SharedCallGate
+from tmapi_crawler.cluster.lua import RELEASE
 from tmapi_crawler.spiders.item import ItemSpider
-from tmapi_crawler.throttle import CallGate, CrawlStopping
 
 
 @pytest.fixture(params=["one process", "redis"])
@@ -83,7 +83,7 @@ async def test_slow_start_then_a_503_sets_the_ceiling(make_gate):
 
 @deferred_f_from_coro_f
 async def test_the_ceiling_is_probed_soon_and_less_often_after_each_failed_probe(make_gate):
-    """tmapi_crawler.ceiling: one higher after PROBE_FIRST round trips at the
+    """tmapi_crawler.calls.ceiling: one higher after PROBE_FIRST round trips at the
     ceiling; a probe that meets a 503 doubles the wait; one that holds a
     round trip keeps its ceiling, and the next comes as soon."""
     gate = make_gate(start=3, cap=10)
@@ -268,7 +268,7 @@ async def test_once_the_budget_is_reached_every_waiting_start_is_handed_back(mak
 
 
 def _detail_meta(gate: CallGate) -> dict:
-    from tmapi_crawler.throttle import RESERVED_META, STARTED_META
+    from tmapi_crawler.calls.gate import RESERVED_META, STARTED_META
 
     return {STARTED_META: gate.run_id, RESERVED_META: gate.run_id}
 

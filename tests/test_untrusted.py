@@ -23,8 +23,8 @@ from tests.helpers import logged_stat as stat
 from tests.helpers import needs, read_jsonl, run_scrapy
 from tests.test_operations import Receiver, receiver  # noqa: F401 - the fixture
 from tests.test_report import open_in_chromium
-from tmapi_crawler.digest import markdown_text, render, slack_text
-from tmapi_crawler.media_hosts import MediaHosts, is_public
+from tmapi_crawler.media.hosts import MediaHosts, is_public
+from tmapi_crawler.notify.digest import markdown_text, render, slack_text
 from tmapi_crawler.store.db import CatalogDB
 from tmapi_crawler.store.url import parse_store_url
 from tmapi_crawler.untrusted import cell, clean_record, clean_text, html_as_text, is_formula, sanitize_html

@@ -6,7 +6,7 @@ secrets wrapped so that Scrapy's log of its settings masks them, the
 components (those the crawler's safety rests on forced, the others only where
 the user's settings do not name them: docs/development.md lists which), the
 mode (``REDIS_URL``: :mod:`tmapi_crawler.cluster`, by class path; ``JOBDIR``:
-:mod:`tmapi_crawler.jobdir`), and the feeds (records to the user's feeds,
+:mod:`tmapi_crawler.durable.jobdir`), and the feeds (records to the user's feeds,
 failures and changes to their files).
 """
 
@@ -26,25 +26,31 @@ from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
 from scrapy.utils.misc import load_object
 from spidermon.contrib.scrapy.extensions import Spidermon
 
-from tmapi_crawler.alerts import AlertWebhook
-from tmapi_crawler.answers import AnswerMiddleware
 from tmapi_crawler.api import API_SLOT, PRODUCTION_URL
+from tmapi_crawler.calls.answers import AnswerMiddleware
+from tmapi_crawler.calls.gate import DEFAULT_CAP, BudgetScheduler, TmapiThrottle
+from tmapi_crawler.calls.handler import TokenDownloadHandler
+from tmapi_crawler.calls.paid import PaidAnswers
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, from_environment, is_distributed
+from tmapi_crawler.durable.feeds import (
+    FRESH,
+    FeedGuard,
+    GuardedFeedExporter,
+    GuardedFileFeedStorage,
+    GuardedSpiderState,
+)
+from tmapi_crawler.durable.jobdir import JobdirScheduler, has_state, jobdir_of
+from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.exports import EXPORTERS, register_feed_formats
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
-from tmapi_crawler.handler import TokenDownloadHandler
-from tmapi_crawler.jobdir import JobdirScheduler, has_state, jobdir_of
-from tmapi_crawler.leases import LeaseTracker
-from tmapi_crawler.media import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
-from tmapi_crawler.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
-from tmapi_crawler.outputs import FRESH, FeedGuard, GuardedFeedExporter, GuardedFileFeedStorage, GuardedSpiderState
-from tmapi_crawler.paid import PaidAnswers
+from tmapi_crawler.media.downloads import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
+from tmapi_crawler.notify.alerts import AlertWebhook
+from tmapi_crawler.notify.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
 from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline, StoreSpiderMiddleware
-from tmapi_crawler.throttle import DEFAULT_CAP, BudgetScheduler, TmapiThrottle
 
 if TYPE_CHECKING:
     from collections.abc import Callable

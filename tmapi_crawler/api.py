@@ -225,7 +225,7 @@ FETCHED_AT_META = "tmapi_fetched_at"
 #: The flag of a response that the catalog store gave: no call was made.
 STORED_FLAG = "tmapi_store"
 #: The flag of a response answered with an answer an earlier run of the crawl
-#: paid for and kept in JOBDIR (:mod:`tmapi_crawler.paid`).
+#: paid for and kept in JOBDIR (:mod:`tmapi_crawler.calls.paid`).
 KEPT_FLAG = "tmapi_kept"
 
 
@@ -255,6 +255,11 @@ def outcome_of(response: Response) -> Outcome:
         return envelope_of(response).outcome
     except MalformedAnswer:
         return Outcome.FAIL
+
+
+def offer_url(item_id: Any) -> str:
+    """A product's page on 1688.com."""
+    return f"https://detail.1688.com/offer/{item_id}.html"
 
 
 def offer_id_from_url(url: str) -> int | None:

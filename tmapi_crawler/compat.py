@@ -30,7 +30,7 @@ from scrapy.pipelines.media import MediaPipeline
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
-from tmapi_crawler.outputs import GuardedFile
+from tmapi_crawler.durable.feeds import GuardedFile
 from tmapi_crawler.reasons import FinishReason
 
 if TYPE_CHECKING:
@@ -63,7 +63,10 @@ def engine_closing(crawler: Crawler) -> bool:
 def queued_requests(crawler: Crawler) -> int:
     """How many requests the scheduler holds (``ExecutionEngine._slot``'s
     scheduler: Scrapy exposes no count of it); 0 before the spider opens."""
-    slot = _slot(crawler) if crawler.engine is not None else None
+    try:
+        slot = _slot(crawler)
+    except RuntimeError:  # Crawler.engine: not crawling yet
+        return 0
     return len(slot.scheduler) if slot is not None else 0
 
 
@@ -107,7 +110,7 @@ def sync_feeds(crawler: Crawler) -> None:
     """Flush and fsync every feed file this crawl is writing (a feed on
     remote storage is uploaded only when the crawl closes: see the README).
     A local file that fails to sync is reported like a failed write
-    (:mod:`tmapi_crawler.outputs`)."""
+    (:mod:`tmapi_crawler.durable.feeds`)."""
     for file in feed_files(crawler):
         file.flush()
         try:
@@ -143,7 +146,7 @@ def set_slot(crawler: Crawler, key: str, concurrency: int) -> None:
 def media_cache(pipeline: MediaPipeline) -> Any:
     """The media pipeline's cache of this crawl's files (``spiderinfo``, made
     in ``open_spider``, and its ``downloaded`` dict, which keeps every file
-    of the crawl: :class:`tmapi_crawler.media.MediaFilesPipeline` bounds it)."""
+    of the crawl: :class:`tmapi_crawler.media.downloads.MediaFilesPipeline` bounds it)."""
     return pipeline.spiderinfo
 
 

@@ -32,8 +32,8 @@ from scrapy.pipelines.files import FilesPipeline
 from scrapy.utils.misc import load_object
 
 from tmapi_crawler.api import LANGUAGES, PRODUCTION_URL
-from tmapi_crawler.digest import parse_rules
-from tmapi_crawler.media_hosts import DEFAULT_MEDIA_HOSTS, MediaHosts
+from tmapi_crawler.media.hosts import DEFAULT_MEDIA_HOSTS, MediaHosts
+from tmapi_crawler.notify.digest import parse_rules
 from tmapi_crawler.redaction import hide_password
 from tmapi_crawler.store.freshness import parse_budget
 from tmapi_crawler.store.url import StoreError, parse_store_url
@@ -93,7 +93,7 @@ class TmapiConfig(BaseModel):
     language: str = Field(default="zh", alias="TMAPI_LANGUAGE")
     max_calls: int = Field(default=0, ge=0, alias="TMAPI_MAX_CALLS")
     concurrency: int = Field(default=0, ge=0, alias="TMAPI_CONCURRENCY")
-    #: Start where the last crawl of the account ended (tmapi_crawler.limits).
+    #: Start where the last crawl of the account ended (tmapi_crawler.calls.limits).
     remember_limit: bool = Field(default=True, alias="TMAPI_REMEMBER_LIMIT")
     retry_times: int = Field(default=3, ge=0, alias="TMAPI_RETRY_TIMES")
     retry_backoff: float = Field(default=1.0, ge=0, alias="TMAPI_RETRY_BACKOFF")
@@ -121,7 +121,7 @@ class TmapiConfig(BaseModel):
     export_html: Literal["sanitized", "text", "raw"] = Field(default="sanitized", alias="TMAPI_EXPORT_HTML")
     #: A CSV cell that would start a formula gets a leading ' (or is kept).
     csv_formulas: Literal["escape", "keep"] = Field(default="escape", alias="TMAPI_CSV_FORMULAS")
-    #: Where media may be downloaded from (tmapi_crawler.media_hosts).
+    #: Where media may be downloaded from (tmapi_crawler.media.hosts).
     media_hosts: str = Field(default=" ".join(DEFAULT_MEDIA_HOSTS), alias="TMAPI_MEDIA_HOSTS")
     #: Monitors and alerts (docs/operations.md).
     alert_webhook: str | None = Field(default=None, alias="TMAPI_ALERT_WEBHOOK")
@@ -130,7 +130,7 @@ class TmapiConfig(BaseModel):
     alert_changes: str | None = Field(default=None, alias="TMAPI_ALERT_CHANGES")
     alert_max_changes: int = Field(default=50, ge=1, alias="TMAPI_ALERT_MAX_CHANGES")
     alert_format: Literal["json", "slack", "discord"] = Field(default="json", alias="TMAPI_ALERT_FORMAT")
-    #: Notifications through Apprise (tmapi_crawler.notify): URLs or an Apprise
+    #: Notifications through Apprise (tmapi_crawler.notify.services): URLs or an Apprise
     #: configuration file.  A secret like the token: the URLs hold tokens.
     notify: SecretStr | None = Field(default=None, alias="TMAPI_NOTIFY")
     #: The catalog report of the crawl's period attached to each notification.
@@ -170,7 +170,7 @@ class TmapiConfig(BaseModel):
     )
     #: The call gate: one process, or shared through Redis (the add-on sets
     #: it in distributed mode, as it sets SCHEDULER and DUPEFILTER_CLASS).
-    gate_class: str = Field(default="tmapi_crawler.throttle.CallGate", alias="TMAPI_GATE_CLASS")
+    gate_class: str = Field(default="tmapi_crawler.calls.gate.CallGate", alias="TMAPI_GATE_CLASS")
     #: Who downloads a media file among the workers ("": this process alone).
     media_claims_class: str = Field(default="", alias="TMAPI_MEDIA_CLAIMS_CLASS")
 
@@ -292,7 +292,7 @@ class TmapiConfig(BaseModel):
 def _check_notify(value: str) -> None:
     """``TMAPI_NOTIFY`` loads in Apprise (checked once a value: the
     settings are validated by many components)."""
-    from tmapi_crawler.notify import load_services
+    from tmapi_crawler.notify.services import load_services
 
     load_services(value)
 

@@ -17,8 +17,8 @@ from scrapy.utils.reactor import is_asyncio_reactor_installed
 from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, endpoint_of
 from tmapi_crawler.compat import compact_timers
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.durable.feeds import guard_of
 from tmapi_crawler.loops import looping_call
-from tmapi_crawler.outputs import guard_of
 from tmapi_crawler.records import ChangeItem, FailureItem, ListingItem, ProductItem
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from scrapy.logformatter import LogFormatterResult
     from twisted.python.failure import Failure
 
-    from tmapi_crawler.outputs import FeedGuard
+    from tmapi_crawler.durable.feeds import FeedGuard
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TmapiStats:
     ``TMAPI_PROGRESS_INTERVAL`` seconds and a summary when the crawl ends."""
 
     #: Counts only what the files took (FeedGuard.item_failed): told of a
-    #: record after the feed exports (tmapi_crawler.outputs.check_readers_order).
+    #: record after the feed exports (tmapi_crawler.durable.feeds.check_readers_order).
     reads_feed_outcome = True
 
     def __init__(self, crawler: Crawler):

@@ -120,18 +120,63 @@ def product_record(
     stay ``None`` until :func:`add_description` fills them."""
     if not isinstance(detail, dict):
         raise BadAnswer(f"item_detail data is not an object but {type(detail).__name__}")
-    record = ProductItem(item_id=as_item_id(detail.get("item_id")))
+    return assemble_product(
+        as_item_id(detail.get("item_id")),
+        detail,
+        listing=listing,
+        source=source,
+        language=language,
+        detail_fetched_at=fetched_at or now_precise(),
+        crawled_at=now_iso(),
+    )
+
+
+#: The product record's fields that are ours, not ``item_detail``'s
+#: (``media`` is added by :func:`add_media`).
+RECORD_FIELDS = frozenset(
+    {
+        "detail_imgs",
+        "detail_html",
+        "detail_fetched_at",
+        "desc_fetched_at",
+        "listing",
+        "source",
+        "language",
+        "crawled_at",
+        "media",
+    }
+)
+
+
+def assemble_product(
+    item_id: int,
+    detail: dict[str, Any],
+    *,
+    listing: dict[str, Any] | None,
+    source: dict[str, Any] | None,
+    language: str,
+    detail_fetched_at: str | None,
+    crawled_at: str | None,
+    desc_fetched_at: str | None = None,
+    detail_imgs: Any = None,
+    detail_html: Any = None,
+) -> ProductItem:
+    """A product record, its fields in the one order every record has them:
+    ``item_detail``'s data, then ours (:data:`RECORD_FIELDS`).  Made from an
+    answer (:func:`product_record`) and from the store
+    (:meth:`tmapi_crawler.store.db.CatalogDB.products`)."""
+    record = ProductItem(item_id=item_id)
     for key, value in detail.items():
         if key != "item_id":
             record[key] = value
-    record["detail_imgs"] = None
-    record["detail_html"] = None
-    record["detail_fetched_at"] = fetched_at or now_precise()
-    record["desc_fetched_at"] = None
+    record["detail_imgs"] = detail_imgs
+    record["detail_html"] = detail_html
+    record["detail_fetched_at"] = detail_fetched_at
+    record["desc_fetched_at"] = desc_fetched_at
     record["listing"] = listing
     record["source"] = source
     record["language"] = language
-    record["crawled_at"] = now_iso()
+    record["crawled_at"] = crawled_at
     return record
 
 

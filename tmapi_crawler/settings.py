@@ -31,11 +31,11 @@ USER_AGENT = "tmapi_crawler (+https://github.com/tmapi-crawler)"
 # TMAPI asks clients to wait up to 60 s for an answer.
 DOWNLOAD_TIMEOUT = 60
 
-# Every answer is handled by tmapi_crawler.answers.AnswerMiddleware, errors
+# Every answer is handled by tmapi_crawler.calls.answers.AnswerMiddleware, errors
 # included; HttpErrorMiddleware must not drop them before the errback.
 HTTPERROR_ALLOW_ALL = True
 
-# How many calls are in flight is decided by tmapi_crawler.throttle (adaptive,
+# How many calls are in flight is decided by tmapi_crawler.calls.gate (adaptive,
 # capped by TMAPI_CONCURRENCY); the add-on sets these to leave it room.
 # Each callback yields a handful of records at most and the pipelines are
 # synchronous; Scrapy 2.19 starts this many tasks per response: one is enough.
@@ -50,7 +50,7 @@ DOWNLOAD_MAXSIZE = 16 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 4 * 1024 * 1024
 
 # With HTTPCACHE_ENABLED, keep only answers that TMAPI billed (never errors).
-HTTPCACHE_POLICY = "tmapi_crawler.cache.ApiCachePolicy"
+HTTPCACHE_POLICY = "tmapi_crawler.calls.cache.ApiCachePolicy"
 
 FEED_EXPORT_ENCODING = "utf-8"
 # Formats for spreadsheets and stores (docs/exports.md): -O shop.csv:shopify

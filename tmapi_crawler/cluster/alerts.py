@@ -1,4 +1,4 @@
-"""Distributed mode: the crawl's one alert (:mod:`tmapi_crawler.alerts`).
+"""Distributed mode: the crawl's one alert (:mod:`tmapi_crawler.notify.alerts`).
 
 Each worker that may send an alert is a member of a sorted set with a
 deadline it renews; when it stops it leaves its report and the set in one

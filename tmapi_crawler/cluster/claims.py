@@ -1,5 +1,5 @@
 """Distributed mode: the media files claimed among the workers, so that each
-file is downloaded once (:mod:`tmapi_crawler.media`; loaded by class path,
+file is downloaded once (:mod:`tmapi_crawler.media.downloads`; loaded by class path,
 ``TMAPI_MEDIA_CLAIMS_CLASS``, which the add-on sets with ``REDIS_URL``)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One account, one limit: the call gate shared by every worker through Redis.
 
-The algorithm is :class:`tmapi_crawler.throttle.CallGate`'s (find the
+The algorithm is :class:`tmapi_crawler.calls.gate.CallGate`'s (find the
 account's limit from 503s and hold just under it, pause everything on 439
 and probe with one call, stop after ``TMAPI_QUOTA_WAIT``), but its state
 lives in Redis, changed only by two scripts, so that N workers together keep
@@ -38,7 +38,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import Outcome
-from tmapi_crawler.ceiling import PROBE_BACKOFF, PROBE_FIRST, PROBE_MOST
+from tmapi_crawler.calls.ceiling import PROBE_BACKOFF, PROBE_FIRST, PROBE_MOST
+from tmapi_crawler.calls.gate import CallGate, Ticket
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import (
     GATE_ADMISSIONS_KEY,
@@ -53,7 +54,6 @@ from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import now_iso
-from tmapi_crawler.throttle import CallGate, Ticket
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -145,7 +145,7 @@ class SharedCallGate(CallGate):
         sent_with = ticket.in_flight_when_sent
         if name == "ok" and self.paused_since is None:
             # As the release script counts it: what the next crawl starts at
-            # (tmapi_crawler.limits) when no 503 set a ceiling.
+            # (tmapi_crawler.calls.limits) when no 503 set a ceiling.
             self.proven = max(self.proven, sent_with)
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
         args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_MOST, ticket.number, ticket.in_flight]

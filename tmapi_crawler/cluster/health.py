@@ -35,6 +35,7 @@ from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 
+from tmapi_crawler.calls.gate import gate_of
 from tmapi_crawler.cluster.connection import redis_from_settings, safe_url
 from tmapi_crawler.cluster.defaults import (
     CRAWL_KEY,
@@ -48,10 +49,9 @@ from tmapi_crawler.cluster.defaults import (
 )
 from tmapi_crawler.cluster.lua import RENEW, RUN_JOIN, RUN_LEAVE
 from tmapi_crawler.config import config_from_settings
-from tmapi_crawler.monitors import LAST_WORKER, RUN_TOTALS
+from tmapi_crawler.notify.monitors import LAST_WORKER, RUN_TOTALS
 from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import now_precise
-from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable

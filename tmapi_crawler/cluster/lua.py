@@ -132,7 +132,7 @@ return {1, n + 1, 0, -1, admitted(n + 1)}
 # KEYS: gate, holders, admissions; ARGV: holder, outcome, calls in flight
 # when it was sent, probe, cap, start, first probe ms, longest probe interval
 # ms, PROBE_MOST, the call's number, the calls in flight it made, PROBE_FIRST, PROBE_BACKOFF (the rule is
-# tmapi_crawler.ceiling.AdaptiveLimit's, the reference, step for step).  A 503 proves the limit below the most
+# tmapi_crawler.calls.ceiling.AdaptiveLimit's, the reference, step for step).  A 503 proves the limit below the most
 # calls in flight during its call's life: every call the account had in
 # flight when it refused this one was let through before and not yet
 # released, so it was counted then, whatever order the calls reached it in.

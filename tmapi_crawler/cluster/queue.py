@@ -1,11 +1,11 @@
 """The leased JSON queue: scrapy-redis's queue interface over three keys.
 
 * the pending ids: a sorted set, ordered by priority, then age;
-* the requests: a hash, id -> JSON (:mod:`tmapi_crawler.codec`, never pickle);
+* the requests: a hash, id -> JSON (:mod:`tmapi_crawler.durable.codec`, never pickle);
 * the leases: a sorted set, id -> deadline (ms, Redis clock).
 
 scrapy-redis 0.9.1 pops a request and forgets it; here a popped request
-stays in Redis under a lease until it is acknowledged (:mod:`tmapi_crawler.leases`),
+stays in Redis under a lease until it is acknowledged (:mod:`tmapi_crawler.durable.leases`),
 or put back when its lease expires.
 """
 
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy_redis.queue import Base
 
-from tmapi_crawler import codec
 from tmapi_crawler.cluster.defaults import DATA_KEY, GRACE_KEY, LEASES_KEY, SEQ_KEY
 from tmapi_crawler.cluster.lua import ACK, POP, PUSH, RENEW, REQUEUE
+from tmapi_crawler.durable import codec
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -33,7 +33,7 @@ class LeasedQueue(Base):
     """scrapy-redis's queue interface over three keys: the pending ids (a
     sorted set: priority, then age), the requests (a hash, JSON), and the
     leases (a sorted set: deadline).  ``serializer`` is
-    :mod:`tmapi_crawler.codec`: JSON, never pickle."""
+    :mod:`tmapi_crawler.durable.codec`: JSON, never pickle."""
 
     def __init__(self, server: Redis, spider: Spider, key: str, serializer: Any = None, lease_ms: int = 60_000):
         super().__init__(server, spider, key, serializer or codec)

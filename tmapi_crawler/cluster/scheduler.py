@@ -10,7 +10,7 @@ it being one step here).  What this scheduler does that scrapy-redis's does
 not:
 
 * requests are taken under a lease (:mod:`.queue`) and acknowledged only
-  when all they led to is safe (:mod:`tmapi_crawler.leases`); a lease that
+  when all they led to is safe (:mod:`tmapi_crawler.durable.leases`); a lease that
   is not renewed within ``TMAPI_LEASE_TIMEOUT`` (its worker died) puts the
   request back for the others, and a worker that stops cleanly puts back
   what it had not finished at once.  A killed worker thus loses nothing,
@@ -37,16 +37,16 @@ from scrapy import signals
 from scrapy.core.scheduler import BaseScheduler
 from scrapy.utils.misc import load_object
 
-from tmapi_crawler import codec
+from tmapi_crawler.calls.gate import gate_of
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import COMMIT_INTERVAL, DUPEFILTER_KEY, QUEUE_KEY
 from tmapi_crawler.cluster.dupefilter import RedisDupeFilter
 from tmapi_crawler.cluster.health import health_of
 from tmapi_crawler.cluster.queue import LeasedQueue
 from tmapi_crawler.config import config_from_settings
-from tmapi_crawler.leases import tracker_of
+from tmapi_crawler.durable import codec
+from tmapi_crawler.durable.leases import tracker_of
 from tmapi_crawler.loops import looping_call
-from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from typing import Self

@@ -20,15 +20,15 @@ from redis.exceptions import RedisError
 from scrapy.utils.asyncio import sleep
 
 from tmapi_crawler.arguments import check_media
+from tmapi_crawler.calls.gate import gate_of
 from tmapi_crawler.cluster.connection import redis_from_settings
 from tmapi_crawler.cluster.defaults import LEASES_KEY, QUEUE_KEY, SEED_POLL, SEEDS_KEY
 from tmapi_crawler.cluster.health import health_of
 from tmapi_crawler.compat import wake_engine
 from tmapi_crawler.config import ConfigError, config_from_settings
-from tmapi_crawler.leases import tracker_of
+from tmapi_crawler.durable.leases import tracker_of
 from tmapi_crawler.records import failure_record
 from tmapi_crawler.spiders.base import wait_for_room
-from tmapi_crawler.throttle import gate_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable

@@ -30,7 +30,7 @@ EXIT_CODES = REASON_EXIT_CODES
 EXIT_BAD_INPUT = 2
 #: A crawl that could read no listing at all (every first page failed).
 EXIT_NO_LISTING = 9
-#: Another crawl is using the JOBDIR or the feed file (:mod:`tmapi_crawler.locks`).
+#: Another crawl is using the JOBDIR or the feed file (:mod:`tmapi_crawler.durable.locks`).
 EXIT_BUSY = 10
 
 

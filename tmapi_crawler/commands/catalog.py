@@ -12,7 +12,7 @@ store holds, without a call.
   kept, oldest first.
 * ``scrapy catalog report [--since ...] [--until ...] [--item-id N ...]
   [--top 20] -O report.html``: one self-contained HTML page of the period
-  (:mod:`tmapi_crawler.report`).
+  (:mod:`tmapi_crawler.store.report`).
 * ``scrapy catalog check [--store S]``: the store's integrity (SQLite's
   ``integrity_check`` of every page; for PostgreSQL, the schema and its
   version), one line a problem; exit 0 when sound, 1 when not.
@@ -37,10 +37,10 @@ from scrapy.exceptions import UsageError
 
 from tmapi_crawler.commands import refuse, whole_file
 from tmapi_crawler.config import from_environment, shown
-from tmapi_crawler.report import Report
 from tmapi_crawler.store.changes import CHANGE_KINDS
 from tmapi_crawler.store.db import CatalogDB, iso
 from tmapi_crawler.store.history import History, Period
+from tmapi_crawler.store.report import Report
 from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:

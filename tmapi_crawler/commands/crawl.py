@@ -29,10 +29,10 @@ from tmapi_crawler.config import (
     require_token,
     shown,
 )
+from tmapi_crawler.durable.feeds import FEED_ERROR_STAT, FEED_FAILED, check_outputs, local_feeds
+from tmapi_crawler.durable.jobdir import check_jobdir, jobdir_of
+from tmapi_crawler.durable.locks import Busy, hold_feed, hold_jobdir
 from tmapi_crawler.exports import register_feed_formats
-from tmapi_crawler.jobdir import check_jobdir, jobdir_of
-from tmapi_crawler.locks import Busy, hold_feed, hold_jobdir
-from tmapi_crawler.outputs import FEED_ERROR_STAT, FEED_FAILED, check_outputs, local_feeds
 from tmapi_crawler.reasons import exit_code_for
 from tmapi_crawler.store.crawl import check_store, store_url
 
@@ -125,7 +125,7 @@ class Command(ScrapyCrawlCommand):
 
     def _hold(self, *, jobdir: bool) -> None:
         """Hold the JOBDIR, or the feed files, for this crawl until this
-        process ends (:mod:`tmapi_crawler.locks`); raises :class:`Busy`."""
+        process ends (:mod:`tmapi_crawler.durable.locks`); raises :class:`Busy`."""
         assert self.settings is not None
         if jobdir:
             path = jobdir_of(self.settings)

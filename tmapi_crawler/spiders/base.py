@@ -31,9 +31,10 @@ from tmapi_crawler.arguments import (
     parse_arguments,
     tool_arguments,
 )
+from tmapi_crawler.calls.gate import RESERVED_META, STARTED_META, CallGate, gate_of
 from tmapi_crawler.compat import queued_requests
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
-from tmapi_crawler.leases import LeaseTracker, tracker_of
+from tmapi_crawler.durable.leases import LeaseTracker, tracker_of
 from tmapi_crawler.records import (
     BadAnswer,
     FailureItem,
@@ -47,7 +48,6 @@ from tmapi_crawler.records import (
 )
 from tmapi_crawler.store.crawl import store_of
 from tmapi_crawler.store.db import PageNote
-from tmapi_crawler.throttle import RESERVED_META, STARTED_META, CallGate, gate_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -101,7 +101,7 @@ def request_of(response: Response) -> Request:
 def tracked(callback: Callable[..., Iterable[Any]]) -> Callable[..., Iterable[Any]]:
     """A callback (or errback) whose output is counted by the lease tracker,
     so that a leased request is acknowledged only once all it led to is safe
-    (:mod:`tmapi_crawler.leases`).
+    (:mod:`tmapi_crawler.durable.leases`).
 
     A decorator rather than a spider middleware: what an errback yields for
     a failed download does not pass through spider middlewares."""

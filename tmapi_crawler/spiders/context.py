@@ -1,7 +1,7 @@
 """What the spiders' requests carry: the options of the seed a request came
 from (``opts``) and each callback's keyword arguments (``cb_kwargs``), as
 TypedDicts.  All of it is plain JSON, as the codec that stores requests in
-Redis and ``JOBDIR`` needs (:mod:`tmapi_crawler.codec`)."""
+Redis and ``JOBDIR`` needs (:mod:`tmapi_crawler.durable.codec`)."""
 
 from __future__ import annotations
 

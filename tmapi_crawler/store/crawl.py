@@ -45,10 +45,11 @@ from tmapi_crawler.api import (
     listing_key,
     remember_envelope,
 )
+from tmapi_crawler.calls.gate import CrawlStopping, gate_of
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.durable.jobdir import crawl_id
+from tmapi_crawler.durable.leases import NotSafe, tracker_of
 from tmapi_crawler.extensions import RESUMED, changes_by_kind, to_feeds
-from tmapi_crawler.jobdir import crawl_id
-from tmapi_crawler.leases import NotSafe, tracker_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
@@ -57,7 +58,6 @@ from tmapi_crawler.store.db import PRUNE_BATCH, CatalogDB, CrawlRow, PageNote, i
 from tmapi_crawler.store.freshness import RefreshPlanner, listing_counters
 from tmapi_crawler.store.url import StoreError, parse_store_url
 from tmapi_crawler.store.watch import read_watch
-from tmapi_crawler.throttle import CrawlStopping, gate_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from tmapi_crawler.records import now_precise
+from tmapi_crawler.records import RECORD_FIELDS, assemble_product, decimal_of, now_precise
 from tmapi_crawler.store.changes import Sku, State, change_record, diff, listing_signature, state_of
 from tmapi_crawler.store.freshness import RefreshRows
 from tmapi_crawler.store.url import StoreDamaged, StoreError, StoreURL
@@ -53,21 +53,6 @@ PG_TRANSIENT = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 PRUNE_BATCH = 5000
 #: The PostgreSQL advisory lock taken while the tables are created or migrated.
 SCHEMA_LOCK = 0x746D617069  # "tmapi"
-
-#: The product record's fields that are ours, not ``item_detail``'s.
-RECORD_FIELDS = frozenset(
-    {
-        "detail_imgs",
-        "detail_html",
-        "listing",
-        "source",
-        "language",
-        "crawled_at",
-        "detail_fetched_at",
-        "desc_fetched_at",
-        "media",
-    }
-)
 
 
 def iso(value: Any) -> str | None:
@@ -501,6 +486,27 @@ class PageNote:
     at: str = field(default_factory=now_precise)
 
 
+class ProductRow(NamedTuple):
+    """A row of ``products`` as a crawl writes it: the INSERT's columns are
+    these fields, by name (``delisted_at`` is cleared)."""
+
+    item_id: int
+    title: str | None
+    language: str
+    shop: str | None
+    price: str | None
+    stock: int | None
+    sold_out: bool
+    listing_sig: str | None
+    listing: str | None
+    source: str | None
+    detail: str
+    detail_fetched_at: str | None
+    description: str | None
+    desc_fetched_at: str | None
+    first_seen_at: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class CrawlRow:
     """A crawl (or one worker's part of it) as the ``crawls`` table adds it."""
@@ -592,14 +598,10 @@ def _stored(
 
 
 def _number(value: str | None) -> str | None:
-    """A price for a NUMERIC column, or ``None`` when it is not a number."""
-    if value is None:
-        return None
-    try:
-        float(value)
-    except ValueError:
-        return None
-    return value
+    """A price for a NUMERIC column, or ``None`` when it is not one: the
+    records' rule (:func:`tmapi_crawler.records.decimal_of`: finite, 0 or
+    more), so that ``"nan"`` or ``"-1"`` is no price in the store either."""
+    return value if decimal_of(value) is not None else None
 
 
 # -- the database -----------------------------------------------------------------------
@@ -877,7 +879,7 @@ class CatalogDB:
         (``executemany``), whatever their number."""
         sql = self.dialect.sql
         old = self._old_states(cur, sorted(int(r["item_id"]) for r in records))
-        products: list[tuple[Any, ...]] = []
+        products: list[ProductRow] = []
         skus: list[tuple[Any, ...]] = []
         descriptions: list[tuple[Any, ...]] = []
         changes: list[dict[str, Any]] = []
@@ -902,22 +904,22 @@ class CatalogDB:
             detail = _detail_of(record)
             state = state_of(detail, record["language"])
             products.append(
-                (
-                    item_id,
-                    state.title,
-                    record["language"],
-                    _shop(detail),
-                    _price_of(detail),
-                    state.stock,
-                    state.sold_out,
-                    listing_signature(record.get("listing")),
-                    _json(record.get("listing")),
-                    _json(record.get("source")),
-                    orjson.dumps(detail).decode(),
-                    detail_at,
-                    description,
-                    desc_at if desc_new else None,
-                    detail_at,
+                ProductRow(
+                    item_id=item_id,
+                    title=state.title,
+                    language=record["language"],
+                    shop=_shop(detail),
+                    price=_price_of(detail),
+                    stock=state.stock,
+                    sold_out=state.sold_out,
+                    listing_sig=listing_signature(record.get("listing")),
+                    listing=_json(record.get("listing")),
+                    source=_json(record.get("source")),
+                    detail=orjson.dumps(detail).decode(),
+                    detail_fetched_at=detail_at,
+                    description=description,
+                    desc_fetched_at=desc_at if desc_new else None,
+                    first_seen_at=detail_at,
                 )
             )
             skus += [
@@ -932,9 +934,8 @@ class CatalogDB:
         if products:
             cur.executemany(
                 sql(
-                    "INSERT INTO products (item_id, title, language, shop, price, stock, sold_out, listing_sig, "
-                    "listing, source, detail, detail_fetched_at, description, desc_fetched_at, first_seen_at, "
-                    "delisted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+                    f"INSERT INTO products ({', '.join(ProductRow._fields)}, delisted_at) "  # noqa: S608 - our names
+                    f"VALUES ({', '.join('?' * len(ProductRow._fields))}, NULL) "
                     "ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, language = excluded.language, "
                     "shop = excluded.shop, price = excluded.price, stock = excluded.stock, "
                     "sold_out = excluded.sold_out, "
@@ -947,7 +948,7 @@ class CatalogDB:
                 ),
                 products,
             )
-            written = [row[0] for row in products if row[0] in old]
+            written = [row.item_id for row in products if row.item_id in old]
             if written:
                 cur.execute(
                     sql(f"DELETE FROM skus WHERE item_id IN ({','.join('?' * len(written))})"),  # noqa: S608
@@ -1218,17 +1219,21 @@ class CatalogDB:
         )
         for row in self.stream(sql, params):
             item_id, detail, desc, listing, source, language, detail_at, desc_at, delisted_at = row
-            record: dict[str, Any] = {"item_id": item_id, **orjson.loads(detail)}
-            record["item_id"] = item_id
             described = orjson.loads(desc) if desc else {}
-            record["detail_imgs"] = described.get("detail_imgs")
-            record["detail_html"] = described.get("detail_html")
-            record["listing"] = orjson.loads(listing) if listing else None
-            record["source"] = orjson.loads(source) if source else None
-            record["language"] = language
-            record["crawled_at"] = iso(detail_at)
-            record["detail_fetched_at"] = iso(detail_at)
-            record["desc_fetched_at"] = iso(desc_at)
+            record: dict[str, Any] = dict(
+                assemble_product(
+                    item_id,
+                    orjson.loads(detail),
+                    listing=orjson.loads(listing) if listing else None,
+                    source=orjson.loads(source) if source else None,
+                    language=language,
+                    detail_fetched_at=iso(detail_at),
+                    crawled_at=iso(detail_at),
+                    desc_fetched_at=iso(desc_at),
+                    detail_imgs=described.get("detail_imgs"),
+                    detail_html=described.get("detail_html"),
+                )
+            )
             if delisted:
                 record["delisted_at"] = iso(delisted_at)
             yield record

@@ -35,11 +35,11 @@ from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from tmapi_crawler.answers import BACKOFF_META, retry_exceptions, retry_later
+from tmapi_crawler.calls.answers import BACKOFF_META, retry_exceptions, retry_later
 from tmapi_crawler.compat import files_store, media_cache, replace_files_store, set_slot
 from tmapi_crawler.config import config_from_settings, local_directory
 from tmapi_crawler.extensions import to_feeds
-from tmapi_crawler.media_hosts import (
+from tmapi_crawler.media.hosts import (
     MEDIA_TARGETS,
     NAMED_TARGETS,
     REFUSED,
