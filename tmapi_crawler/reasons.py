@@ -21,6 +21,10 @@ class FinishReason(StrEnum):
         member.exit_code = exit_code
         return member
 
+    def __repr__(self) -> str:
+        # As the text it is: Scrapy's stats dump shows 'tmapi_feed_failed'.
+        return str.__repr__(self.value)
+
     #: Every product ended (written, or a failure record).
     FINISHED = "finished", 0
     #: TMAPI_MAX_CALLS reached: the crawl did what it was allowed to.

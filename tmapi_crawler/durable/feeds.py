@@ -278,7 +278,7 @@ class GuardedFeedExporter(FeedExporter):
         # whose item_scraped receiver is connected after this one (when the
         # leasing scheduler opens), so that it always reads this record's.
         guard = guard_of(self.crawler)
-        if guard is not None and guard.failed is None:
+        if guard is not None:
             guard.item_failed = False
         counts = [(slot, slot.itemcount) for slot in self.slots]
         try:
