@@ -35,9 +35,9 @@ async def test_the_account_limit_is_found_without_being_told(make_sandbox, tmp_p
     result = await crawl("shop", sb, tmp_path, member_id=SHOP)
     stats = assert_once(sb, result.ids())
     assert result.failures == []
-    # As the crawler counts (send to answer handled): the account's 3, or one
-    # more when a probe found an answer always on its way.
-    assert result.stats["tmapi/throttle/ceiling"] in (3, 4)
+    # As the crawler counts (send to answer handled): the account's 3, or
+    # more when probes found answers on their way (tmapi_crawler.calls.ceiling).
+    assert 3 <= result.stats["tmapi/throttle/ceiling"] <= 6
     assert stats["max_in_flight"] == 3
     assert stats["codes"].get("503", 0) <= 0.05 * stats["calls"]
     assert result.stats.get("tmapi/retries/count", 0) == 0  # a 503 is not an attempt
