@@ -338,13 +338,9 @@ def check_seed(args: CommonArgs) -> None:
 def _choices(annotation: Any) -> str:
     """The values a Literal (or a list of one) allows, ``a|b|c``; ``""``
     for any other type."""
-    for arg in (annotation, *get_args(annotation)):
-        if get_origin(arg) is Literal:
-            return "|".join(map(str, get_args(arg)))
-        inner = _choices(arg) if get_args(arg) and arg is not annotation else ""
-        if inner:
-            return inner
-    return ""
+    if get_origin(annotation) is Literal:
+        return "|".join(map(str, get_args(annotation)))
+    return next((found for found in map(_choices, get_args(annotation)) if found), "")
 
 
 def described(model: type[CommonArgs]) -> list[tuple[str, str, str]]:

@@ -357,8 +357,9 @@ FROM_ENVIRONMENT = ("REDIS_URL", "TMAPI_STORE", "TMAPI_ALERT_WEBHOOK", "TMAPI_NO
 
 def from_environment(settings: BaseSettings) -> None:
     """Each of :data:`FROM_ENVIRONMENT` the settings lack, from the
-    environment (the add-on, and this project's settings module, call it:
-    a project with the add-on alone reads them as this one does)."""
+    environment: the add-on calls it for a crawl, the commands before they
+    check or read them (``crawl``, ``catalog``, ``cluster``), so that a
+    project of a user's own reads them as this one does."""
     for name in FROM_ENVIRONMENT:
         value = os.environ.get(name)
         if value and not settings.get(name):

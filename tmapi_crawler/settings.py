@@ -6,9 +6,6 @@ in :mod:`tmapi_crawler.config`.  What is here is the Scrapy configuration that
 suits a paid JSON API rather than web pages.
 """
 
-import os
-
-from tmapi_crawler.config import FROM_ENVIRONMENT
 from tmapi_crawler.exports import FEED_FORMATS
 
 BOT_NAME = "tmapi_crawler"
@@ -60,11 +57,8 @@ LOG_LEVEL = "INFO"
 LOG_FORMATTER = "tmapi_crawler.extensions.QuietLogFormatter"
 LOGSTATS_INTERVAL = 0
 
-# The settings that may hold a password or a token, from the environment when
-# they are not given as settings (-s wins): they stay out of `ps` and of
-# scrapyd's job list (the add-on does the same for a project of a user's own;
-# the commands outside a crawl read them here). The token is read from
-# TMAPI_TOKEN the same way (tmapi_crawler.config).
-for _name in FROM_ENVIRONMENT:
-    if os.environ.get(_name):
-        globals()[_name] = os.environ[_name]
+# The settings that may hold a password or a token (REDIS_URL, TMAPI_STORE,
+# TMAPI_ALERT_WEBHOOK, TMAPI_NOTIFY, FILES_STORE, and the token) are read from
+# the environment when not given (-s wins) by the add-on and by the commands
+# (tmapi_crawler.config.from_environment): never here, so that a project of a
+# user's own, with the add-on alone, reads them the same way.

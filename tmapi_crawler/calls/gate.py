@@ -29,7 +29,7 @@ from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, Outcome, calls_to_finish, endpoint_of
-from tmapi_crawler.calls.ceiling import PROBE_MOST, AdaptiveLimit
+from tmapi_crawler.calls.ceiling import AdaptiveLimit
 from tmapi_crawler.calls.limits import Remembered, keep, recall
 from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
@@ -53,9 +53,6 @@ logger = logging.getLogger(__name__)
 START = 4
 #: The most calls in flight when TMAPI_CONCURRENCY is not set.
 DEFAULT_CAP = 64
-#: Round trips at the ceiling before one call more is tried, at the most
-#: (tmapi_crawler.calls.ceiling: the first probe comes after PROBE_FIRST).
-PROBE_AFTER = PROBE_MOST
 #: Seconds between two checks that the engine is not closing.
 SHUTDOWN_POLL = 0.5
 

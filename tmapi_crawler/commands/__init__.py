@@ -18,15 +18,12 @@ import sys
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from tmapi_crawler.reasons import EXIT_CODES as REASON_EXIT_CODES
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-#: Exit codes by finish reason (tmapi_crawler.reasons.FinishReason, the one
-#: list of them); any reason not listed exits 1.
-EXIT_CODES = REASON_EXIT_CODES
+#: Exit codes that are not a finish reason's (those are
+#: tmapi_crawler.reasons.FinishReason's, each beside its member).
 EXIT_BAD_INPUT = 2
 #: A crawl that could read no listing at all (every first page failed).
 EXIT_NO_LISTING = 9

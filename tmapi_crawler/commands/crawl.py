@@ -79,7 +79,6 @@ class Command(ScrapyCrawlCommand):
         # a mistake costs one line on stderr and nothing else.
         if len(args) != 1:
             raise UsageError("give exactly one spider: shop, category or item")
-        assert self.settings is not None
         from_environment(self.settings)  # as the add-on will: checked here with the values it will use
         loader = get_spider_loader(self.settings)
         try:

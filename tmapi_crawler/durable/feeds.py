@@ -178,12 +178,7 @@ class FeedGuard:
             check_feed_formats(self.crawler.settings)
             check_readers_order(self.crawler)
         except ConfigError as exc:
-            self.item_failed = True
-            self.failed = str(exc)
-            self.stats.set_value(FEED_ERROR_STAT, self.failed)
-            logger.error("%s: the crawl stops before any call", self.failed)
-            for listener in self.listeners:
-                listener(FEED_FAILED)
+            self._stop(str(exc), "the crawl stops before any call")
             # The gate sends nothing from now (told in listen()); the engine
             # runs once the spider is open, and is closed then.
             self.crawler.signals.connect(self._close, signal=signals.engine_started)
@@ -214,8 +209,15 @@ class FeedGuard:
         else:
             self.failed = f"cannot write a record to {path}: {type(exc).__name__}: {_reason(exc)[:200]}"
             advice = "Nothing of it was acknowledged; report this line (a bug), or run the same command again"
-        self.stats.set_value(FEED_ERROR_STAT, self.failed)
-        logger.error("%s: the crawl stops. %s%s", self.failed, advice, self.resume)
+        self._stop(self.failed, f"the crawl stops. {advice}{self.resume}")
+
+    def _stop(self, failed: str, then: str) -> None:
+        """A file failed (*failed*, the stat and the error line, followed by
+        *then*): nothing is acknowledged, the listeners stop the crawl."""
+        self.item_failed = True
+        self.failed = failed
+        self.stats.set_value(FEED_ERROR_STAT, failed)
+        logger.error("%s: %s", failed, then)
         for listener in self.listeners:
             listener(FEED_FAILED)
 

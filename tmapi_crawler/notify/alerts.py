@@ -40,7 +40,7 @@ from twisted.web.http_headers import Headers
 from tmapi_crawler.api import offer_url
 from tmapi_crawler.config import config_from_settings, is_distributed
 from tmapi_crawler.loops import looping_call
-from tmapi_crawler.notify.digest import Digest, headline, markdown, parse_rules, render
+from tmapi_crawler.notify.digest import Digest, headline, markdown_items, parse_rules, render
 from tmapi_crawler.notify.monitors import RESULTS
 from tmapi_crawler.records import ChangeItem
 from tmapi_crawler.store.db import CatalogDB, iso
@@ -185,7 +185,7 @@ class AlertWebhook:
         """The alert through Apprise: the headline as the title, the rest of
         the Markdown message as the body; the report of the crawl's period
         attached with ``TMAPI_NOTIFY_REPORT``."""
-        body = "\n".join([summary_line(report), *markdown(report).splitlines()[1:]])
+        body = "\n".join([summary_line(report), *markdown_items(report)])
         failure = bool(report["failed_monitors"])
         if not (self.attach_report and self.store):
             await notifier.send(headline(report), body, failure=failure)

@@ -217,13 +217,18 @@ def headline(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"**{headline(report)}**"]
-    lines += [f"- monitor failed: {m['monitor']}: {m['reason']}" for m in report.get("failed_monitors") or []]
+def markdown_items(report: dict[str, Any]) -> list[str]:
+    """The Markdown list of the message: failed monitors, then changes."""
+    lines = [f"- monitor failed: {m['monitor']}: {m['reason']}" for m in report.get("failed_monitors") or []]
     lines += [f"- {_line(change)}" for change in report.get("changes") or []]
     if report.get("more_changes"):
         lines.append(f"- and {report['more_changes']} more changes (scrapy catalog changes has them all)")
-    return "\n".join(lines)
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The whole message: the headline in bold, then :func:`markdown_items`."""
+    return "\n".join([f"**{headline(report)}**", *markdown_items(report)])
 
 
 def render(report: dict[str, Any], form: str) -> list[dict[str, Any]]:

@@ -23,12 +23,11 @@ from spidermon.core.actions import Action
 from spidermon.settings import MONITOR
 
 from tmapi_crawler.config import TmapiConfig, config_from_settings, is_distributed
-from tmapi_crawler.reasons import FinishReason
+from tmapi_crawler.reasons import GOOD_REASONS, FinishReason
 
 logger = logging.getLogger(__name__)
 
 #: Finish reasons of a crawl that did what it was asked.
-GOOD_REASONS = (FinishReason.FINISHED, FinishReason.BUDGET_EXHAUSTED)
 #: The share of 503 answers above which the throttle is not doing its job
 #: (it keeps it well under 1%: docs/performance.md).
 MOST_503_SHARE = 0.05

@@ -250,11 +250,7 @@ class TmapiSpider(Spider):
     def page_priority(self) -> int:
         """The priority of a listing page asked for now: first while the
         frontier is short (:data:`FRONTIER_MOST`), else after the products."""
-        try:
-            queued = queued_requests(self.crawler)
-        except Exception:  # a scheduler that cannot count (Redis away): as before
-            return PRIORITY_PAGE
-        return PRIORITY_PAGE_FIRST if queued < FRONTIER_MOST else PRIORITY_PAGE
+        return PRIORITY_PAGE_FIRST if queued_requests(self.crawler) < FRONTIER_MOST else PRIORITY_PAGE
 
     def api_request(self, endpoint: Endpoint, params: dict[str, Any], **kwargs: Any) -> Request:
         kwargs.setdefault("errback", self.on_error)
