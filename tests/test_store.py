@@ -21,8 +21,12 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, read_jsonl, run_scrapy
 from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
-from tmapi_crawler.store.db import SCHEMA_VERSION, CatalogDB, PageNote
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.listings import PageNote
+from tmapi_crawler.store.lookup import lookup
+from tmapi_crawler.store.schema import SCHEMA_VERSION
 from tmapi_crawler.store.url import StoreError, parse_store_url
+from tmapi_crawler.store.write import insert_changes, write
 
 SHOP = "b2b-sandbox0000"
 PRODUCTS, PAGES = 60, 3
@@ -168,7 +172,7 @@ def test_a_batch_is_one_transaction_never_a_half_written_product(store):
     url = parse_store_url(store)
     db = CatalogDB(url)
     try:
-        first = db.write([_record(1, "2026-11-20T00:00:00.000000Z")])
+        first = write(db, [_record(1, "2026-11-20T00:00:00.000000Z")])
         assert [c["change"] for c in first.changes] == ["new"]
         # The second product of a batch cannot be stored (an id out of the
         # database's range): nothing of the batch is, not even the first
@@ -176,14 +180,14 @@ def test_a_batch_is_one_transaction_never_a_half_written_product(store):
         bad = _record(2**70, "2026-11-21T00:00:00.000000Z")
         changed = _record(1, "2026-11-21T00:00:00.000000Z", skus=[{"skuid": "9", "sale_price": "1.00", "stock": 1}])
         with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's own error
-            db.write([changed, bad])
+            write(db, [changed, bad])
         assert db.query("SELECT COUNT(*) FROM products")[0][0] == 1
         assert sorted(r[0] for r in db.query("SELECT skuid FROM skus")) == ["1", "2"]
         assert db.query("SELECT COUNT(*) FROM changes")[0][0] == 1
-        stored = db.lookup([1]).get(1)
+        stored = lookup(db, [1]).get(1)
         assert stored is not None and stored.detail_fetched_at == "2026-11-20T00:00:00.000000Z"
         # The same record again is no write and no change.
-        assert db.write([_record(1, "2026-11-20T00:00:00.000000Z")]).written == 0
+        assert write(db, [_record(1, "2026-11-20T00:00:00.000000Z")]).written == 0
     finally:
         db.close()
 
@@ -266,11 +270,13 @@ def test_a_store_of_schema_1_gets_its_crawls_table(store):
 def test_delisted_only_when_the_same_listing_was_read_completely(store):
     db = CatalogDB(parse_store_url(store))
     try:
-        db.write([_record(i, "2026-11-20T00:00:00.000000Z") for i in (1, 2, 3, 4)])
+        write(db, [_record(i, "2026-11-20T00:00:00.000000Z") for i in (1, 2, 3, 4)])
         key = "shop_items?member_id=x"
 
         def read(read_id: str, pages: list[PageNote]) -> list[int]:
-            changes = db.write([], [PageNote(key, read_id, n.page, n.item_ids, n.pages_total, n.failed) for n in pages])
+            changes = write(
+                db, [], [PageNote(key, read_id, n.page, n.item_ids, n.pages_total, n.failed) for n in pages]
+            )
             return [c["item_id"] for c in changes.changes if c["change"] == "delisted"]
 
         assert read("r1", [PageNote(key, "", 1, [1, 2], 2), PageNote(key, "", 2, [3, 4])]) == []
@@ -625,7 +631,7 @@ def test_a_store_of_schema_2_counts_its_listing_pages(store):
     url = parse_store_url(store)
     db = CatalogDB(url)
     try:
-        db.write([], [PageNote("shop_items?member_id=m", "r1", page, [page], pages_total=3) for page in (1, 2)])
+        write(db, [], [PageNote("shop_items?member_id=m", "r1", page, [page], pages_total=3) for page in (1, 2)])
         with db.transaction() as cur:
             _drop_schema_5(cur)
             cur.execute("DROP TABLE account_limits")
@@ -637,7 +643,7 @@ def test_a_store_of_schema_2_counts_its_listing_pages(store):
     db = CatalogDB(url)  # migrated: the pages already read are counted
     try:
         assert db.query("SELECT pages_read FROM listing_reads") == [(2,)]
-        db.write([], [PageNote("shop_items?member_id=m", "r1", 3, [3])])
+        write(db, [], [PageNote("shop_items?member_id=m", "r1", 3, [3])])
         assert db.query("SELECT completed_at IS NOT NULL FROM listing_reads") in ([(1,)], [(True,)])
     finally:
         db.close()
@@ -649,7 +655,7 @@ async def test_old_changes_are_pruned_when_a_crawl_ends(make_sandbox, tmp_path, 
     try:
         old = [{"change": "price", "item_id": 1, "skuid": "1", "field": "price", "old": "1.00", "new": "2.00",
                 "detected_at": f"2025-01-{day:02d}T00:00:00Z", "source": None} for day in range(1, 29)]  # fmt: skip
-        db.insert_changes(old)
+        insert_changes(db, old)
     finally:
         db.close()
     result = await store_crawl(make_sandbox(), tmp_path, store, "1", settings={"TMAPI_CHANGES_RETENTION": "30d"})

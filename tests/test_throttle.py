@@ -150,7 +150,7 @@ async def test_439_pauses_everything_and_a_successful_probe_resumes(make_gate):
     gate = make_gate(probe_first=0.05, probe_max=0.2, quota_wait=60)
     first, second = await gate.acquire(), await gate.acquire()
     gate.release(first, Outcome.QUOTA)
-    assert gate.paused_since is not None
+    assert gate.pause.paused
     gate.release(second, Outcome.QUOTA)  # sent before the pause: no effect
     waiters = [deferred_from_coro(gate.acquire()) for _ in range(3)]
     assert not any(w.called for w in waiters)
@@ -160,10 +160,10 @@ async def test_439_pauses_everything_and_a_successful_probe_resumes(make_gate):
     assert time.monotonic() - started >= 0.04
     assert not waiters[1].called  # one probe at a time
     gate.release(probe, Outcome.QUOTA)
-    assert gate.probe_interval == pytest.approx(0.1)
+    assert gate.pause.interval == pytest.approx(0.1)
     probe = await maybe_deferred_to_future(waiters[1])
     gate.release(probe, Outcome.OK)
-    assert gate.paused_since is None
+    assert not gate.pause.paused
     assert not (await maybe_deferred_to_future(waiters[2])).probe
     assert gate.stats.get_value("tmapi/throttle/paused_seconds") > 0
 
@@ -206,7 +206,7 @@ async def test_budget_is_never_exceeded(make_gate):
     with pytest.raises(CrawlStopping) as info:
         await gate.acquire()
     assert info.value.reason == "tmapi_budget_exhausted"
-    assert gate.sent == 3
+    assert gate.budget.sent == 3
 
 
 @deferred_f_from_coro_f
@@ -253,24 +253,24 @@ async def test_once_the_budget_is_reached_every_waiting_start_is_handed_back(mak
     waiting = [deferred_from_coro(gate.acquire(_detail(n))) for n in range(2, 6)]
     gate.release(first, Outcome.OK)
     second = await maybe_deferred_to_future(waiting[0])
-    assert (gate.sent, gate.reserved) == (2, 2)
+    assert (gate.budget.sent, gate.budget.reserved) == (2, 2)
     gate.release(second, Outcome.OK)
     for waiter in waiting[1:]:
         with pytest.raises(CrawlStopping) as info:
             await maybe_deferred_to_future(waiter)
         assert info.value.reason == "tmapi_budget_exhausted"
-    assert gate.draining and gate.sent == 2
+    assert gate.budget.draining and gate.budget.sent == 2
     # The descriptions of the two products started still go out.
     desc = Request("https://api.tmapi.io/1688/item_desc?item_id=1", meta={"tmapi": {"endpoint": "item_desc"}})
     desc.meta.update(_detail_meta(gate))
     gate.release(await gate.acquire(desc), Outcome.OK)
-    assert (gate.sent, gate.reserved) == (3, 1)
+    assert (gate.budget.sent, gate.budget.reserved) == (3, 1)
 
 
 def _detail_meta(gate: CallGate) -> dict:
-    from tmapi_crawler.calls.gate import RESERVED_META, STARTED_META
+    from tmapi_crawler.calls.budget import RESERVED_META, STARTED_META
 
-    return {STARTED_META: gate.run_id, RESERVED_META: gate.run_id}
+    return {STARTED_META: gate.budget.run_id, RESERVED_META: gate.budget.run_id}
 
 
 # -- the limit remembered across crawls ---------------------------------------------------

@@ -164,7 +164,7 @@ def assemble_product(
     """A product record, its fields in the one order every record has them:
     ``item_detail``'s data, then ours (:data:`RECORD_FIELDS`).  Made from an
     answer (:func:`product_record`) and from the store
-    (:meth:`tmapi_crawler.store.db.CatalogDB.products`)."""
+    (:func:`tmapi_crawler.store.catalog.products`)."""
     record = ProductItem(item_id=item_id)
     for key, value in detail.items():
         if key != "item_id":

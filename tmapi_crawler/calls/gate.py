@@ -1,21 +1,27 @@
-"""Admission of API calls: the account's concurrency limit, the 439 pause,
-the budget, and stopping (docs/behaviour.md, "Throttling").
+"""Admission of API calls (docs/behaviour.md, "Throttling").
 
 Every API call passes :meth:`CallGate.acquire` in the download handler, at
 the last moment before it is sent, and :meth:`CallGate.release` with the
 answer's outcome when it is back, so the count of calls in flight is exact.
-How many may be in flight is the adaptive rule's
-(:mod:`tmapi_crawler.calls.ceiling`); the limit a crawl finds is where the
-next one starts (:mod:`tmapi_crawler.calls.limits`).  A call refused because the crawl is
-stopping raises :class:`CrawlStopping`, and is handed back to the scheduler
-(so that ``JOBDIR`` keeps it for the resume).
+The gate decides what leaves and when, from its parts:
+
+* how many calls may be in flight: the adaptive rule
+  (:class:`~tmapi_crawler.calls.ceiling.AdaptiveLimit`), started where the
+  last crawl of the account ended (:class:`~tmapi_crawler.calls.limits.LimitKeeper`);
+* ``TMAPI_MAX_CALLS``: :class:`~tmapi_crawler.calls.budget.CallBudget`;
+* the 439 pause and its probes: :class:`~tmapi_crawler.calls.pause.QuotaPause`;
+* stopping: a call refused because the crawl is stopping raises
+  :class:`CrawlStopping`, and is handed back to the scheduler (so that
+  ``JOBDIR`` keeps it for the resume).
+
+The shared gate (:mod:`tmapi_crawler.cluster.gate`) is this gate with the
+limit and the pause kept in Redis for every worker.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,21 +29,21 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.core.scheduler import Scheduler
 from scrapy.exceptions import DontCloseSpider
-from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
-from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, Outcome, calls_to_finish, endpoint_of
+from tmapi_crawler.api import Outcome
+from tmapi_crawler.calls.budget import RESERVED_META, STARTED_META, CallBudget
 from tmapi_crawler.calls.ceiling import AdaptiveLimit
-from tmapi_crawler.calls.limits import Remembered, keep, recall
+from tmapi_crawler.calls.limits import LimitKeeper
+from tmapi_crawler.calls.pause import QuotaPause
 from tmapi_crawler.compat import engine_closing
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.durable.feeds import guard_of
 from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.reasons import FinishReason
-from tmapi_crawler.records import now_iso
 
 if TYPE_CHECKING:
     from typing import Self
@@ -45,9 +51,9 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
 
-    from tmapi_crawler.calls.limits import LimitMemory
-
 logger = logging.getLogger(__name__)
+
+__all__ = ["RESERVED_META", "STARTED_META", "CallGate", "CrawlStopping", "Ticket", "gate_of"]
 
 #: Calls in flight at the start when TMAPI_CONCURRENCY is not set.
 START = 4
@@ -55,15 +61,9 @@ START = 4
 DEFAULT_CAP = 64
 #: Seconds between two checks that the engine is not closing.
 SHUTDOWN_POLL = 0.5
-
-
-#: The finish reason of a crawl that reached TMAPI_MAX_CALLS.
-BUDGET_EXHAUSTED = FinishReason.BUDGET_EXHAUSTED
-#: meta keys (their value: the gate's run id, so that a request kept from an
-#: earlier run claims nothing): the product was started by this crawl, and
-#: the place of its description is kept in the budget.
-STARTED_META = "tmapi_started"
-RESERVED_META = "tmapi_reserved"
+#: Calls let through within this many seconds of each other leave as one
+#: burst, over several connections, and may reach the account in any order.
+BURST_WINDOW = 0.002
 
 
 class CrawlStopping(Exception):
@@ -73,11 +73,6 @@ class CrawlStopping(Exception):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(f"not sent: the crawl is stopping ({reason})")
-
-
-#: Calls let through within this many seconds of each other leave as one
-#: burst, over several connections, and may reach the account in any order.
-BURST_WINDOW = 0.002
 
 
 @dataclass(slots=True)
@@ -120,36 +115,25 @@ class CallGate:
         self.crawler = crawler
         self.stats = crawler.stats
         self.cap = cap
-        self.start = min(start, cap)
-        #: Slow start, the ceiling and its probes (tmapi_crawler.calls.ceiling).
-        self.rule = AdaptiveLimit(cap=cap, start=self.start, limit=float(self.start))
+        self.rule = AdaptiveLimit(cap=cap, start=min(start, cap), limit=float(min(start, cap)))
+        self.budget = CallBudget(max_calls, crawler.stats)
+        self.pause = QuotaPause(
+            crawler.stats, wait=quota_wait, probe_first=probe_first, probe_max=probe_max, on_probe_due=self.wake
+        )
+        #: Where the limit found is kept for the next crawl (:meth:`recall`).
+        self.keeper: LimitKeeper | None = None
         self.in_flight = 0
         self.burst: Burst | None = None
-        self.sent = 0
-        self.max_calls = max_calls
-        #: Descriptions of started products whose place the budget keeps.
-        self.reserved = 0
-        #: The budget is reached: only started products are finished.
-        self.draining = False
-        self.run_id = uuid.uuid4().hex[:12]
         self.waiters: deque[Deferred[None]] = deque()
         self.stop_reason: str | None = None
-        # 439
-        self.quota_wait = quota_wait
-        self.probe_first = probe_first
-        self.probe_max = probe_max
-        self.paused_since: float | None = None
-        self.probe_interval = probe_first
-        self.probe_due = False
-        self.probe_out = False
-        self.probe_timer: Any = None
         self.shutdown_poll: Any = None
-        #: When this crawl's last 439 pause began (remembered for the next).
-        self.quota_paused_at: str | None = None
-        self._memory: tuple[LimitMemory, str] | None = None
-        self._publish()
+        self.publish()
 
     # -- the adaptive limit (tmapi_crawler.calls.ceiling) ----------------------------
+
+    @property
+    def start(self) -> int:
+        return self.rule.start
 
     @property
     def limit(self) -> float:
@@ -167,53 +151,22 @@ class CallGate:
     def ceiling(self, value: int | None) -> None:
         self.rule.ceiling = value
 
-    @property
-    def proven(self) -> int:
-        return self.rule.proven
-
-    @proven.setter
-    def proven(self, value: int) -> None:
-        self.rule.proven = value
-
-    # -- the limit remembered across crawls (tmapi_crawler.calls.limits) -------------
-
     def recall(self) -> None:
-        """Start where the last crawl of this account ended: at the limit it
-        proved (slow start goes on from there), or at the ceiling its 503s
-        revealed (held there, probed upward as usual)."""
-        found = recall(self.crawler.settings)
-        if found is None:
-            return
-        memory, account, remembered = found
-        self._memory = (memory, account)
-        if remembered is None:
-            return
-        self.ceiling = None if remembered.ceiling is None else min(remembered.ceiling, self.cap)
-        self.start = min(self.cap, remembered.limit if self.ceiling is None else self.ceiling)
-        self.limit = float(self.start)
-        self.proven = self.start
-        self.stats.set_value("tmapi/throttle/remembered", self.start)
-        self._publish()
-        logger.info(
-            "Starting at %d calls in flight (%s), as the last crawl of this account found on %s "
-            "(remembered in %s; TMAPI_CONCURRENCY sets it instead)",
-            self.start,
-            "the ceiling its 503s showed" if self.ceiling is not None else "proved without a 503",
-            remembered.saved_at or "an unknown date",
-            memory.where,
-        )
-        if remembered.quota_paused_at:
-            logger.info("The last crawl of this account met a 439 pause on %s", remembered.quota_paused_at)
+        """Start where the last crawl of this account ended
+        (:class:`~tmapi_crawler.calls.limits.LimitKeeper`)."""
+        self.keeper = LimitKeeper.recall(self.crawler.settings, self.rule, self.stats)
+        self.publish()
 
     def remember(self) -> None:
         """Keep what this crawl found, for the next (when the crawl sent calls)."""
-        if self._memory is None or not self.proven:
-            return
-        limit = self.ceiling if self.ceiling is not None else max(self.proven, self.start)
-        remembered = Remembered(
-            limit=limit, ceiling=self.ceiling, quota_paused_at=self.quota_paused_at, saved_at=now_iso()
-        )
-        keep(*self._memory, remembered)
+        if self.keeper is not None:
+            self.keeper.keep(self.rule, self.pause.began_at)
+
+    def publish(self) -> None:
+        """The limit (and the ceiling) in the stats."""
+        self.stats.set_value("tmapi/throttle/limit", int(self.limit))
+        if self.ceiling is not None:
+            self.stats.set_value("tmapi/throttle/ceiling", self.ceiling)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -237,8 +190,8 @@ class CallGate:
     # -- admission ------------------------------------------------------------
 
     def _may_go(self) -> bool:
-        if self.paused_since is not None:
-            return self.probe_due and not self.probe_out
+        if self.pause.paused:
+            return self.pause.may_probe()
         return self.in_flight < int(self.limit)
 
     async def acquire(self, request: Request | None = None) -> Ticket:
@@ -246,21 +199,23 @@ class CallGate:
         :class:`CrawlStopping` when the call must not be sent."""
         # Once the budget is reached, a call that would start a product
         # leaves at once (handed back), without waiting for a place.
-        while self.stop_reason is None and not self._may_go() and not (self.draining and not self._fits(request)):
+        while (
+            self.stop_reason is None
+            and not self._may_go()
+            and not (self.budget.draining and not self.budget.fits(request))
+        ):
             waiter: Deferred[None] = Deferred()
             self.waiters.append(waiter)
             await maybe_deferred_to_future(waiter)
-        self._may_send(request)
-        probe = self.paused_since is not None
+        self.check_sendable(request)
+        probe = self.pause.paused
         if probe:
-            self.probe_out, self.probe_due = True, False
-            paused = time.monotonic() - (self.paused_since or 0.0)
-            logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused)
+            logger.info("Probing whether TMAPI answers again (paused for %.0f s)", self.pause.probe_sent())
         self.in_flight += 1
-        self._count(request)
-        return Ticket(self.in_flight, probe, self._burst(self.in_flight))
+        self.budget.count(request)
+        return Ticket(self.in_flight, probe, self.join_burst(self.in_flight))
 
-    def _burst(self, in_flight: int) -> Burst:
+    def join_burst(self, in_flight: int) -> Burst:
         """The burst a call let through now leaves in, *in_flight* counted."""
         now = time.monotonic()
         if self.burst is None or now - self.burst.started > BURST_WINDOW:
@@ -268,75 +223,21 @@ class CallGate:
         self.burst.peak = max(self.burst.peak, in_flight)
         return self.burst
 
-    def _may_send(self, request: Request | None = None) -> None:
+    def check_sendable(self, request: Request | None = None) -> None:
         """Raise :class:`CrawlStopping` when the crawl is stopping, or when
         the budget has no room for *request* (no new product then)."""
         if self.stop_reason is not None:
             raise CrawlStopping(self.stop_reason)
-        if not self._fits(request):
-            self._budget_reached()
-            raise CrawlStopping(BUDGET_EXHAUSTED)
-
-    # -- the budget -----------------------------------------------------------
-
-    def _fits(self, request: Request | None) -> bool:
-        """Whether the budget lets *request* be sent: always for a call of
-        a product this crawl started; else when the calls it needs, with
-        the descriptions whose place is kept, fit in TMAPI_MAX_CALLS."""
-        if not self.max_calls:
-            return True
-        if request is not None and request.meta.get(STARTED_META) == self.run_id:
-            return True
-        need = calls_to_finish(request) if request is not None else 1
-        return self.sent + self.reserved + need <= self.max_calls
-
-    def _count(self, request: Request | None) -> None:
-        """A call let through: counted, and a detail that starts a product
-        marks it started (its description's place kept)."""
-        self.sent += 1
-        if not self.max_calls or request is None:
-            return
-        meta, endpoint = request.meta, endpoint_of(request)
-        if meta.get(STARTED_META) == self.run_id:
-            if endpoint is Endpoint.ITEM_DESC and meta.pop(RESERVED_META, None) == self.run_id:
-                self.reserved -= 1
-        elif endpoint in DETAIL_ENDPOINTS:
-            meta[STARTED_META] = self.run_id
-            if calls_to_finish(request) == 2:
-                meta[RESERVED_META] = self.run_id
-                self.reserved += 1
-
-    def unreserve(self, request: Request | None) -> None:
-        """*request*'s product ended before its description was sent (it
-        failed, or the store answered it): its place is free again."""
-        if request is not None and request.meta.pop(RESERVED_META, None) == self.run_id:
-            self.reserved -= 1
-
-    def may_hand_out(self, request: Request) -> bool:
-        """Whether a scheduler should hand *request* out now: once the
-        budget is reached, only what finishes a started product."""
-        return not self.draining or self._fits(request)
-
-    def _budget_reached(self) -> None:
-        if self.draining:
-            return
-        self.draining = True
-        self.stats.set_value("tmapi/budget/reached_at", self.sent)
-        logger.info(
-            "TMAPI_MAX_CALLS=%d: %d calls sent, %d more kept for the descriptions of products started; no new "
-            "product is started, and the crawl stops once those are written. What was not sent is kept for a "
-            "resume (JOBDIR)",
-            self.max_calls,
-            self.sent,
-            self.reserved,
-        )
-        self._wake()
+        if not self.budget.fits(request):
+            if self.budget.reach():
+                self.wake()
+            raise CrawlStopping(FinishReason.BUDGET_EXHAUSTED)
 
     def spider_idle(self) -> None:
         """Nothing left to finish once the budget was reached: stop with
         its finish reason (not "finished": work is left)."""
-        if self.draining and self.stop_reason is None:
-            self.stop(BUDGET_EXHAUSTED)
+        if self.budget.draining and self.stop_reason is None:
+            self.stop(FinishReason.BUDGET_EXHAUSTED)
             raise DontCloseSpider
 
     def release(self, ticket: Ticket, outcome: Outcome | None) -> None:
@@ -344,7 +245,7 @@ class CallGate:
         never got an answer (a timeout, a lost connection)."""
         self.in_flight -= 1
         if ticket.probe:
-            self.probe_out = False
+            self.pause.probe_back()
         if outcome is Outcome.CONCURRENCY:
             self._concurrency_exceeded(ticket.in_flight_when_sent)
         elif outcome is Outcome.QUOTA:
@@ -353,27 +254,28 @@ class CallGate:
             # Any other answer means the account took the call; while paused,
             # only the probe's answer counts (the others left before the 439).
             if ticket.probe:
-                self._resume()
-            if self.paused_since is None:
+                logger.info("TMAPI answers again after %.0f s of 439: resuming", self.pause.end())
+            if not self.pause.paused:
                 self._grow(ticket.in_flight_when_sent)
         elif ticket.probe:
-            self._arm_probe()  # the probe told nothing: another one, as late
-        self._wake()
+            self.pause.arm()  # the probe told nothing: another one, as late
+        self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Wake as many waiting calls as there are free places (all of them
         when stopping, so that they can be handed back, and once the budget
         is reached, so that those that start no product are handed back:
         a call woken that does not leave waits again)."""
-        if self.stop_reason is not None or self.draining:
-            free = len(self.waiters)
-        elif self.paused_since is not None:
-            free = 1 if self._may_go() else 0
-        else:
-            free = int(self.limit) - self.in_flight
+        free = len(self.waiters) if self.stop_reason is not None or self.budget.draining else self.free_places()
         while free > 0 and self.waiters:
             self.waiters.popleft().callback(None)
             free -= 1
+
+    def free_places(self) -> int:
+        """How many waiting calls may leave now (a probe while paused)."""
+        if self.pause.paused:
+            return 1 if self._may_go() else 0
+        return int(self.limit) - self.in_flight
 
     # -- concurrency ----------------------------------------------------------
 
@@ -382,7 +284,7 @@ class CallGate:
         before = (self.limit, self.ceiling)
         self.rule.succeeded(used)
         if (self.limit, self.ceiling) != before:
-            self._publish()
+            self.publish()
 
     def _concurrency_exceeded(self, in_flight_when_sent: int) -> None:
         # The call was refused while in_flight_when_sent - 1 others of ours
@@ -393,74 +295,32 @@ class CallGate:
                 in_flight_when_sent,
                 self.ceiling,
             )
-        self._publish()
+        self.publish()
 
-    def _publish(self) -> None:
-        self.stats.set_value("tmapi/throttle/limit", int(self.limit))
-        if self.ceiling is not None:
-            self.stats.set_value("tmapi/throttle/ceiling", self.ceiling)
-
-    # -- 439 ------------------------------------------------------------------
+    # -- 439 (tmapi_crawler.calls.pause) ---------------------------------------
 
     def _quota_exceeded(self, probe: bool) -> None:
-        now = time.monotonic()
-        if self.paused_since is None:
-            self.paused_since = now
-            self.quota_paused_at = now_iso()
-            self.probe_interval = self.probe_first
-            self.stats.inc_value("tmapi/throttle/pauses")
+        if self.pause.begin():
             logger.warning(
                 "TMAPI answered 439 (subscription expired or balance spent): all calls paused; "
                 "probing with one call at growing intervals for up to %.0f s (TMAPI_QUOTA_WAIT). Top up to resume.",
-                self.quota_wait,
+                self.pause.wait,
             )
         elif probe:
-            self.probe_interval = min(self.probe_interval * 2, self.probe_max)
+            self.pause.back_off()
         else:
             return  # a call sent before the pause: it waits like the others
-        if now - self.paused_since >= self.quota_wait:
+        if self.pause.expired():
             logger.error(
                 "TMAPI answered 439 for %.0f s: stopping. Top up the balance (or renew the subscription), "
                 "then run the same command again; with -s JOBDIR=... it resumes where it stopped",
-                now - self.paused_since,
+                self.pause.lasted(),
             )
             self.stop(FinishReason.QUOTA_EXHAUSTED)
             return
-        self._arm_probe()
+        self.pause.arm()
 
-    def _arm_probe(self) -> None:
-        self.probe_due = False
-        self._cancel_probe_timer()
-        self.probe_timer = call_later(self.probe_interval, self._probe_due)
-
-    def _probe_due(self) -> None:
-        self.probe_timer = None
-        self.probe_due = True
-        self._wake()
-
-    def _resume(self) -> None:
-        assert self.paused_since is not None
-        paused = time.monotonic() - self.paused_since
-        self._add_paused(paused)
-        logger.info("TMAPI answers again after %.0f s of 439: resuming", paused)
-        self.paused_since = None
-        self.probe_out = self.probe_due = False
-        self._cancel_probe_timer()
-
-    def _add_paused(self, seconds: float) -> None:
-        total = self.stats.get_value("tmapi/throttle/paused_seconds", 0.0)
-        self.stats.set_value("tmapi/throttle/paused_seconds", round(total + seconds, 3))
-
-    def _cancel_probe_timer(self) -> None:
-        if self.probe_timer is not None:
-            self.probe_timer.cancel()
-            self.probe_timer = None
-
-    def _stop_poll(self) -> None:
-        if self.shutdown_poll is not None:
-            if self.shutdown_poll.running:
-                self.shutdown_poll.stop()
-            self.shutdown_poll = None
+    # -- stopping -------------------------------------------------------------
 
     def spider_opened(self) -> None:
         self.shutdown_poll = looping_call(self._check_engine, "shutdown check", self.stats)
@@ -473,7 +333,11 @@ class CallGate:
         if engine_closing(self.crawler):
             self.stop(FinishReason.SHUTDOWN)
 
-    # -- stopping -------------------------------------------------------------
+    def _stop_poll(self) -> None:
+        if self.shutdown_poll is not None:
+            if self.shutdown_poll.running:
+                self.shutdown_poll.stop()
+            self.shutdown_poll = None
 
     def stop(self, reason: str) -> None:
         """Send nothing more; close the spider with *reason* (unless the
@@ -481,7 +345,7 @@ class CallGate:
         if self.stop_reason is not None:
             return
         self.stop_reason = reason
-        self._cancel_probe_timer()
+        self.pause.cancel()
         self._stop_poll()
         try:
             engine = self.crawler.engine
@@ -489,12 +353,10 @@ class CallGate:
             engine = None
         if engine is not None and engine.running and engine.spider is not None and reason != FinishReason.SHUTDOWN:
             deferred_from_coro(engine.close_spider_async(reason=reason))
-        self._wake()
+        self.wake()
 
     def spider_closed(self) -> None:
-        if self.paused_since is not None:
-            self._add_paused(time.monotonic() - self.paused_since)
-        self._cancel_probe_timer()
+        self.pause.close()
         self._stop_poll()
         self.remember()
 
@@ -541,7 +403,7 @@ class BudgetScheduler(Scheduler):
         assert self.stats is not None
         gate = gate_of(self.crawler)
         while (request := super().next_request()) is not None:
-            if gate.may_hand_out(request):
+            if gate.budget.may_hand_out(request):
                 return request
             self.stats.inc_value("tmapi/budget/not_sent")
         return None

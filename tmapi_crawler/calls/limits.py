@@ -28,11 +28,15 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.project import data_path
 
 from tmapi_crawler.config import config_from_settings, is_distributed
+from tmapi_crawler.records import now_iso, now_precise
 from tmapi_crawler.store.db import CatalogDB
 from tmapi_crawler.store.url import parse_store_url
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
+    from scrapy.statscollectors import StatsCollector
+
+    from tmapi_crawler.calls.ceiling import AdaptiveLimit
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +153,22 @@ class StoreMemory:
     def load(self, account: str) -> Remembered | None:
         db = self._db()
         try:
-            return Remembered.parse(db.account_limit(account))
+            rows = db.query("SELECT state FROM account_limits WHERE account = ?", (account,))
+            return Remembered.parse(str(rows[0][0]) if rows else None)
         finally:
             db.close()
 
     def save(self, account: str, remembered: Remembered) -> None:
         db = self._db()
         try:
-            db.remember_limit(account, remembered.dumps())
+            with db.transaction() as cur:
+                cur.execute(
+                    db.sql(
+                        "INSERT INTO account_limits (account, state, updated_at) VALUES (?, ?, ?) ON CONFLICT "
+                        "(account) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
+                    ),
+                    (account, remembered.dumps(), now_precise()),
+                )
         finally:
             db.close()
 
@@ -211,6 +223,51 @@ def keep(memory: LimitMemory, account: str, remembered: Remembered) -> None:
         logger.warning("The account's limit was not remembered in %s: %s", memory.where, _reason(exc))
     else:
         logger.debug("Remembered in %s: %s", memory.where, remembered)
+
+
+class LimitKeeper:
+    """This crawl's account in its memory: the gate starts where the last
+    crawl ended (:meth:`recall`) and keeps what it found (:meth:`keep`)."""
+
+    def __init__(self, memory: LimitMemory, account: str):
+        self.memory = memory
+        self.account = account
+
+    @classmethod
+    def recall(cls, settings: BaseSettings, rule: AdaptiveLimit, stats: StatsCollector) -> LimitKeeper | None:
+        """Start *rule* where the last crawl of this account ended: at the
+        limit it proved (slow start goes on from there), or at the ceiling
+        its 503s revealed (held there, probed upward as usual).  ``None``
+        when nothing is remembered for this crawl (see :func:`recall`)."""
+        found = recall(settings)
+        if found is None:
+            return None
+        memory, account, remembered = found
+        if remembered is not None:
+            rule.ceiling = None if remembered.ceiling is None else min(remembered.ceiling, rule.cap)
+            rule.start = min(rule.cap, remembered.limit if rule.ceiling is None else rule.ceiling)
+            rule.limit = float(rule.start)
+            rule.proven = rule.start
+            stats.set_value("tmapi/throttle/remembered", rule.start)
+            logger.info(
+                "Starting at %d calls in flight (%s), as the last crawl of this account found on %s "
+                "(remembered in %s; TMAPI_CONCURRENCY sets it instead)",
+                rule.start,
+                "the ceiling its 503s showed" if rule.ceiling is not None else "proved without a 503",
+                remembered.saved_at or "an unknown date",
+                memory.where,
+            )
+            if remembered.quota_paused_at:
+                logger.info("The last crawl of this account met a 439 pause on %s", remembered.quota_paused_at)
+        return cls(memory, account)
+
+    def keep(self, rule: AdaptiveLimit, quota_paused_at: str | None) -> None:
+        """Keep what *rule* found, for the next crawl (when calls were sent)."""
+        if not rule.proven:
+            return
+        limit = rule.ceiling if rule.ceiling is not None else max(rule.proven, rule.start)
+        remembered = Remembered(limit=limit, ceiling=rule.ceiling, quota_paused_at=quota_paused_at, saved_at=now_iso())
+        keep(self.memory, self.account, remembered)
 
 
 def _reason(exc: BaseException) -> str:

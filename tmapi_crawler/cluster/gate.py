@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,6 @@ from tmapi_crawler.cluster.lua import ACQUIRE, RELEASE, RENEW
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.reasons import FinishReason
-from tmapi_crawler.records import now_iso
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -101,7 +99,7 @@ class SharedCallGate(CallGate):
     async def acquire(self, request: Request | None = None) -> Ticket:
         woken = False
         while True:
-            self._may_send(request)
+            self.check_sendable(request)
             if not self.health.up:
                 await self.health.back()
                 continue
@@ -115,17 +113,17 @@ class SharedCallGate(CallGate):
                 continue
             if paused_ms >= 0:
                 self._seen_paused()
-                self._may_send()
-            elif granted and self.paused_since is not None:
+                self.check_sendable()
+            elif granted and self.pause.paused:
                 self._seen_resumed()
             if granted:
                 self.holders.add(holder)
                 self.in_flight += 1
-                self._count(request)
+                self.budget.count(request)
                 if probe:
                     logger.info("Probing whether TMAPI answers again (paused for %.0f s)", paused_ms / 1000)
-                self._wake()  # there was a free place: perhaps there is another
-                return SharedTicket(in_flight, bool(probe), self._burst(in_flight), holder, int(number))
+                self.wake()  # there was a free place: perhaps there is another
+                return SharedTicket(in_flight, bool(probe), self.join_burst(in_flight), holder, int(number))
             # First come, first served: a new call waits behind the others; one
             # that was woken and still found no place keeps its turn.
             waiter: Deferred[None] = Deferred()
@@ -143,18 +141,19 @@ class SharedCallGate(CallGate):
         self.holders.discard(ticket.holder)
         name = "none" if outcome is None else _OUTCOMES.get(outcome, "ok")
         sent_with = ticket.in_flight_when_sent
-        if name == "ok" and self.paused_since is None:
+        if name == "ok" and not self.pause.paused:
             # As the release script counts it: what the next crawl starts at
             # (tmapi_crawler.calls.limits) when no 503 set a ceiling.
-            self.proven = max(self.proven, sent_with)
+            self.rule.proven = max(self.rule.proven, sent_with)
         args: list[str | int] = [ticket.holder, name, sent_with, int(ticket.probe), self.cap, self.start]
-        args += [int(self.probe_first * 1000), int(self.probe_max * 1000), PROBE_MOST, ticket.number, ticket.in_flight]
+        args += [int(self.pause.probe_first * 1000), int(self.pause.probe_max * 1000), PROBE_MOST]
+        args += [ticket.number, ticket.in_flight]
         args += [PROBE_FIRST, PROBE_BACKOFF]
         if self.unreleased or not self.health.up:
             self.unreleased.append(args)
         else:
             self._send_release(args)
-        self._wake()
+        self.wake()
 
     def _send_release(self, args: list[str | int]) -> None:
         try:
@@ -171,13 +170,13 @@ class SharedCallGate(CallGate):
             )
         elif event == b"paused":
             self._seen_paused()
-        elif event == b"resumed" and self.paused_since is not None:
+        elif event == b"resumed" and self.pause.paused:
             self._seen_resumed()
         self.limit = float(limit)
         self.ceiling = None if ceiling < 0 else int(ceiling)
         if interval_ms >= 0:
-            self.probe_interval = interval_ms / 1000
-        self._publish()
+            self.pause.interval = interval_ms / 1000
+        self.publish()
 
     def _back(self) -> None:
         """Redis answers again: the releases it missed, in order."""
@@ -187,18 +186,16 @@ class SharedCallGate(CallGate):
             if self.unreleased:  # gone again: keep the rest, in order
                 self.unreleased += kept[i + 1 :]
                 return
-        self._wake()
+        self.wake()
 
     def stop(self, reason: str) -> None:
         super().stop(reason)
         if self._health is not None:
             self._health.wake()  # calls waiting for Redis: the crawl stops
 
-    def _wake(self) -> None:
-        if self.stop_reason is not None or self.draining:
-            super()._wake()  # all of them
-        elif self.waiters:
-            self.waiters.popleft().callback(None)
+    def free_places(self) -> int:
+        """The places are counted in Redis: one waiting call tries."""
+        return 1
 
     def _arm_poll(self, delay: float) -> None:
         if self.poll_timer is None:
@@ -206,7 +203,7 @@ class SharedCallGate(CallGate):
 
     def _poll(self) -> None:
         self.poll_timer = None
-        self._wake()
+        self.wake()
 
     # -- the 439 pause, as this worker sees it ---------------------------------
 
@@ -214,30 +211,22 @@ class SharedCallGate(CallGate):
         # TMAPI_QUOTA_WAIT counts from when this worker first saw the pause,
         # not from when it began: a worker started after a top-up, while the
         # cluster's pause is still recorded, sends a probe before it gives up.
-        if self.paused_since is None:
-            self.paused_since = time.monotonic()
-            self.quota_paused_at = now_iso()
-            self.stats.inc_value("tmapi/throttle/pauses")
+        if self.pause.begin():
             logger.warning(
                 "TMAPI answered 439 (subscription expired or balance spent): all workers paused; "
                 "probing with one call at growing intervals for up to %.0f s (TMAPI_QUOTA_WAIT). Top up to resume.",
-                self.quota_wait,
+                self.pause.wait,
             )
-        paused = time.monotonic() - self.paused_since
-        if paused >= self.quota_wait:
+        if self.pause.expired():
             logger.error(
                 "TMAPI answered 439 for %.0f s: stopping. Top up the balance (or renew the subscription), "
                 "then start the workers again; the pending requests wait in Redis",
-                paused,
+                self.pause.lasted(),
             )
             self.stop(FinishReason.QUOTA_EXHAUSTED)
 
     def _seen_resumed(self) -> None:
-        assert self.paused_since is not None
-        paused = time.monotonic() - self.paused_since
-        self._add_paused(paused)
-        logger.info("TMAPI answers again after %.0f s of 439: resuming", paused)
-        self.paused_since = None
+        logger.info("TMAPI answers again after %.0f s of 439: resuming", self.pause.end())
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -263,7 +252,4 @@ class SharedCallGate(CallGate):
             with contextlib.suppress(RedisError):  # else they expire (TMAPI_LEASE_TIMEOUT)
                 self.server.zrem(GATE_HOLDERS_KEY, *self.holders)
             self.holders.clear()
-        if self.paused_since is not None:
-            self._add_paused(time.monotonic() - self.paused_since)
-            self.paused_since = None
         super().spider_closed()

@@ -177,7 +177,7 @@ class LeasedScheduler(BaseScheduler):
     def has_pending_requests(self) -> bool:
         if not self.health.up or self.unsent:
             return True  # not known now: the crawl is not over
-        if self.gate.draining:
+        if self.gate.budget.draining:
             return False  # this worker's budget is reached: what is queued is the others' (or the resume's)
         try:
             return len(self.queue) > 0
@@ -250,7 +250,7 @@ class LeasedScheduler(BaseScheduler):
                     self.queue.ack([lease])  # unreadable: logged, dropped from the queue
                     self.stats.inc_value("tmapi/cluster/skipped")
                     continue
-                if not self.gate.may_hand_out(request):
+                if not self.gate.budget.may_hand_out(request):
                     passed.append(lease)  # this worker's budget is reached: for the others
                     continue
                 self.leases.hold(lease, request)

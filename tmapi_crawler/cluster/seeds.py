@@ -78,7 +78,7 @@ class RedisSeedsMiddleware:
         self, spider: SeededSpider, seeds_key: str, queue_key: str, leases_key: str
     ) -> AsyncIterator[Any]:
         idle_since: float | None = None
-        while not self.health.stopping and not self.gate.draining:
+        while not self.health.stopping and not self.gate.budget.draining:
             if not self.health.up:
                 idle_since = None  # an outage is not idleness
                 await self.health.back()

@@ -37,8 +37,11 @@ from scrapy.exceptions import UsageError
 
 from tmapi_crawler.commands import refuse, whole_file
 from tmapi_crawler.config import from_environment, shown
+from tmapi_crawler.store.catalog import changes, products
 from tmapi_crawler.store.changes import CHANGE_KINDS
-from tmapi_crawler.store.db import CatalogDB, iso
+from tmapi_crawler.store.checks import integrity_check
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.dialect import iso
 from tmapi_crawler.store.history import History, Period
 from tmapi_crawler.store.report import Report
 from tmapi_crawler.store.url import StoreError, parse_store_url
@@ -129,9 +132,9 @@ class Command(ScrapyCommand):
         except StoreError as exc:
             refuse(str(exc))
         records = (
-            db.products(delisted=opts.delisted, changed_since=changed_since)
+            products(db, delisted=opts.delisted, changed_since=changed_since)
             if action == "export"
-            else db.changes(since, until=until, item_ids=opts.item_id or (), kinds=kinds)
+            else changes(db, since, until=until, item_ids=opts.item_id or (), kinds=kinds)
         )
         try:
             count = write_lines(records, opts.output, db)
@@ -153,7 +156,7 @@ class Command(ScrapyCommand):
             problems = [str(exc)]
         else:
             try:
-                problems = db.integrity_check()
+                problems = integrity_check(db)
             finally:
                 db.close()
         for problem in problems:

@@ -392,7 +392,7 @@ class JobdirScheduler(BaseScheduler):
                 db.execute("DELETE FROM requests WHERE id = ?", (lease,))
                 continue
             self.leases.hold(str(lease), request)
-            if not self.gate.may_hand_out(request):
+            if not self.gate.budget.may_hand_out(request):
                 # The budget is reached: kept in hand, pending again for the resume.
                 self.stats.inc_value("tmapi/budget/not_sent")
                 continue

@@ -43,7 +43,9 @@ from tmapi_crawler.loops import looping_call
 from tmapi_crawler.notify.digest import Digest, headline, markdown_items, parse_rules, render
 from tmapi_crawler.notify.monitors import RESULTS
 from tmapi_crawler.records import ChangeItem
-from tmapi_crawler.store.db import CatalogDB, iso
+from tmapi_crawler.store.catalog import titles
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.dialect import iso
 from tmapi_crawler.store.url import StoreError, parse_store_url
 
 if TYPE_CHECKING:
@@ -295,7 +297,7 @@ def _titles(store: str, changes: list[dict[str, Any]]) -> dict[int, tuple[str, d
         logger.warning("The alert names its products by id only: %s", exc)
         return {}
     try:
-        return db.titles(sorted({change["item_id"] for change in changes}))
+        return titles(db, sorted({change["item_id"] for change in changes}))
     except Exception as exc:
         logger.warning("The alert names its products by id only: %s", db.error(exc))
         return {}

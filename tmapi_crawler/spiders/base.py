@@ -31,7 +31,8 @@ from tmapi_crawler.arguments import (
     parse_arguments,
     tool_arguments,
 )
-from tmapi_crawler.calls.gate import RESERVED_META, STARTED_META, CallGate, gate_of
+from tmapi_crawler.calls.budget import RESERVED_META, STARTED_META
+from tmapi_crawler.calls.gate import CallGate, gate_of
 from tmapi_crawler.compat import queued_requests
 from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
 from tmapi_crawler.durable.leases import LeaseTracker, tracker_of
@@ -47,7 +48,7 @@ from tmapi_crawler.records import (
     product_record,
 )
 from tmapi_crawler.store.crawl import store_of
-from tmapi_crawler.store.db import PageNote
+from tmapi_crawler.store.listings import PageNote
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -225,7 +226,7 @@ class TmapiSpider(Spider):
     async def start(self) -> AsyncIterator[Any]:
         for out in self.seed_requests(self.args):
             await wait_for_room(self.crawler)
-            if self.gate.draining:
+            if self.gate.budget.draining:
                 return  # the budget is reached: no new product
             yield out
 
@@ -338,7 +339,7 @@ class TmapiSpider(Spider):
                 fetched_at=response.meta.get(FETCHED_AT_META),
             )
         except BadAnswer as exc:
-            self.gate.unreserve(response.request)
+            self.gate.budget.unreserve(response.request)
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             return
         media = opts.get("media") or []
@@ -369,7 +370,7 @@ class TmapiSpider(Spider):
     def parse_desc(
         self, response: Response, *, product: ProductItem, media: list[str] | None = None, **_: Any
     ) -> Iterator[Any]:
-        self.gate.unreserve(response.request)  # answered by the store: no call was made
+        self.gate.budget.unreserve(response.request)  # answered by the store: no call was made
         try:
             add_description(product, envelope_of(response).data, fetched_at=response.meta.get(FETCHED_AT_META))
         except BadAnswer as exc:
@@ -409,7 +410,7 @@ class TmapiSpider(Spider):
         """A failure record; a product whose description failed is still a
         product record."""
         request: Request = failure.request  # type: ignore[attr-defined]
-        self.gate.unreserve(request)
+        self.gate.budget.unreserve(request)
         exc = failure.value
         if isinstance(exc, ApiError):
             code, msg = exc.code, exc.msg

@@ -63,6 +63,19 @@ class State:
         return self.stock is not None and self.stock <= 0
 
 
+@dataclass(slots=True)
+class Before:
+    """What the store had of a product before a write: its state, when its
+    detail and description were fetched, and what the refresh policy knew
+    (its history of changes that matter, the rate estimated from it)."""
+
+    state: State
+    detail_fetched_at: str
+    desc_fetched_at: str | None
+    refresh_history: str | None
+    refresh_rate: float | None
+
+
 def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None

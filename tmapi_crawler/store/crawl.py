@@ -54,10 +54,15 @@ from tmapi_crawler.loops import looping_call
 from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
 from tmapi_crawler.store.changes import listing_signature
-from tmapi_crawler.store.db import PRUNE_BATCH, CatalogDB, CrawlRow, PageNote, iso
+from tmapi_crawler.store.checks import quick_check
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.dialect import iso
 from tmapi_crawler.store.freshness import RefreshPlanner, listing_counters
+from tmapi_crawler.store.ledger import CrawlRow, record_crawl
+from tmapi_crawler.store.lookup import listing_reads, lookup, shop_rates
 from tmapi_crawler.store.url import StoreError, parse_store_url
 from tmapi_crawler.store.watch import read_watch
+from tmapi_crawler.store.write import PRUNE_BATCH, prune_changes, write
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -66,8 +71,10 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
-    from tmapi_crawler.store.db import Stored, WriteResult
+    from tmapi_crawler.store.listings import PageNote
+    from tmapi_crawler.store.lookup import Stored
     from tmapi_crawler.store.url import StoreURL
+    from tmapi_crawler.store.write import WriteResult
 
     T = TypeVar("T")
 
@@ -138,7 +145,7 @@ def check_store(settings: BaseSettings) -> None:
     except StoreError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        problems = db.quick_check(QUICK_CHECK_SECONDS)
+        problems = quick_check(db, QUICK_CHECK_SECONDS)
     finally:
         db.close()
     if problems:
@@ -348,7 +355,7 @@ class CatalogStore:
             while self._lookups:
                 batch, self._lookups = self._lookups, {}
                 try:
-                    found = await self._call(self.reader, self._read_thread, self.reader.lookup, list(batch))
+                    found = await self._call(self.reader, self._read_thread, lookup, self.reader, list(batch))
                 except StoreError as error:
                     self._fail(error)
                     for futures in batch.values():
@@ -393,7 +400,7 @@ class CatalogStore:
                 pages, self._pages = self._pages, []
                 try:
                     result = await self._call(
-                        self.writer, self._write_thread, self.writer.write, [r for r, _ in batch], pages
+                        self.writer, self._write_thread, write, self.writer, [r for r, _ in batch], pages
                     )
                 except StoreError as exc:
                     self._fail(exc)
@@ -480,8 +487,8 @@ class CatalogStore:
 
             self.planner.grant = SharedBudget(self.crawler, budget).grant
         try:  # small tables, read once: each shop's rate, each listing's last read
-            self.planner.shop_rates = self.reader.shop_rates()
-            self.planner.listing_reads = self.reader.listing_reads()
+            self.planner.shop_rates = shop_rates(self.reader)
+            self.planner.listing_reads = listing_reads(self.reader)
         except Exception as exc:
             self._fail(self.reader.error(exc))
         self._loop.start(FLUSH_INTERVAL, now=False)
@@ -520,7 +527,7 @@ class CatalogStore:
         self._refresh_stats()
         if self.failed is None:
             try:
-                self.writer.record_crawl(self._crawl_row(reason))
+                record_crawl(self.writer, self._crawl_row(reason))
             except Exception as exc:
                 logger.warning("The crawl is not in the store's crawls table: %s", self.writer.error(exc))
             if self.config.changes_retention:
@@ -538,7 +545,7 @@ class CatalogStore:
         started, pruned = time.monotonic(), 0
         try:
             while time.monotonic() - started < PRUNE_SECONDS:
-                deleted = self.writer.prune_changes(before)
+                deleted = prune_changes(self.writer, before)
                 pruned += deleted
                 if deleted < PRUNE_BATCH:
                     break

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    from tmapi_crawler.store.changes import Before, State
+
 #: The change kinds that matter (store.changes' kinds; ``stock`` only when a
 #: SKU's stock reaches 0 or leaves it: :func:`matters`).
 MATTERING = frozenset({"price", "sold_out", "back_in_stock", "sku_added", "sku_removed"})
@@ -168,24 +170,26 @@ class _Row:
 
 class RefreshRows:
     """What a batch of fetched products tells the refresh policy, written
-    with the batch (:meth:`tmapi_crawler.store.db.CatalogDB.write`): one
+    with the batch (:func:`tmapi_crawler.store.write.write`): one
     statement for the products' columns, one for their shops' rates."""
 
     def __init__(self) -> None:
         self.rows: list[_Row] = []
 
-    def add(self, record: dict[str, Any], state: Any, shop: str | None, before: Any, changes: list[Any]) -> None:
-        """*record* was fetched (*state* what it is now, *before* the store's
-        old row, *changes* what the diff found)."""
+    def add(
+        self, record: dict[str, Any], state: State, shop: str | None, before: Before | None, changes: list[Any]
+    ) -> None:
+        """*record* was fetched (*state* what it is now, *before* what the
+        store had, *changes* what the diff found)."""
         orders, units = listing_counters(record.get("listing"))
         stocks = [sku.stock for sku in state.skus.values() if sku.stock]
         history: list[tuple[float, bool]] = []
         old_rate = None
         if before is not None:
-            history = parse_history(before[3])
-            interval = _seconds(str(record["detail_fetched_at"]), before[1])
+            history = parse_history(before.refresh_history)
+            interval = _seconds(str(record["detail_fetched_at"]), before.detail_fetched_at)
             history.append((interval, matters(changes)))
-            old_rate = before[4]
+            old_rate = before.refresh_rate
         self.rows.append(
             _Row(int(record["item_id"]), shop, orders, units, min(stocks) if stocks else None, history, old_rate,
                  before is not None)
@@ -337,7 +341,7 @@ class RefreshPlanner:
         return min(1.0, max(elapsed, 0.0) / self.max_age) if self.max_age > 0 else 1.0
 
     def candidate(self, stored: Any, listing: dict[str, Any] | None, now: datetime) -> Candidate:
-        """The value of refreshing *stored* (a :class:`~tmapi_crawler.store.db.Stored`)."""
+        """The value of refreshing *stored* (a :class:`~tmapi_crawler.store.lookup.Stored`)."""
         age = max(0.0, stored.detail_age(now))
         orders, units = listing_counters(listing)
         rate = stored.refresh_rate or self.shop_rates.get(stored.shop or "", 1 / max(self.max_age, 1.0))

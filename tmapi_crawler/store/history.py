@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tmapi_crawler.store.db import iso
+from tmapi_crawler.store.dialect import iso
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

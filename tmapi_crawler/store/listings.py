@@ -1,0 +1,138 @@
+"""Listing pages: each crawl of a listing is a *read* with an id of its own
+(given with the seed), so that pages may arrive in any order and from any
+worker; a page of a new read replaces the stored one.  A read is complete
+when every page of it was read, none failed, and the number of pages is
+known: then a stored product it no longer names was delisted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tmapi_crawler.records import now_precise
+from tmapi_crawler.store.changes import change_record
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tmapi_crawler.store.dialect import Dialect
+
+
+@dataclass(slots=True)
+class PageNote:
+    """A listing page read (or failed): which listing (seed and filters),
+    which read of it (one crawl's), the page, the products it named, and how many pages the listing has when
+    this page tells (``None`` when it does not)."""
+
+    listing_key: str
+    read_id: str
+    page: int
+    item_ids: list[int] = field(default_factory=list)
+    pages_total: int | None = None
+    failed: bool = False
+    at: str = field(default_factory=now_precise)
+
+
+def write_pages(cur: Any, dialect: Dialect, pages: Sequence[PageNote]) -> list[dict[str, Any]]:
+    """Store *pages* (in a transaction the caller holds); the ``delisted``
+    change records of the reads they complete (the caller stores them).
+    The pages of one read that arrive together are written together: a
+    few statements for them all, whatever their number."""
+    by_listing: dict[str, list[PageNote]] = {}
+    for note in pages:
+        by_listing.setdefault(note.listing_key, []).append(note)
+    delisted: list[dict[str, Any]] = []
+    for notes in by_listing.values():
+        # In their order: a page of a newer read replaces the older read.
+        for _, same_read in groupby(notes, key=lambda note: note.read_id):
+            delisted += _write_read(cur, dialect, list(same_read))
+    return delisted
+
+
+def _write_read(cur: Any, dialect: Dialect, notes: list[PageNote]) -> list[dict[str, Any]]:
+    """Pages of one read of one listing."""
+    sql, lock = dialect.sql, dialect.lock
+    key, read_id, last = notes[0].listing_key, notes[0].read_id, notes[-1]
+    row = cur.execute(
+        sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{lock}"),  # noqa: S608
+        (key,),
+    ).fetchone()
+    if row is None or row[0] != read_id:
+        cur.execute(
+            sql(
+                "INSERT INTO listing_reads (listing_key, read_id, started_at, pages_total, failed, completed_at) "
+                "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT (listing_key) DO UPDATE SET "
+                "read_id = excluded.read_id, started_at = excluded.started_at, pages_total = NULL, "
+                "failed = excluded.failed, completed_at = NULL, pages_read = 0"
+            ),
+            (key, read_id, notes[0].at, False),
+        )
+        cur.execute(sql("DELETE FROM listing_pages WHERE listing_key = ?"), (key,))
+    elif row[1] is not None:
+        return []  # that read is over (pages delivered again after it)
+    if any(note.failed for note in notes):
+        cur.execute(sql("UPDATE listing_reads SET failed = ? WHERE listing_key = ?"), (True, key))
+    read = [note for note in notes if not note.failed]
+    if not read:
+        return []
+    pages = sorted({note.page for note in read})
+    known = cur.execute(
+        sql(f"SELECT page FROM listing_pages WHERE listing_key = ? AND page IN ({','.join('?' * len(pages))})"),  # noqa: S608
+        (key, *pages),
+    ).fetchall()
+    added = [page for page in pages if page not in {found for (found,) in known}]
+    if added:
+        cur.executemany(sql("INSERT INTO listing_pages (listing_key, page) VALUES (?, ?)"), [(key, p) for p in added])
+    members = dict.fromkeys(item_id for note in read for item_id in note.item_ids)
+    if members:
+        cur.executemany(
+            sql(
+                "INSERT INTO listing_members (listing_key, item_id, read_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (listing_key, item_id) DO UPDATE SET read_id = excluded.read_id"
+            ),
+            [(key, item_id, read_id) for item_id in members],
+        )
+    told = [note.pages_total for note in read if note.pages_total is not None]
+    total, failed, pages_read = cur.execute(
+        sql(
+            "UPDATE listing_reads SET pages_read = pages_read + ?, pages_total = COALESCE(?, pages_total) "
+            "WHERE listing_key = ? RETURNING pages_total, failed, pages_read"
+        ),
+        (len(added), told[-1] if told else None, key),
+    ).fetchone()
+    if failed or total is None or pages_read < total:
+        return []  # one row read per page, whatever the listing's size
+    # Counted enough: once a read, make sure they are its pages 1 to total.
+    complete = cur.execute(
+        sql("SELECT COUNT(*) FROM listing_pages WHERE listing_key = ? AND page <= ?"), (key, total)
+    ).fetchone()[0]
+    if complete < total:
+        return []
+    # Read completely: a stored product it no longer names was delisted.
+    gone = cur.execute(
+        sql(
+            "SELECT m.item_id, p.source FROM listing_members m JOIN products p ON p.item_id = m.item_id "
+            "WHERE m.listing_key = ? AND m.read_id <> ? AND p.delisted_at IS NULL ORDER BY m.item_id"
+        ),
+        (key, read_id),
+    ).fetchall()
+    changes = [
+        change_record(
+            "delisted",
+            item_id,
+            detected_at=last.at,
+            source=orjson.loads(source) if source else None,
+            field="listing",
+            old=key,
+        )
+        for item_id, source in gone
+    ]
+    cur.executemany(
+        sql("UPDATE products SET delisted_at = ? WHERE item_id = ?"), [(last.at, c["item_id"]) for c in changes]
+    )
+    cur.execute(sql("DELETE FROM listing_members WHERE listing_key = ? AND read_id <> ?"), (key, read_id))
+    cur.execute(sql("UPDATE listing_reads SET completed_at = ? WHERE listing_key = ?"), (last.at, key))
+    return changes
