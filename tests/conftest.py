@@ -2,8 +2,10 @@
 redis-server, PostgreSQL), each on a free loopback port; the markers of the
 tests that need a server, root or chromium (skipped with a reason when it
 is missing, failed instead when ``TMAPI_TEST_STRICT=1``: scripts/test and
-CI set it); and ``slow`` for ``pytest -m "not slow"``.  What tests share
-besides fixtures is in :mod:`tests.helpers`.
+CI set it); and ``slow`` for ``pytest -m "not slow"``: the tests that use
+a fixture declared with :func:`tests.helpers.starts_process`, and those
+marked so by hand.  What tests share besides fixtures is in
+:mod:`tests.helpers`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import os
 import pytest
 
 from tests.harness import TOKEN, PostgresServer, RedisServer, SandboxProcess
-from tests.helpers import needs
+from tests.helpers import PROCESS_FIXTURES, needs, starts_process
 
 os.environ.setdefault("SCRAPY_SETTINGS_MODULE", "tmapi_crawler.settings")
 
 
-@pytest.fixture(scope="session")
+@starts_process(scope="session")
 def sandbox_session():
     sb = SandboxProcess()
     yield sb
@@ -32,7 +34,7 @@ def sandbox(sandbox_session: SandboxProcess) -> SandboxProcess:
     return sandbox_session
 
 
-@pytest.fixture
+@starts_process
 def make_sandbox():
     """A sandbox of its own, with the flags a test needs."""
     started: list[SandboxProcess] = []
@@ -47,7 +49,7 @@ def make_sandbox():
         sb.stop()
 
 
-@pytest.fixture(scope="session")
+@starts_process(scope="session")
 def redis_session(tmp_path_factory: pytest.TempPathFactory):
     needs("redis")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
@@ -62,7 +64,7 @@ def redis_server(redis_session: RedisServer) -> RedisServer:
     return redis_session
 
 
-@pytest.fixture(scope="session")
+@starts_process(scope="session")
 def postgres_session():
     needs("postgres")
     server = PostgresServer()
@@ -80,18 +82,6 @@ def postgres(postgres_session: PostgresServer, request: pytest.FixtureRequest) -
 
 # -- the fast part: `pytest -m "not slow"` ---------------------------------------------
 
-#: Fixtures that start a process or a server: a test that uses one is slow.
-SLOW_FIXTURES = frozenset(
-    {
-        "sandbox", "sandbox_session", "make_sandbox", "shop", "sb", "filled", "installed",
-        "redis_server", "redis_session", "redis_aof", "redis_volatile", "make_gate",
-        "postgres", "postgres_session", "pg", "store", "scrapyd", "tmpfs", "small_disk", "ftp_store",
-    }
-)  # fmt: skip
-#: What a test's own code calls that runs a process (the real command).
-SLOW_CALLS = ("run_scrapy(", "subprocess.", "Worker(", "crawl(", "SandboxProcess(", "RedisServer(")
-
-
 #: The fixtures (and parameters) by which a test needs redis-server,
 #: PostgreSQL, root or chromium: its marker (``pytest -m "not postgres"``).
 NEEDS_FIXTURES = {
@@ -103,18 +93,15 @@ NEEDS_FIXTURES = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` every test that starts a process or a server (by its
-    fixtures, or by what its own code calls), so that ``pytest -m "not
-    slow"`` runs the rest in seconds; and ``redis``, ``postgres``, ``root``
-    or ``chromium`` the tests that need one (by their fixtures and
-    parameters)."""
-    import inspect
-
+    """Mark ``slow`` every test that uses a fixture declared with
+    :func:`tests.helpers.starts_process` (the tests that run the real
+    command without one carry ``@pytest.mark.slow`` themselves), so that
+    ``pytest -m "not slow"`` runs the rest in seconds; and ``redis``,
+    ``postgres``, ``root`` or ``chromium`` the tests that need one (by
+    their fixtures and parameters)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        function = getattr(item, "function", None)
-        source = inspect.getsource(function) if function is not None else ""
-        if fixtures & SLOW_FIXTURES or any(call in source for call in SLOW_CALLS):
+        if fixtures & PROCESS_FIXTURES:
             item.add_marker(pytest.mark.slow)
         callspec = getattr(item, "callspec", None)
         params = {str(v) for v in callspec.params.values()} if callspec is not None else set()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.harness import ROOT, TOKEN, PostgresServer, RedisServer, SandboxProcess
 from tmapi_crawler.exports import JsonLinesExporter
 
@@ -38,7 +40,25 @@ __all__ = [
     "read_jsonl",
     "run_scrapy",
     "scrapy_env",
+    "starts_process",
 ]
+
+#: The fixtures that start a process or a server, each declared where it is
+#: defined (:func:`starts_process`): a test that uses one, directly or
+#: through another fixture, is ``slow`` (tests/conftest.py marks it).
+PROCESS_FIXTURES: set[str] = set()
+
+
+def starts_process(function: Any = None, **kwargs: Any) -> Any:
+    """``@pytest.fixture`` (bare or with its arguments) for a fixture that
+    starts a process or a server: the tests that use it are marked
+    ``slow``, so that ``pytest -m "not slow"`` leaves them out."""
+
+    def declare(fixture_function: Any) -> Any:
+        PROCESS_FIXTURES.add(kwargs.get("name") or fixture_function.__name__)
+        return pytest.fixture(**kwargs)(fixture_function)
+
+    return declare(function) if function is not None else declare
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -172,8 +192,6 @@ STRICT = "TMAPI_TEST_STRICT"
 def needs(what: str) -> None:
     """Skip the test, with the reason, when the machine lacks *what* (a key
     of :data:`NEEDS`); fail it instead under ``TMAPI_TEST_STRICT=1``."""
-    import pytest
-
     present, reason = NEEDS[what]
     if present():
         return

@@ -41,7 +41,7 @@ def settings_of(**settings):
 def test_one_process_components():
     s = settings_of()
     handler = path(TokenDownloadHandler)
-    # Ours for the API's scheme only; http keeps Scrapy's own (point 1 of the review).
+    # Ours for the API's scheme only; http keeps Scrapy's own.
     assert s.getdict("DOWNLOAD_HANDLERS") == {"https": handler}
     middlewares = components(s, "DOWNLOADER_MIDDLEWARES")
     assert middlewares["scrapy.downloadermiddlewares.retry.RetryMiddleware"] is None
@@ -135,7 +135,9 @@ def test_a_user_can_turn_off_or_reorder_each_optional_component(tmp_path):
     from tmapi_crawler.extensions import TimerCompaction, TmapiStats
     from tmapi_crawler.media.downloads import MediaFilesPipeline, MediaMiddleware
     from tmapi_crawler.notify.monitors import TmapiSpidermon
-    from tmapi_crawler.store.crawl import CatalogStore, StorePipeline, StoreSpiderMiddleware
+    from tmapi_crawler.store.extension import CatalogStore
+    from tmapi_crawler.store.middlewares import StoreSpiderMiddleware
+    from tmapi_crawler.store.pipeline import StorePipeline
 
     optional: dict[str, list[type]] = {
         "EXTENSIONS": [TmapiStats, TimerCompaction, TmapiSpidermon],

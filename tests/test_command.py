@@ -21,12 +21,14 @@ def crawl_cmd(sandbox: SandboxProcess, *args: str, token: str | None = "sandbox"
     return cmd
 
 
+@pytest.mark.slow  # the real command
 def test_scrapy_list_shows_the_spiders(tmp_path):
     result = run_scrapy("list", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["category", "item", "shop"]
 
 
+@pytest.mark.slow  # the real command
 def test_each_spiders_arguments_are_in_its_help_and_in_list_verbose(tmp_path):
     done = run_scrapy("crawl", "shop", "--help", cwd=tmp_path)
     assert done.returncode == 0
@@ -123,6 +125,7 @@ def test_ids_file_with_bad_lines_names_them(sandbox, tmp_path):
         (["-s", "TMAPI_TOKEN=t", "-s", "TMAPI_LANGUAGE=fr"], "TMAPI_LANGUAGE='fr': must be one of"),
     ],
 )
+@pytest.mark.slow  # the real command
 def test_bad_settings_print_one_line_and_exit_2(tmp_path, settings, message):
     result = run_scrapy("crawl", "shop", "-a", "member_id=x", *settings, cwd=tmp_path)
     assert result.returncode == 2
@@ -157,6 +160,7 @@ def test_token_never_appears_in_the_debug_log(sandbox, tmp_path):
     assert "calls" in stats
 
 
+@pytest.mark.slow  # the real command
 def test_scrapy_list_loads_no_redis_module(tmp_path):
     """Redis's client (and scrapy-redis) load only in distributed mode."""
     script = (

@@ -185,6 +185,7 @@ def read_csv_bom(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         (["catalog", "export", "--changed-since", "yesterday", "--store", "c.sqlite"], "--changed-since='yesterday'"),
     ],
 )  # fmt: skip
+@pytest.mark.slow  # the real command
 def test_bad_export_input_is_one_line(tmp_path, args, message):
     (tmp_path / "x.jsonl").write_text("")
     done = run_scrapy(*args, cwd=tmp_path)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SCRAPY, SandboxProcess, needs, run_scrapy, scrapy_env
+from tests.helpers import SCRAPY, SandboxProcess, needs, run_scrapy, scrapy_env, starts_process
 
 SHOP = "b2b-sandbox0000"
 PRODUCTS = 200
 EXIT_FEED_FAILED = 6
 
 
-@pytest.fixture
+@starts_process
 def tmpfs(tmp_path: Path):
     """A real 4 MB tmpfs, unmounted after the test."""
     needs("root")

@@ -234,6 +234,7 @@ def test_a_crawl_writes_several_formats_and_scrapy_export_writes_the_same_files(
     assert len(skus) == expected
 
 
+@pytest.mark.slow  # the real command
 def test_export_errors_are_one_line_each_and_nothing_is_half_written(tmp_path, product):
     record = {**product, "detail_imgs": [], "listing": None, "source": {"spider": "item", "input": "1"},
               "language": "zh", "crawled_at": "2026-11-23T10:00:00Z"}  # fmt: skip
@@ -288,6 +289,7 @@ def _export_until_its_temporary_file_appears(tmp_path: Path) -> subprocess.Popen
     return proc
 
 
+@pytest.mark.slow  # the real command
 def test_a_stopped_export_leaves_no_temporary_file(tmp_path, product):
     """SIGTERM (and Ctrl-C) remove the temporary file at once; one left by
     SIGKILL is removed by the next run to the same file."""

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, read_jsonl
+from tests.helpers import ROOT, read_jsonl, starts_process
 
 SHOP = "b2b-sandbox0000"
 
 
-@pytest.fixture(scope="module")
+@starts_process(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``bin`` folder of a new environment with the project's wheel."""
     where = tmp_path_factory.mktemp("install")

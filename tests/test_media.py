@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.helpers import TOKEN, SandboxProcess, crawl, minimum_calls, read_jsonl, run_scrapy
+from tests.helpers import TOKEN, SandboxProcess, crawl, minimum_calls, read_jsonl, run_scrapy, starts_process
 from tmapi_crawler.media.downloads import looks_like
 from tmapi_crawler.records import ProductItem, add_media, media_urls, validate
 
@@ -300,7 +300,7 @@ def test_a_worker_without_files_store_handed_products_with_media(make_sandbox, r
     assert not read_jsonl(workers[0].failures)
 
 
-@pytest.fixture
+@starts_process
 def ftp_store(tmp_path: Path):
     """``(FILES_STORE URL, its directory)``: Twisted's FTP server on a free loopback port."""
     root = tmp_path / "ftp"

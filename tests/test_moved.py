@@ -15,7 +15,7 @@ from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 
 from tests.helpers import ROOT
-from tmapi_crawler._moved import MOVED
+from tmapi_crawler._moved import MOVED, MOVED_NAMES
 
 
 @pytest.mark.parametrize(("old", "new"), MOVED.items())
@@ -25,6 +25,20 @@ def test_an_old_module_path_warns_and_is_the_new_module(old, new, monkeypatch):
         module = importlib.import_module(old)
     assert module is importlib.import_module(new)
     sys.modules.pop(old, None)
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"), [(old, name, new) for old, names in MOVED_NAMES.items() for name, new in names.items()]
+)
+def test_a_name_that_left_its_module_is_found_there_with_a_warning(old, name, new):
+    """``tmapi_crawler.store.crawl.StorePipeline`` in a user's settings (or
+    ``LOG_FORMATTER = "tmapi_crawler.extensions.QuietLogFormatter"``) is
+    the class at its new path, with a warning naming that path."""
+    with pytest.warns(ScrapyDeprecationWarning, match=rf"{re.escape(old)}\.{name} moved to {re.escape(new)}\.{name}"):
+        found = load_object(f"{old}.{name}")
+    assert found is getattr(importlib.import_module(new), name)
+    with pytest.raises(NameError):  # load_object's word for a name a module lacks
+        load_object(f"{old}.NoSuchThing")
 
 
 def test_a_class_named_by_its_old_path_in_settings_is_the_same_class(monkeypatch):
@@ -48,12 +62,20 @@ def test_every_class_path_the_documentation_names_loads():
     paths = set()
     for page in pages:
         text = page.read_text(encoding="utf-8")
-        # development.md names two old paths, as old paths.
+        # development.md names old paths, as old paths.
         old = "paths of round 3 (`tmapi_crawler.throttle.TmapiThrottle`,\n`tmapi_crawler.media.MediaFilesPipeline`"
         text = text.replace(old, "")
+        names = "(`tmapi_crawler.store.crawl.StorePipeline`,\n`tmapi_crawler.extensions.QuietLogFormatter`"
+        text = text.replace(names, "")
         paths |= set(re.findall(r"\btmapi_crawler(?:\.[a-z_]+)+\.[A-Z]\w+", text))
     assert len(paths) >= 8
-    moved = [p for p in paths if p.rsplit(".", 1)[0] in MOVED or p.startswith("tmapi_crawler.media.Media")]
+    moved = [
+        p
+        for p in paths
+        if p.rsplit(".", 1)[0] in MOVED
+        or p.rsplit(".", 1)[1] in MOVED_NAMES.get(p.rsplit(".", 1)[0], {})
+        or p.startswith("tmapi_crawler.media.Media")
+    ]
     assert moved == [], f"the documentation names old paths: {moved}"
     for path in sorted(paths):
         assert load_object(path) is not None, path

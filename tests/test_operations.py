@@ -18,7 +18,7 @@ import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from tests.harness import ScrapydServer
-from tests.helpers import ROOT, TOKEN, crawl, run_scrapy
+from tests.helpers import ROOT, TOKEN, crawl, run_scrapy, starts_process
 from tmapi_crawler import addon
 from tmapi_crawler.notify import alerts
 
@@ -151,7 +151,7 @@ def test_a_webhook_url_that_does_not_parse_is_refused_before_any_call(sandbox, t
 # -- scrapyd ----------------------------------------------------------------------
 
 
-@pytest.fixture
+@starts_process
 def scrapyd(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRAPY_", "PYTHONPATH", "TMAPI_"))}
     env["TMAPI_TOKEN"] = TOKEN  # the token in scrapyd's environment

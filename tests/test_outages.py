@@ -13,9 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import SCRAPY, PostgresServer, RedisServer, SandboxProcess, needs, scrapy_env
+from tests.helpers import SCRAPY, PostgresServer, RedisServer, SandboxProcess, needs, scrapy_env, starts_process
 from tests.test_cluster import SHOP_A, Worker, assert_each_product_once, assert_nothing_left
 from tmapi_crawler.store.db import CatalogDB
 from tmapi_crawler.store.url import parse_store_url
@@ -24,7 +22,7 @@ from tmapi_crawler.store.url import parse_store_url
 EXIT_REDIS_UNAVAILABLE, EXIT_REDIS_STATE_LOST = 7, 8
 
 
-@pytest.fixture
+@starts_process
 def redis_aof(tmp_path: Path):
     """A redis-server of this test's own, with its append-only file."""
     needs("redis")
@@ -35,7 +33,7 @@ def redis_aof(tmp_path: Path):
         server.kill()
 
 
-@pytest.fixture
+@starts_process
 def redis_volatile(tmp_path: Path):
     """A redis-server of this test's own, in memory only."""
     needs("redis")
@@ -164,7 +162,7 @@ def test_cluster_clear_while_workers_run_stops_them(make_sandbox, redis_volatile
 STORE_SHOP, STORE_PRODUCTS = "b2b-sandbox0000", 400
 
 
-@pytest.fixture
+@starts_process
 def pg():
     """A PostgreSQL cluster of this test's own, to restart and stop."""
     needs("postgres")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from scrapy import Request, Spider
+from scrapy import Request, Spider, signals
 from scrapy.utils.test import get_crawler
 
 from tmapi_crawler.cluster.queue import LeasedQueue
@@ -133,10 +133,12 @@ def test_a_lease_is_safe_once_all_it_yielded_is_safe(tracker):
     assert outputs == [child, record]
     assert child.meta[PARENT_META] == "L1"
     assert tracker.safe == []
-    assert tracker.unlink(child) == ("L1", None)
+    assert tracker.detach(child) == ("L1", None)
     tracker.settle("L1")  # the child is in the queue
     assert tracker.safe == []
-    tracker._item_settled(record, response=type("R", (), {"request": request})())  # the record is exported
+    tracker.enable()  # told of records from now on, as a leasing scheduler makes it
+    response = type("R", (), {"request": request})()
+    tracker.crawler.signals.send_catch_log(signals.item_scraped, item=record, response=response)  # exported
     assert tracker.safe == ["L1"]
     acked: list[list[str]] = []
     assert tracker.commit(acked.append) == 1
@@ -155,7 +157,7 @@ def test_a_replaced_lease_is_forgotten_and_unfinished_ones_given_back(tracker):
     tracker.hold("L2", second)
     retry = first.replace(dont_filter=True)
     assert retry.meta[LEASE_META] == "L1"
-    assert tracker.unlink(retry) == (None, "L1")
+    assert tracker.detach(retry) == (None, "L1")
     tracker.forget("L1")
     assert tracker.unfinished() == ["L2"]
     assert not tracker.busy

@@ -125,6 +125,7 @@ def figures(text: str) -> dict[str, int]:
     return found
 
 
+@pytest.mark.slow  # the real command
 def test_bad_report_input_is_one_line(tmp_path):
     store = tmp_path / "catalog.sqlite"
     for args, message in (

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, read_jsonl, run_scrapy
+from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, read_jsonl, run_scrapy, starts_process
 from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
 from tmapi_crawler.store.db import CatalogDB
@@ -32,7 +32,7 @@ SHOP = "b2b-sandbox0000"
 PRODUCTS, PAGES = 60, 3
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@starts_process(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL: a SQLite file, or a new database on the test cluster."""
     if request.param == "sqlite":
@@ -332,7 +332,7 @@ async def test_an_unchanged_product_is_a_record_without_a_request_of_its_own(mak
     assert second.stats["tmapi/store/desc_from_store"] == PRODUCTS
     assert sorted(second.ids()) == sorted(first.ids())
     # Without the spider middleware, the same records through a request each.
-    off = {"SPIDER_MIDDLEWARES": {"tmapi_crawler.store.crawl.StoreSpiderMiddleware": None}}
+    off = {"SPIDER_MIDDLEWARES": {"tmapi_crawler.store.middlewares.StoreSpiderMiddleware": None}}
     third = await store_crawl(sb, tmp_path, store, "3", settings=off)
     assert third.stats["scheduler/enqueued"] == PAGES + 2 * PRODUCTS
     assert third.extra["calls"] == {"total": PAGES, "shop_items": PAGES}
@@ -479,7 +479,7 @@ def test_postgres_refusing_the_password_is_one_line(sandbox, tmp_path, postgres_
     assert sandbox.stats()["calls"] == 0
 
 
-@pytest.fixture
+@starts_process
 def small_disk(tmp_path: Path):
     """A directory on a file system of its own, 1 MB, that a test can make
     read-only or fill (a tmpfs; root only)."""
@@ -547,6 +547,7 @@ def test_a_full_disk_mid_crawl_stops_cleanly_loses_nothing_and_resumes(make_sand
     assert len(read_jsonl(tmp_path / "again.jsonl")) == 400
 
 
+@pytest.mark.slow  # the real command
 def test_catalog_commands_check_their_arguments(tmp_path):
     store = tmp_path / "catalog.sqlite"
     assert_one_line(run_scrapy("catalog", "export", "--store", str(store), cwd=tmp_path), 2, "no catalog store at")
@@ -672,7 +673,7 @@ def test_ages_are_spread_per_product():
     """A product's share of the max age is the same every run, from half to
     all of it, and spread: the details fetched together on a first day come
     due over the second half of the period, not all on one day."""
-    from tmapi_crawler.store.crawl import age_share
+    from tmapi_crawler.store.extension import age_share
 
     shares = [age_share(700020000000 + n) for n in range(1000)]
     assert shares == [age_share(700020000000 + n) for n in range(1000)]

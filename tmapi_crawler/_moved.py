@@ -33,6 +33,24 @@ MOVED = {
     "tmapi_crawler.media_hosts": "tmapi_crawler.media.hosts",
     "tmapi_crawler.report": "tmapi_crawler.store.report",
 }
+#: Names that left a module that stays: old module -> name -> new module
+#: (the old module's ``__getattr__`` calls :func:`moved_name`).
+MOVED_NAMES: dict[str, dict[str, str]] = {
+    "tmapi_crawler.extensions": {
+        "QuietLogFormatter": "tmapi_crawler.logformatter",
+        "to_feeds": "tmapi_crawler.durable.feeds",
+    },
+    "tmapi_crawler.store.crawl": {
+        **dict.fromkeys(
+            ("CatalogStore", "store_url", "check_store", "store_of", "required_store", "age_share", "NotStored"),
+            "tmapi_crawler.store.extension",
+        ),
+        **dict.fromkeys(
+            ("StoreMiddleware", "StoreSpiderMiddleware", "stored_response"), "tmapi_crawler.store.middlewares"
+        ),
+        "StorePipeline": "tmapi_crawler.store.pipeline",
+    },
+}
 #: ``tmapi_crawler.media`` was a module and is the media package now: its
 #: classes are found there (with the warning) until the next release.
 MEDIA_MODULE = "tmapi_crawler.media.downloads"
@@ -60,3 +78,13 @@ def media_attribute(name: str) -> object:
         raise AttributeError(f"module 'tmapi_crawler.media' has no attribute {name!r}")
     _warn(f"tmapi_crawler.media.{name}", f"{MEDIA_MODULE}.{name}")
     return getattr(module, name)
+
+
+def moved_name(module: str, name: str) -> object:
+    """``<module>.<name>`` of an earlier version, from its new place (with
+    the warning); an ``AttributeError`` for a name that never moved."""
+    new = MOVED_NAMES[module].get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    _warn(f"{module}.{name}", f"{new}.{name}")
+    return getattr(importlib.import_module(new), name)

@@ -31,6 +31,7 @@ from tmapi_crawler.calls.answers import AnswerMiddleware
 from tmapi_crawler.calls.gate import DEFAULT_CAP, BudgetScheduler, TmapiThrottle
 from tmapi_crawler.calls.handler import TokenDownloadHandler
 from tmapi_crawler.calls.paid import PaidAnswers
+from tmapi_crawler.calls.room import RoomMiddleware
 from tmapi_crawler.compat import InternalsCheck
 from tmapi_crawler.config import DEFAULTS, from_environment, is_distributed
 from tmapi_crawler.durable.feeds import (
@@ -50,7 +51,9 @@ from tmapi_crawler.notify.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, S
 from tmapi_crawler.pipelines import ValidationPipeline
 from tmapi_crawler.records import RECORD_CLASSES, ChangeItem, FailureItem, ProductItem
 from tmapi_crawler.redaction import redact_logs
-from tmapi_crawler.store.crawl import CatalogStore, StoreMiddleware, StorePipeline, StoreSpiderMiddleware
+from tmapi_crawler.store.extension import CatalogStore
+from tmapi_crawler.store.middlewares import StoreMiddleware, StoreSpiderMiddleware
+from tmapi_crawler.store.pipeline import StorePipeline
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -116,6 +119,9 @@ class TmapiAddon:
         # Engine-side of AnswerMiddleware: it sees what was billed; its own
         # answers (kept in JOBDIR by an earlier run) are no call.
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", PaidAnswers, 545)
+        # API calls wait while records wait for the store's writer or for their
+        # files (tmapi_crawler.calls.room): before the store answers a call.
+        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", RoomMiddleware, 525)
         _default(settings, "ITEM_PIPELINES", ValidationPipeline, 100)
         _default(settings, "EXTENSIONS", TmapiStats, 500)
         _default(settings, "EXTENSIONS", TimerCompaction, 0)
@@ -192,9 +198,11 @@ class TmapiAddon:
         (200); media downloads get room of their own among the downloader's
         requests, so that they never keep an API call waiting."""
         settings.set_in_component_priority_dict("EXTENSIONS", MediaDownloads, 0)
-        # Before the store's answers (540): an API call waits there while
-        # too many records wait for their files.
         _default(settings, "DOWNLOADER_MIDDLEWARES", MediaMiddleware, 530)
+        # Scrapy's media pipelines leave a 3xx to the pipeline unless told to
+        # let RedirectMiddleware follow it (each hop is checked: MediaMiddleware).
+        if settings.getpriority("MEDIA_ALLOW_REDIRECTS") in (None, SETTINGS_PRIORITIES["default"]):
+            settings.set("MEDIA_ALLOW_REDIRECTS", True, "addon")
         thumbs = settings.get("IMAGES_THUMBS")
         if isinstance(thumbs, str):
             # From the command line: JSON, which Scrapy's images pipeline

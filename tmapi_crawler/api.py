@@ -132,7 +132,14 @@ API_SLOT = "tmapi-api"
 DOWNLOAD_SLOT = "download_slot"
 #: Meta set on every call: its slot, no robots.txt (an API has none), no
 #: AutoThrottle delay.
-API_META = {DOWNLOAD_SLOT: API_SLOT, "dont_obey_robotstxt": True, "autothrottle_dont_adjust_delay": True}
+#: What every API call carries: its own download slot, no robots.txt, no
+#: AutoThrottle, and no redirect followed (an answer is what was billed).
+API_META = {
+    DOWNLOAD_SLOT: API_SLOT,
+    "dont_obey_robotstxt": True,
+    "autothrottle_dont_adjust_delay": True,
+    "dont_redirect": True,
+}
 
 
 def build_request(

@@ -1,8 +1,6 @@
-"""The crawl's own extensions and what they share: stats, the progress line
-and the end-of-crawl summary (:class:`TmapiStats`), the compaction of
-Twisted's timers (:class:`TimerCompaction`), the log formatter
-(:class:`QuietLogFormatter`), and :func:`to_feeds`, which hands a record made
-outside a callback (a change, a failure) to the feed exports."""
+"""The crawl's own extensions: stats, the progress line and the
+end-of-crawl summary (:class:`TmapiStats`), and the compaction of Twisted's
+timers (:class:`TimerCompaction`)."""
 
 from __future__ import annotations
 
@@ -11,9 +9,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.logformatter import LogFormatter
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
+from tmapi_crawler._moved import moved_name
 from tmapi_crawler.api import DETAIL_ENDPOINTS, Endpoint, endpoint_of
 from tmapi_crawler.compat import compact_timers
 from tmapi_crawler.config import config_from_settings
@@ -24,11 +22,8 @@ from tmapi_crawler.records import ChangeItem, FailureItem, ListingItem, ProductI
 if TYPE_CHECKING:
     from typing import Self
 
-    from scrapy import Request, Spider
+    from scrapy import Request
     from scrapy.crawler import Crawler
-    from scrapy.http import Response
-    from scrapy.logformatter import LogFormatterResult
-    from twisted.python.failure import Failure
 
     from tmapi_crawler.durable.feeds import FeedGuard
 
@@ -37,13 +32,6 @@ logger = logging.getLogger(__name__)
 #: Failures that end a product (a failed description does not: the product
 #: is still written, with its description fields null).
 PRODUCT_ENDING = {Endpoint.ITEM_DETAIL.value, Endpoint.ITEM_DETAIL_BY_URL.value, "record"}
-
-
-def to_feeds(crawler: Crawler, item: Any) -> None:
-    """A record made outside the spider (a change record of the catalog
-    store, a media failure) to the feed exports, which take records from
-    the ``item_scraped`` signal; the stats count it as the spider's."""
-    crawler.signals.send_catch_log(signal=signals.item_scraped, item=item, response=None, spider=crawler.spider)
 
 
 #: The progress figures a resumed crawl carries on (JOBDIR keeps them), and
@@ -60,6 +48,10 @@ PROGRESS_KEYS = (
     "refresh/spent",
 )
 RESUMED = "tmapi/resumed"
+#: The crawl's id, given by what knows it: the JOBDIR scheduler (the same
+#: across the crawl's resumes), the distributed run (every worker's); the
+#: catalog store's ``crawls`` row is the crawl's under it.
+CRAWL_ID_STAT = "tmapi/crawl_id"
 
 
 def from_the_store(served: int, descriptions: int) -> str:
@@ -281,20 +273,6 @@ class TimerCompaction:
             self.task.stop()
 
 
-class QuietLogFormatter(LogFormatter):
-    """Scrapy's log formatter, which makes no "Scraped from ..." message for
-    each record when ``LOG_LEVEL`` shows no DEBUG message: Scrapy made the
-    message (the record's repr included) only for the log to drop it, a
-    tenth of what a record answered by the catalog store costs."""
-
-    def __init__(self, debug: bool = True):
-        self.debug = debug
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> Self:
-        level = crawler.settings.get("LOG_LEVEL")
-        number = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
-        return cls(debug=not isinstance(number, int) or number <= logging.DEBUG)
-
-    def scraped(self, item: Any, response: Response | Failure | None, spider: Spider) -> LogFormatterResult | None:  # type: ignore[override]
-        return super().scraped(item, response, spider) if self.debug else None
+def __getattr__(name: str) -> object:
+    """``to_feeds`` and ``QuietLogFormatter`` lived here until round 4."""
+    return moved_name(__name__, name)

@@ -15,12 +15,15 @@ COMMANDS_MODULE = "tmapi_crawler.commands"
 
 ADDONS = {"tmapi_crawler.addon.TmapiAddon": 0}
 
-# An API, not a website: no robots.txt, cookies, referers or redirects to
-# follow, and the same slot for every call.
+# An API, not a website: no robots.txt, cookies or meta refresh, and the same
+# slot for every call.  API calls follow no redirect (they carry
+# dont_redirect); media downloads do (Scrapy's RedirectMiddleware, each hop
+# checked by the media middleware).  No request names the page it came from:
+# Scrapy's RefererMiddleware, which RedirectMiddleware asks, with the
+# no-referrer policy.
 ROBOTSTXT_OBEY = False
 COOKIES_ENABLED = False
-REFERER_ENABLED = False
-REDIRECT_ENABLED = False
+REFERRER_POLICY = "no-referrer"
 METAREFRESH_ENABLED = False
 DEFAULT_REQUEST_HEADERS = {"Accept": "application/json"}
 USER_AGENT = "tmapi_crawler (+https://github.com/tmapi-crawler)"
@@ -54,7 +57,7 @@ FEED_EXPORT_ENCODING = "utf-8"
 FEED_EXPORTERS = FEED_FORMATS
 LOG_LEVEL = "INFO"
 # No "Scraped from ..." message made for each record unless LOG_LEVEL=DEBUG shows it.
-LOG_FORMATTER = "tmapi_crawler.extensions.QuietLogFormatter"
+LOG_FORMATTER = "tmapi_crawler.logformatter.QuietLogFormatter"
 LOGSTATS_INTERVAL = 0
 
 # The settings that may hold a password or a token (REDIS_URL, TMAPI_STORE,

@@ -49,6 +49,7 @@ from tmapi_crawler.cluster.defaults import (
 )
 from tmapi_crawler.cluster.lua import RENEW, RUN_JOIN, RUN_LEAVE
 from tmapi_crawler.config import config_from_settings
+from tmapi_crawler.extensions import CRAWL_ID_STAT
 from tmapi_crawler.notify.monitors import LAST_WORKER, RUN_TOTALS
 from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import now_precise
@@ -130,6 +131,8 @@ class RedisHealth:
         self.crawl_id = self.server.get(self.crawl_key)  # type: ignore[assignment]
         run = self._run_join(keys=self.run_keys, args=[self.me, self.lease_ms, uuid.uuid4().hex])
         self.run_id = run.decode() if isinstance(run, bytes) else str(run)
+        # A run of workers is one crawl (every worker adds to its crawls row).
+        self.stats.set_value(CRAWL_ID_STAT, self.run_id)
 
     def renew_run(self) -> None:
         """Still one of the run's workers (raises RedisError)."""

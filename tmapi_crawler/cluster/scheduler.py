@@ -186,7 +186,7 @@ class LeasedScheduler(BaseScheduler):
             return True
 
     def enqueue_request(self, request: Request) -> bool:
-        parent, replaces = self.leases.unlink(request)
+        parent, replaces = self.leases.detach(request)
         fingerprint: bytes | str = b""
         if replaces is None and not request.dont_filter:
             fingerprint = self.df.request_fingerprint(request)

@@ -34,7 +34,7 @@ from tmapi_crawler.durable.jobdir import check_jobdir, jobdir_of
 from tmapi_crawler.durable.locks import Busy, hold_feed, hold_jobdir
 from tmapi_crawler.exports import register_feed_formats
 from tmapi_crawler.reasons import exit_code_for
-from tmapi_crawler.store.crawl import check_store, store_url
+from tmapi_crawler.store.extension import check_store, store_url
 
 if TYPE_CHECKING:
     import argparse

@@ -56,6 +56,13 @@ FEED_ERROR_STAT = "tmapi/feed/error"
 FRESH = "tmapi_fresh"
 
 
+def to_feeds(crawler: Crawler, item: Any) -> None:
+    """A record made outside the spider (a change record of the catalog
+    store, a media failure) to the feed exports, which take records from
+    the ``item_scraped`` signal; the stats count it as the spider's."""
+    crawler.signals.send_catch_log(signal=signals.item_scraped, item=item, response=None, spider=crawler.spider)
+
+
 def _reason(exc: BaseException) -> str:
     if not isinstance(exc, OSError):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # SQLite's "database or disk is full"

@@ -57,7 +57,7 @@ from tmapi_crawler.durable import codec
 from tmapi_crawler.durable.feeds import guard_of
 from tmapi_crawler.durable.leases import tracker_of
 from tmapi_crawler.durable.locks import hold_jobdir, release_jobdir
-from tmapi_crawler.extensions import RESUMED, progress_of
+from tmapi_crawler.extensions import CRAWL_ID_STAT, RESUMED, progress_of
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.records import now_precise
 
@@ -123,12 +123,6 @@ def has_state(settings: BaseSettings) -> bool:
     """Whether JOBDIR holds a crawl to resume (one that finished does not:
     the next run with it is a new crawl)."""
     return jobdir_of(settings) is not None and _meta(settings, "spider") is not None and not _meta(settings, "finished")
-
-
-def crawl_id(settings: BaseSettings) -> str | None:
-    """The id of the crawl kept in JOBDIR (the same across its resumes),
-    once its scheduler opened it; ``None`` without one."""
-    return _meta(settings, "crawl")
 
 
 def _meta(settings: BaseSettings, key: str) -> str | None:
@@ -281,6 +275,8 @@ class JobdirScheduler(BaseScheduler):
             self.paid.load(db)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('spider', ?)", (spider.name,))
         db.execute("INSERT OR IGNORE INTO meta VALUES ('crawl', ?)", (uuid.uuid4().hex,))
+        # The crawl's id, the same across its resumes: the store's crawls row.
+        self.stats.set_value(CRAWL_ID_STAT, db.execute("SELECT value FROM meta WHERE key = 'crawl'").fetchone()[0])
         back = db.execute("UPDATE requests SET leased = 0 WHERE leased = 1").rowcount
         self.pending = db.execute("SELECT count(*) FROM requests").fetchone()[0]
         self._repair_feeds()
@@ -337,7 +333,7 @@ class JobdirScheduler(BaseScheduler):
         if self.broken is not None:
             # The crawl is stopping, and its parent is not acknowledged: it is
             # made again when the parent is done again, on resume.
-            self.leases.unlink(request)
+            self.leases.detach(request)
             return True
         try:
             return self._enqueue(request)
@@ -346,7 +342,7 @@ class JobdirScheduler(BaseScheduler):
             return True
 
     def _enqueue(self, request: Request) -> bool:
-        parent, replaces = self.leases.unlink(request)
+        parent, replaces = self.leases.detach(request)
         try:
             db = self.state.db
             if replaces is None and not request.dont_filter:

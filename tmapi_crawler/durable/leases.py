@@ -128,8 +128,9 @@ class LeaseTracker:
         request.meta[LEASE_META] = lease
         self.held[lease] = _Lease()
 
-    def unlink(self, request: Request) -> tuple[str | None, str | None]:
-        """``(parent, replaces)`` of a request given to the scheduler: the
+    def detach(self, request: Request) -> tuple[str | None, str | None]:
+        """Take the lease marks off a request given to the scheduler, and
+        say what they were, ``(parent, replaces)``: the
         lease whose callback yielded it, and the lease it takes the place of
         (a retry of a leased request)."""
         return request.meta.pop(PARENT_META, None), request.meta.pop(LEASE_META, None)

@@ -22,10 +22,10 @@ from ftplib import error_perm
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from scrapy import Request
-from scrapy.exceptions import DownloadCancelledError, NotConfigured
+from scrapy.exceptions import DownloadCancelledError, IgnoreRequest, NotConfigured
 from scrapy.http import Response
 from scrapy.pipelines.files import FilesPipeline, FSFilesStore, FTPFilesStore
 from scrapy.pipelines.images import ImagesPipeline
@@ -36,9 +36,10 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from tmapi_crawler.calls.answers import BACKOFF_META, retry_exceptions, retry_later
+from tmapi_crawler.calls.room import Room, add_room
 from tmapi_crawler.compat import files_store, media_cache, replace_files_store, set_slot
 from tmapi_crawler.config import config_from_settings, local_directory
-from tmapi_crawler.extensions import to_feeds
+from tmapi_crawler.durable.feeds import to_feeds
 from tmapi_crawler.media.hosts import (
     MEDIA_TARGETS,
     NAMED_TARGETS,
@@ -67,18 +68,18 @@ ERROR_META = "tmapi_media_error"
 #: The flag of the response that stands for a download that failed for good.
 ERROR_FLAG = "tmapi_media_error"
 _HOLDS_META = "tmapi_media_holds"
-_REDIRECTS_META = "tmapi_media_redirects"
 _PATH_META = "tmapi_media_path"
 _TARGET_META = "tmapi_media_target"
 #: The download slot of a media host: never the API's, even on its host.
 SLOT_PREFIX = "tmapi-media:"
 #: Answers worth asking again, and redirects to follow.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 524})
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Redirects a media download follows at most (Scrapy's RedirectMiddleware
+#: follows them, ``redirect_ttl``; each hop's host is checked here).
 MAX_REDIRECTS = 5
 #: Files whose outcome this crawl remembers (Scrapy's cache has no bound).
 #: A file forgotten is found in the store (``FILES_EXPIRES``), not fetched.
-REMEMBERED_FILES = 20_000
+NEWEST_FILES = 20_000
 #: Threads that read and write a local FILES_STORE.
 DISK_THREADS = 4
 IMAGE_KINDS = frozenset({"main", "sku", "desc"})
@@ -100,7 +101,7 @@ def looks_like(kind: str, body: bytes) -> bool:
     return body.startswith(_IMAGE_SIGNATURES) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
 
 
-class _Remembered(OrderedDict[bytes, Any]):
+class _NewestFiles(OrderedDict[bytes, Any]):
     """Scrapy's per-crawl ``downloaded`` cache, holding the newest files only."""
 
     def __init__(self, most: int):
@@ -124,7 +125,10 @@ class MediaDownloads:
         self.stats = crawler.stats
         self.in_flight = asyncio.Semaphore(self.config.media_concurrency)
         self.pending = 0
-        self._room: asyncio.Event | None = None
+        #: API calls wait while TMAPI_MEDIA_MAX_PENDING records wait for their files
+        #: (every waiting call then goes on: some are listing pages, which make no record).
+        self.room = Room(lambda: self.pending >= self.config.media_max_pending, crawler.stats, "tmapi/media/api_waits")
+        add_room(crawler, self.room)
         self.claims: Claims | None = None
         if self.config.media_claims_class:
             self.claims = load_object(self.config.media_claims_class)(crawler, timeout=self._claim_timeout())
@@ -148,19 +152,7 @@ class MediaDownloads:
 
     def record_done(self) -> None:
         self.pending -= 1
-        if self._room is not None and self.pending < self.config.media_max_pending:
-            self._room.set()
-            self._room = None
-
-    async def room(self) -> None:
-        """Returns once fewer than ``TMAPI_MEDIA_MAX_PENDING`` records wait
-        for their files (every waiting call then goes on: some of them are
-        listing pages, which make no record)."""
-        while self.pending >= self.config.media_max_pending:
-            if self._room is None:
-                self._room = asyncio.Event()
-            self.stats.inc_value("tmapi/media/api_waits")
-            await self._room.wait()
+        self.room.check()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -180,6 +172,7 @@ class MediaDownloads:
                 "download_maxsize": self.config.media_maxsize,
                 "download_warnsize": 0,
                 "dont_cache": True,
+                "redirect_ttl": MAX_REDIRECTS,
             },
         )
 
@@ -301,8 +294,8 @@ class MediaFilesPipeline(FilesPipeline):
         if not self._entries(item):
             return item
         info = media_cache(self)
-        if not isinstance(info.downloaded, _Remembered):
-            info.downloaded = _Remembered(REMEMBERED_FILES)
+        if not isinstance(info.downloaded, _NewestFiles):
+            info.downloaded = _NewestFiles(NEWEST_FILES)
         self.downloads.record_waits()
         try:
             return await super().process_item(item)
@@ -456,16 +449,16 @@ class MediaImagesPipeline(MediaFilesPipeline, ImagesPipeline):
 
 
 class MediaMiddleware:
-    """A downloader middleware for media requests, and for API calls while
-    too many records wait for their files.
+    """A downloader middleware for media requests.
 
+    * Each request, and each hop of its redirects (Scrapy's
+      ``RedirectMiddleware`` follows them, ``MEDIA_ALLOW_REDIRECTS``, at most
+      :data:`MAX_REDIRECTS`), goes only to ``TMAPI_MEDIA_HOSTS`` and never
+      inside the user's network.
     * A media request is retried (``TMAPI_MEDIA_RETRY_TIMES``, with backoff)
-      on a connection error, a timeout or an answer such as 503; its
-      redirects are followed (``REDIRECT_ENABLED`` is off for the API).
+      on a connection error, a timeout or an answer such as 503.
     * A media download that failed for good becomes a response flagged
       :data:`ERROR_FLAG`, so that the pipeline records the failure.
-    * An API call waits while ``TMAPI_MEDIA_MAX_PENDING`` records wait for
-      their files.
     """
 
     def __init__(self, crawler: Crawler):
@@ -486,15 +479,15 @@ class MediaMiddleware:
         return cls(crawler)
 
     async def process_request(self, request: Request) -> Response | None:
-        if "tmapi" in request.meta:
-            await self.downloads.room()
-            return None
         if MEDIA_META not in request.meta:
             return None
+        # A redirect's hop (Scrapy's RedirectMiddleware made it from the last
+        # request, whose answer we did not see): that download is over.
+        self._done(request)
         delay = request.meta.pop(BACKOFF_META, None)
         if delay:
             await sleep(delay)
-        refusal = self.hosts.refusal(request.url)
+        refusal = self.hosts.refusal(request.url)  # every hop of a redirect is checked
         if refusal is not None:
             return self._refuse(request, refusal)
         target = media_target(request.url)
@@ -526,14 +519,6 @@ class MediaMiddleware:
         if MEDIA_META not in request.meta:
             return response
         self._done(request)
-        if response.status in REDIRECT_STATUSES and b"Location" in response.headers:
-            hops = request.meta.get(_REDIRECTS_META, 0) + 1
-            if hops > MAX_REDIRECTS:
-                return self._give_up(request, f"more than {MAX_REDIRECTS} redirects")
-            location = (response.headers.get(b"Location") or b"").decode("latin-1")
-            redirected = request.replace(url=urljoin(request.url, location), method="GET", body=b"")
-            redirected.meta[_REDIRECTS_META] = hops
-            return redirected
         if response.status in RETRY_STATUSES:
             retry = self._retry(request, f"media_{response.status}")
             if retry is not None:
@@ -554,6 +539,8 @@ class MediaMiddleware:
                 return retry
         if isinstance(exception, DownloadCancelledError):
             msg = f"over TMAPI_MEDIA_MAXSIZE={self.config.media_maxsize} bytes"
+        elif isinstance(exception, IgnoreRequest) and "redirections" in str(exception):
+            msg = f"more than {MAX_REDIRECTS} redirects"  # RedirectMiddleware's redirect_ttl
         else:
             msg = f"{type(exception).__name__}: {exception}".rstrip(": ")
         return self._give_up(request, msg)

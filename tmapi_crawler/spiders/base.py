@@ -47,7 +47,7 @@ from tmapi_crawler.records import (
     listing_record,
     product_record,
 )
-from tmapi_crawler.store.crawl import store_of
+from tmapi_crawler.store.extension import store_of
 from tmapi_crawler.store.listings import PageNote
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
     from tmapi_crawler.config import TmapiConfig
     from tmapi_crawler.spiders.context import Description, Detail, Options
-    from tmapi_crawler.store.crawl import CatalogStore
+    from tmapi_crawler.store.extension import CatalogStore
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class TmapiSpider(Spider):
             return
         media = opts.get("media") or []
         if opts["follow"] != "detail+desc":
-            yield from self.finished(record, media)
+            yield from self.product_outputs(record, media)
             return
         context: Description = {"product": record, "item_id": record["item_id"], "source": source}
         if media:
@@ -375,10 +375,10 @@ class TmapiSpider(Spider):
             add_description(product, envelope_of(response).data, fetched_at=response.meta.get(FETCHED_AT_META))
         except BadAnswer as exc:
             yield self.failure(response.request, None, f"malformed answer: {exc}")
-        yield from self.finished(product, media)
+        yield from self.product_outputs(product, media)
 
-    def finished(self, product: ProductItem, media: list[str] | None) -> Iterator[Any]:
-        """The product record as it leaves the spider: with ``-a media=...``,
+    def product_outputs(self, product: ProductItem, media: list[str] | None) -> Iterator[Any]:
+        """What a finished product yields: its record as it leaves the spider: with ``-a media=...``,
         its ``media`` entries, which the media pipeline downloads.  A worker
         without ``FILES_STORE`` that is given a request with media says so
         in a failure record (the entries keep ``path`` null)."""
@@ -420,7 +420,7 @@ class TmapiSpider(Spider):
             code, msg = None, f"{type(exc).__name__}: {exc}"
         endpoint = request.meta["tmapi"]["endpoint"]
         if endpoint == Endpoint.ITEM_DESC.value:
-            yield from self.finished(request.cb_kwargs["product"], request.cb_kwargs.get("media"))
+            yield from self.product_outputs(request.cb_kwargs["product"], request.cb_kwargs.get("media"))
         elif endpoint in (Endpoint.SHOP_ITEMS.value, Endpoint.CATEGORY_ITEMS.value):
             self.note_page(request, None)
         yield self.failure(request, code, msg)

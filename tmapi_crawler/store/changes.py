@@ -3,7 +3,7 @@ product's detail must be fetched again, a product's state (title, price and
 stock per SKU), and the change records between two states.
 
 Pure functions over plain values; :mod:`tmapi_crawler.store.db` stores the
-states and the changes, :mod:`tmapi_crawler.store.crawl` decides the calls.
+states and the changes, :mod:`tmapi_crawler.store.extension` decides the calls.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The catalog store's database: one connection to SQLite or PostgreSQL.
 
 A :class:`CatalogDB` is one connection, used from one thread at a time
-(:mod:`tmapi_crawler.store.crawl` runs a reader and a writer, each in a
+(:mod:`tmapi_crawler.store.extension` runs a reader and a writer, each in a
 thread of its own).  It makes the store ready (:mod:`.schema`), says what a
 driver's error means in one line, and gives transactions and queries in
 either dialect (:mod:`.dialect`).  What is done with it is in modules of

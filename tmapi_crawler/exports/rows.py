@@ -1,15 +1,9 @@
-"""Feed formats for spreadsheets and stores: ``skus``, ``shopify``,
-``woocommerce``, and the daily update files ``shopify-update`` and
-``woocommerce-update`` (docs/exports.md).
-
-Each is a Scrapy item exporter, registered in ``FEED_EXPORTERS`` so that it
-works like ``csv`` (``-O shop.csv:shopify``, several feeds in one crawl, any
-feed storage), and ``scrapy export`` runs the same exporter over a saved
-JSON-lines feed.  A product record becomes several CSV rows: the rows are
-made by pure functions (:func:`sku_rows`, :func:`shopify_rows`,
-:func:`woocommerce_rows`) that also say what they had to adjust to fit a
-store's limits; the exporter reports each adjustment, per product, so that
-nothing is cut silently.
+"""Product records as the rows of spreadsheets and stores: pure functions
+(:func:`sku_rows`, :func:`shopify_rows`, :func:`woocommerce_rows`, and the
+daily update files' :func:`shopify_update_rows`,
+:func:`woocommerce_update_rows`) that also say what they had to adjust to
+fit a store's limits, so that the exporters (:mod:`.exporters`) report each
+adjustment and nothing is cut silently (docs/exports.md).
 
 Prices in the store formats are the SKU's own (single-unit) price in CNY x
 ``TMAPI_PRICE_RATE`` x ``TMAPI_PRICE_MARKUP``, rounded to cents.
@@ -17,32 +11,15 @@ Prices in the store formats are the SKU's own (single-unit) price in CNY x
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
-import logging
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-import orjson
-from itemadapter import ItemAdapter
-from scrapy.exporters import BaseItemExporter, CsvItemExporter, JsonLinesItemExporter
-
-from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.records import decimal_of, media_url, sku_price
-from tmapi_crawler.untrusted import cell, shop_html
+from tmapi_crawler.untrusted import shop_html
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import IO, Self
-
-    from scrapy.crawler import Crawler
-    from scrapy.settings import BaseSettings
-
-    from tmapi_crawler.config import TmapiConfig
-
-logger = logging.getLogger(__name__)
 
 CENT = Decimal("0.01")
 
@@ -134,12 +111,9 @@ def _money(value: Any, factor: Decimal) -> str:
     return "" if number is None else str((number * factor).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A value as a cell's text (nothing for ``None``)."""
     return "" if value is None else str(value)
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 # -- what every format reads of a product ---------------------------------------
@@ -181,13 +155,13 @@ def catalog_of(product: dict[str, Any]) -> Catalog:
     """The product's properties and one variant per SKU, values looked up
     by ``props_ids`` (``pid:vid;...``), or read from ``props_names``."""
     props = _props(product)
-    names = [_text(p.get("prop_name")) for p in props]
+    names = [text_of(p.get("prop_name")) for p in props]
     lookup: dict[tuple[str, str], tuple[int, str, str]] = {}
     for index, prop in enumerate(props):
         for value in prop.get("values") or []:
             if isinstance(value, dict):
-                key = (_text(prop.get("pid")), _text(value.get("vid")))
-                lookup[key] = (index, _text(value.get("name")), _text(value.get("imageUrl")))
+                key = (text_of(prop.get("pid")), text_of(value.get("vid")))
+                lookup[key] = (index, text_of(value.get("name")), text_of(value.get("imageUrl")))
     skus = product.get("skus")
     variants = []
     for sku in skus if isinstance(skus, list) else []:
@@ -195,7 +169,7 @@ def catalog_of(product: dict[str, Any]) -> Catalog:
             continue
         values = [""] * len(names)
         image = ""
-        for part in _text(sku.get("props_ids")).split(";"):
+        for part in text_of(sku.get("props_ids")).split(";"):
             pid, _, vid = part.partition(":")
             found = lookup.get((pid, vid))
             if found is not None:
@@ -203,7 +177,7 @@ def catalog_of(product: dict[str, Any]) -> Catalog:
                 values[index] = name
                 image = image or url
         if not any(values):  # no ids to go by: the names as given
-            pairs = [p.partition(":") for p in _text(sku.get("props_names")).split(";") if p]
+            pairs = [p.partition(":") for p in text_of(sku.get("props_names")).split(";") if p]
             by_name = {name: value for name, _, value in pairs}
             values = [by_name.get(name, "") for name in names]
         variants.append(Variant(sku, values, image))
@@ -220,7 +194,7 @@ def _package(sku: dict[str, Any]) -> dict[str, Any]:
 
 def _positive(value: Any) -> str:
     number = decimal_of(value)
-    return "" if number is None or number == 0 else _text(value)
+    return "" if number is None or number == 0 else text_of(value)
 
 
 # -- skus -------------------------------------------------------------------------
@@ -233,31 +207,33 @@ def sku_rows(product: dict[str, Any]) -> Rows:
     catalog = catalog_of(product)
     shop = product.get("shop_info") or {}
     tiers = (product.get("tiered_price_info") or {}).get("prices") or []
-    tiered = ";".join(f"{_text(t.get('beginAmount'))}:{_text(t.get('price'))}" for t in tiers if isinstance(t, dict))
+    tiered = ";".join(
+        f"{text_of(t.get('beginAmount'))}:{text_of(t.get('price'))}" for t in tiers if isinstance(t, dict)
+    )
     main = product.get("main_imgs") or []
     rows = []
     for variant in catalog.variants:
         sku, package = variant.sku, _package(variant.sku)
         row = {
             "item_id": product.get("item_id"),
-            "skuid": _text(sku.get("skuid")),
-            "specid": _text(sku.get("specid")),
-            "props_names": _text(sku.get("props_names")),
-            "price": _text(sku_price(product, sku)),
-            "original_price": _text(sku.get("origin_price")),
-            "currency": _text(product.get("currency")),
-            "stock": _text(sku.get("stock")),
-            "sale_count": _text(sku.get("sale_count")),
+            "skuid": text_of(sku.get("skuid")),
+            "specid": text_of(sku.get("specid")),
+            "props_names": text_of(sku.get("props_names")),
+            "price": text_of(sku_price(product, sku)),
+            "original_price": text_of(sku.get("origin_price")),
+            "currency": text_of(product.get("currency")),
+            "stock": text_of(sku.get("stock")),
+            "sale_count": text_of(sku.get("sale_count")),
             "tiered_prices": tiered,
             "weight_kg": _positive(package.get("weight")),
             "length_cm": _positive(package.get("length")),
             "width_cm": _positive(package.get("width")),
             "height_cm": _positive(package.get("height")),
-            "title": _text(product.get("title")),
-            "product_url": _text(product.get("product_url")),
-            "shop_name": _text(shop.get("shop_name")),
-            "shop_url": _text(shop.get("shop_url")),
-            "main_image": _text(main[0]) if main else "",
+            "title": text_of(product.get("title")),
+            "product_url": text_of(product.get("product_url")),
+            "shop_name": text_of(shop.get("shop_name")),
+            "shop_url": text_of(shop.get("shop_url")),
+            "main_image": text_of(main[0]) if main else "",
             "sku_image": variant.image,
         }
         for n, (name, value) in enumerate(zip(catalog.names[:3], variant.values[:3], strict=False), start=1):
@@ -292,7 +268,7 @@ def _unique(values: list[list[str]], catalog: Catalog) -> list[list[str]]:
     for given, variant in zip(values, catalog.variants, strict=True):
         row = given
         if tuple(row) in seen and row:
-            skuid = _text(variant.sku.get("skuid"))
+            skuid = text_of(variant.sku.get("skuid"))
             row = [*row[:-1], f"{row[-1]} #{skuid}"]
             catalog.problems.append(f"SKU {skuid} has the same options as another: its last value is marked #{skuid}")
         seen.add(tuple(row))
@@ -312,12 +288,12 @@ def _store_price(product: dict[str, Any], sku: dict[str, Any], pricing: Pricing,
     """The SKU's price in the store's currency; a SKU without one is said."""
     price = pricing.price(sku_price(product, sku))
     if not price:
-        catalog.problems.append(f"SKU {_text(sku.get('skuid')) or handle_of(product)} has no price")
+        catalog.problems.append(f"SKU {text_of(sku.get('skuid')) or handle_of(product)} has no price")
     return price
 
 
 def _images(product: dict[str, Any]) -> list[str]:
-    return [_text(i) for i in product.get("main_imgs") or [] if i]
+    return [text_of(i) for i in product.get("main_imgs") or [] if i]
 
 
 def handle_of(product: dict[str, Any]) -> str:
@@ -334,7 +310,7 @@ def status_of(product: dict[str, Any], status: str) -> str:
 
 def stock_of(product: dict[str, Any], sku: dict[str, Any]) -> str:
     """A SKU's stock as a shop format writes it: 0 for a delisted product."""
-    return "0" if product.get("delisted_at") else _text(sku.get("stock"))
+    return "0" if product.get("delisted_at") else text_of(sku.get("stock"))
 
 
 def public_urls(product: dict[str, Any], base: str | None) -> Callable[[str], str]:
@@ -387,7 +363,7 @@ def shopify_rows(
             f"the last {len(variants) - max_variants} are left out"
         )
         variants = variants[:max_variants]
-    title = _text(product.get("title"))
+    title = text_of(product.get("title"))
     if len(title) > SHOPIFY_MAX_TITLE:
         catalog.problems.append(f"the title has {len(title)} characters, Shopify takes {SHOPIFY_MAX_TITLE}: cut")
         title = title[:SHOPIFY_MAX_TITLE]
@@ -401,7 +377,7 @@ def shopify_rows(
         weight = decimal_of(package.get("weight"))
         row = {
             "Handle": handle,
-            "Variant SKU": _text(sku.get("skuid")) or handle,
+            "Variant SKU": text_of(sku.get("skuid")) or handle,
             "Variant Grams": str(int((weight * 1000).to_integral_value(ROUND_HALF_UP))) if weight else "",
             "Variant Inventory Tracker": "shopify",
             "Variant Inventory Qty": stock_of(product, sku),
@@ -424,8 +400,8 @@ def shopify_rows(
             row.update(
                 {
                     "Title": title,
-                    "Body (HTML)": shop_html(public_html(product, _text(product.get("detail_html")), public), html),
-                    "Vendor": _text((product.get("shop_info") or {}).get("shop_name")),
+                    "Body (HTML)": shop_html(public_html(product, text_of(product.get("detail_html")), public), html),
+                    "Vendor": text_of((product.get("shop_info") or {}).get("shop_name")),
                     "Tags": "1688",
                     "Published": SHOPIFY_PUBLISHED[status],
                     "Gift Card": "FALSE",
@@ -456,7 +432,7 @@ def woocommerce_rows(
     public = public_urls(product, media_base)
     catalog, names, values = _shop_options(product, WOOCOMMERCE_ATTRIBUTES, "this CSV")
     parent_sku = handle_of(product)
-    title = _text(product.get("title"))
+    title = text_of(product.get("title"))
     images = [public(url) for url in _images(product)]
     parent: dict[str, Any] = {
         "Type": "variable" if names else "simple",
@@ -465,7 +441,7 @@ def woocommerce_rows(
         "Published": WOOCOMMERCE_PUBLISHED[status_of(product, status)],
         "Is featured?": 0,
         "Visibility in catalog": "visible",
-        "Description": shop_html(public_html(product, _text(product.get("detail_html")), public), html),
+        "Description": shop_html(public_html(product, text_of(product.get("detail_html")), public), html),
         "Tax status": "taxable",
         "In stock?": 1,
         "Allow customer reviews?": 1,
@@ -500,7 +476,7 @@ def woocommerce_rows(
             break
         row = {
             "Type": "variation",
-            "SKU": _text(sku.get("skuid")),
+            "SKU": text_of(sku.get("skuid")),
             "Name": f"{title} - {', '.join(v for v in option_values if v)}",
             "Published": 1,
             "Tax status": "taxable",
@@ -548,220 +524,3 @@ def _escape(value: str) -> str:
     """WooCommerce splits attribute values on commas; a comma in a value is
     written ``\\,``."""
     return value.replace(",", "\\,")
-
-
-# -- the exporters ------------------------------------------------------------------
-
-
-class RowsExporter(BaseItemExporter):
-    """A CSV whose rows a product makes several of; its header is fixed."""
-
-    format: ClassVar[str]
-    columns: ClassVar[list[str]]
-
-    def __init__(
-        self,
-        file: IO[bytes],
-        *,
-        pricing: Pricing | None = None,
-        shopify_max_variants: int = 2048,
-        status: str = "draft",
-        media_base: str | None = None,
-        bom: bool = False,
-        html: str = "sanitized",
-        formulas: str = "escape",
-        report: Callable[[Any, str], None] | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(dont_fail=True, **kwargs)
-        self.pricing = pricing or Pricing()
-        self.shopify_max_variants = shopify_max_variants
-        self.status = status
-        self.media_base = media_base
-        self.html = html
-        self.cell: Callable[[Any], Any] = cell if formulas == "escape" else _same
-        self.bom = bom
-        self.report = report or self._log
-        self.stream = io.TextIOWrapper(
-            file, line_buffering=False, write_through=True, encoding=self.encoding or "utf-8", newline=""
-        )
-        self.writer = csv.writer(self.stream)
-        self.rows_written = 0
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, file: IO[bytes], **kwargs: Any) -> Self:
-        return cls(file, **options_of(config_from_settings(crawler.settings)), **kwargs)
-
-    def _log(self, item_id: Any, problem: str) -> None:
-        logger.warning("%s export, product %s: %s", self.format, item_id, problem)
-
-    def start_exporting(self) -> None:
-        if self.bom:
-            self.stream.write("\ufeff")  # Excel then reads the file as UTF-8
-        self.writer.writerow(self.columns)
-
-    def finish_exporting(self) -> None:
-        self.stream.detach()  # the feed storage closes the file
-
-    def rows(self, product: dict[str, Any]) -> Rows:  # pragma: no cover - each format's own
-        raise NotImplementedError
-
-    def export_item(self, item: Any) -> None:
-        product = dict(item)
-        made = self.rows(product)
-        for problem in made.problems:
-            self.report(product.get("item_id"), problem)
-        columns = self.columns
-        # A product's rows in one write: a file that fails keeps none of them.
-        text = io.StringIO(newline="")
-        csv.writer(text).writerows([[self.cell(_text(row.get(c))) for c in columns] for row in made.rows])
-        self.stream.write(text.getvalue())
-        self.rows_written += len(made.rows)
-
-
-class SkusExporter(RowsExporter):
-    format = "skus"
-    columns = SKU_COLUMNS
-
-    def rows(self, product: dict[str, Any]) -> Rows:
-        return sku_rows(product)
-
-
-class ShopifyExporter(RowsExporter):
-    format = "shopify"
-    columns = SHOPIFY_COLUMNS
-
-    def rows(self, product: dict[str, Any]) -> Rows:
-        return shopify_rows(
-            product,
-            self.pricing,
-            self.shopify_max_variants,
-            status=self.status,
-            media_base=self.media_base,
-            html=self.html,
-        )
-
-
-class WooCommerceExporter(RowsExporter):
-    format = "woocommerce"
-    columns = WOOCOMMERCE_COLUMNS
-
-    def rows(self, product: dict[str, Any]) -> Rows:
-        return woocommerce_rows(product, self.pricing, status=self.status, media_base=self.media_base, html=self.html)
-
-
-class ShopifyUpdateExporter(RowsExporter):
-    format = "shopify-update"
-    columns = SHOPIFY_UPDATE_COLUMNS
-
-    def rows(self, product: dict[str, Any]) -> Rows:
-        return shopify_update_rows(product, self.pricing, self.shopify_max_variants)
-
-
-class WooCommerceUpdateExporter(RowsExporter):
-    format = "woocommerce-update"
-    columns = WOOCOMMERCE_UPDATE_COLUMNS
-
-    def rows(self, product: dict[str, Any]) -> Rows:
-        return woocommerce_update_rows(product, self.pricing)
-
-
-class CsvExporter(CsvItemExporter):
-    """Scrapy's ``csv`` format, with list and dict fields (SKUs, images,
-    the listing entry) as JSON text, Chinese as it is, where Scrapy would
-    write a Python repr or a comma-joined list; and the byte-order mark of
-    ``TMAPI_EXPORT_BOM``."""
-
-    def __init__(self, file: IO[bytes], *, bom: bool = False, formulas: str = "escape", **kwargs: Any):
-        kwargs.setdefault("encoding", "utf-8")
-        super().__init__(file, **kwargs)  # type: ignore[arg-type] # any binary file, as the feeds give it
-        self.cell: Callable[[Any], Any] = cell if formulas == "escape" else _same
-        if bom:
-            self.stream.write("\ufeff")
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, file: IO[bytes], **kwargs: Any) -> Self:
-        config = config_from_settings(crawler.settings)
-        return cls(file, bom=config.export_bom, formulas=config.csv_formulas, **kwargs)
-
-    def serialize_field(self, field: Any, name: str, value: Any) -> Any:
-        if "serializer" not in field and isinstance(value, (list, tuple, dict)):
-            return self.cell(orjson.dumps(value).decode())
-        return self.cell(super().serialize_field(field, name, value))
-
-
-class JsonLinesExporter(JsonLinesItemExporter):
-    """Scrapy's JSON lines, written with orjson: compact (no space after
-    ``,`` and ``:``) and several times faster, which the feed of a re-crawl
-    answered from the store notices.  With ``FEED_EXPORT_FIELDS``, field
-    for an item that is not a dict (declared fields may have serializers),
-    or an encoding other than UTF-8, Scrapy's own writes it."""
-
-    def export_item(self, item: Any) -> None:
-        if isinstance(item, dict) and self.fields_to_export is None and self._utf8:
-            self.file.write(orjson.dumps(item, default=self.encoder.default) + b"\n")
-        else:
-            super().export_item(item)
-
-    @functools.cached_property
-    def _utf8(self) -> bool:
-        return (self.encoding or "").lower().replace("-", "").replace("_", "") == "utf8"
-
-
-class CompactJsonLinesExporter(BaseItemExporter):
-    """JSON lines as ``scrapy catalog changes`` writes them (compact, keys
-    in the record's order, Chinese as it is): the failures and changes
-    files."""
-
-    def __init__(self, file: IO[bytes], **kwargs: Any):
-        super().__init__(dont_fail=True, **kwargs)
-        self.file = file
-
-    def export_item(self, item: Any) -> None:
-        self.file.write(orjson.dumps(dict(ItemAdapter(item).items())) + b"\n")
-
-
-def options_of(config: TmapiConfig) -> dict[str, Any]:
-    """The exporters' options from the ``TMAPI_*`` settings (a crawl's feeds
-    and ``scrapy export`` alike)."""
-    return {
-        "pricing": Pricing(Decimal(str(config.price_rate)), Decimal(str(config.price_markup))),
-        "shopify_max_variants": config.shopify_max_variants,
-        "status": config.export_status,
-        "media_base": config.media_url_base,
-        "bom": config.export_bom,
-        "html": config.export_html,
-        "formulas": config.csv_formulas,
-    }
-
-
-#: Format name -> exporter (``FEED_EXPORTERS`` in the project's settings).
-EXPORTERS: dict[str, type[RowsExporter]] = {
-    cls.format: cls
-    for cls in (SkusExporter, ShopifyExporter, WooCommerceExporter, ShopifyUpdateExporter, WooCommerceUpdateExporter)
-}
-
-#: Every format of this project, as ``FEED_EXPORTERS`` names them: the
-#: project's settings use them, and the add-on registers each one a user's
-#: ``FEED_EXPORTERS`` does not name (a project of the user's, ``-s
-#: FEED_EXPORTERS=...``), so that the failures file always has its format.
-FEED_FORMATS: dict[str, str] = {
-    # Scrapy's JSON lines, compact and written by orjson (several times faster)
-    "jsonlines": f"{__name__}.JsonLinesExporter",
-    "jsonl": f"{__name__}.JsonLinesExporter",
-    "jl": f"{__name__}.JsonLinesExporter",
-    "csv": f"{__name__}.CsvExporter",  # nested fields as JSON, not Python reprs
-    **{name: f"{__name__}.{cls.__name__}" for name, cls in EXPORTERS.items()},
-    # The failures and changes files: compact, as `scrapy catalog changes` writes
-    "jsonlines-compact": f"{__name__}.CompactJsonLinesExporter",
-}
-
-
-def register_feed_formats(settings: BaseSettings) -> None:
-    """Each of :data:`FEED_FORMATS` the settings' ``FEED_EXPORTERS`` does not
-    name, added (the add-on, for the crawl; the crawl command, before Scrapy
-    reads ``-o file:shopify``)."""
-    exporters = settings.getdict("FEED_EXPORTERS")
-    if any(name not in exporters for name in FEED_FORMATS):
-        priority = settings.getpriority("FEED_EXPORTERS") or 0
-        settings.set("FEED_EXPORTERS", {**FEED_FORMATS, **exporters}, priority)

@@ -1,0 +1,590 @@
+"""The catalog store in a crawl (docs/catalog.md): :class:`CatalogStore`,
+the extension that owns the database, with a reader and a writer, each a
+connection in a thread of its own, so that the reactor never waits for the
+disk or for PostgreSQL.  Records are written in batches, one transaction
+each; the change records a batch found go to ``TMAPI_CHANGES_FILE`` through
+the feed exports.  It decides which calls the store can answer (the refresh
+decision: :meth:`CatalogStore.fresh_detail`, the planner of
+:mod:`.freshness`); :mod:`.middlewares` answers them and :mod:`.pipeline`
+hands it the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.asyncio import sleep
+
+from tmapi_crawler.calls.gate import gate_of
+from tmapi_crawler.calls.room import Room, add_room
+from tmapi_crawler.config import ConfigError, config_from_settings, is_distributed
+from tmapi_crawler.durable.feeds import to_feeds
+from tmapi_crawler.durable.leases import NotSafe
+from tmapi_crawler.extensions import CRAWL_ID_STAT, RESUMED, changes_by_kind
+from tmapi_crawler.loops import looping_call
+from tmapi_crawler.reasons import FinishReason
+from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
+from tmapi_crawler.store.changes import listing_signature
+from tmapi_crawler.store.checks import quick_check
+from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.dialect import iso
+from tmapi_crawler.store.freshness import RefreshPlanner
+from tmapi_crawler.store.ledger import CrawlRow, record_crawl
+from tmapi_crawler.store.lookup import listing_reads, lookup, shop_rates
+from tmapi_crawler.store.url import StoreError, parse_store_url
+from tmapi_crawler.store.watch import read_watch
+from tmapi_crawler.store.write import PRUNE_BATCH, prune_changes, write
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Self, TypeVar
+
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+
+    from tmapi_crawler.store.listings import PageNote
+    from tmapi_crawler.store.lookup import Stored
+    from tmapi_crawler.store.url import StoreURL
+    from tmapi_crawler.store.write import WriteResult
+
+    T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
+#: Records in one write transaction at most.
+BATCH_SIZE = 200
+#: Records waiting for the writer past which API calls wait for it.
+MAX_WAITING = 2 * BATCH_SIZE
+#: Seconds between two writes of what is pending.
+FLUSH_INTERVAL = 0.2
+#: The finish reason of a crawl stopped because the store failed.
+STORE_FAILED = FinishReason.STORE_FAILED
+#: Seconds a thread runs before a waiting one gets the GIL, at most (Python's
+#: default is 5 ms).  Each statement the store's threads run lets the GIL go;
+#: with the default, a busy reactor made each of them wait 5 ms for it back,
+#: a batch took seconds instead of milliseconds, and thousands of records
+#: waited in memory (docs/performance.md).
+SWITCH_INTERVAL = 0.0005
+#: meta key: the listing page's lookup found that this detail must be
+#: fetched (:class:`StoreSpiderMiddleware`): no second lookup.
+#: Products remembered at most by :class:`StoreMiddleware` as having no
+#: description to give (about the descriptions in flight).
+DESC_DUE_MAX = 10_000
+#: Seconds a crawl's end spends at most on pruning old changes.
+PRUNE_SECONDS = 30.0
+#: Seconds before the first and the longest between two tries of a store
+#: that does not answer (TMAPI_STORE_OUTAGE_TIMEOUT in all).
+OUTAGE_RETRY_FIRST = 0.1
+OUTAGE_RETRY_MAX = 2.0
+
+
+def store_url(settings: BaseSettings) -> StoreURL | None:
+    """``TMAPI_STORE`` parsed, or ``None`` without a store; raises
+    :class:`ConfigError` for a URL that does not parse, or for SQLite in
+    distributed mode."""
+    config = config_from_settings(settings)
+    if config.store is None:
+        return None
+    try:
+        url = parse_store_url(config.store.get_secret_value())
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    if url.kind == "sqlite" and is_distributed(settings):
+        raise ConfigError(
+            f"TMAPI_STORE={url.display!r} is a SQLite file, which the workers of a distributed crawl cannot share: "
+            "use PostgreSQL (postgresql://user:pass@host:5432/db)"
+        )
+    return url
+
+
+#: Seconds a crawl's start may spend checking a SQLite store's pages: a store
+#: that is larger is checked row by row as it is read.
+QUICK_CHECK_SECONDS = 1.0
+
+
+def check_store(settings: BaseSettings) -> None:
+    """Open the store once before the crawl (created or migrated on first
+    use), so that a wrong URL, password or permission is one line before
+    any call, and so is a damaged SQLite store whose pages can be checked in
+    :data:`QUICK_CHECK_SECONDS`; raises :class:`ConfigError`."""
+    url = store_url(settings)
+    if url is None:
+        return
+    try:
+        db = CatalogDB(url)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        problems = quick_check(db, QUICK_CHECK_SECONDS)
+    finally:
+        db.close()
+    if problems:
+        raise ConfigError(str(db.damaged(problems[0])))
+    watch = config_from_settings(settings).watch
+    if watch:
+        read_watch(Path(watch))
+
+
+class CatalogStore:
+    """The store during a crawl (see the module's docstring)."""
+
+    def __init__(self, crawler: Crawler, url: StoreURL):
+        self.crawler = crawler
+        self.url = url
+        self.config = config_from_settings(crawler.settings)
+        self.stats = crawler.stats
+        try:
+            self.reader = CatalogDB(url)
+            self.writer = CatalogDB(url, max_age=self.config.detail_max_age)
+        except StoreError as exc:
+            raise ConfigError(str(exc)) from None
+        #: The interpreter's switch interval before the store's threads ran
+        #: (put back when the crawl closes: :meth:`_opened`).
+        self._switch_before = sys.getswitchinterval()
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-read")
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-write")
+        self._names = {self._read_thread: "read", self._write_thread: "write"}
+        self._cpu = dict.fromkeys(self._names.values(), 0.0)
+        self._records: list[tuple[ProductItem, asyncio.Future[ProductItem]]] = []
+        #: API calls wait while MAX_WAITING records wait for the writer (tmapi_crawler.calls.room).
+        self.room = Room(self._writer_behind, crawler.stats, "tmapi/store/api_waits")
+        add_room(crawler, self.room)
+        self._pages: list[PageNote] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
+        self._reading: asyncio.Task[None] | None = None
+        #: The records made from the store's answers alone, on their way to
+        #: the pipeline: item id -> their fetch times (nothing to write).
+        self.served: dict[int, tuple[str, str | None]] = {}
+        #: Products whose description the store cannot give (found when their
+        #: detail was looked up): their description call needs no lookup.
+        self._desc_due: set[int] = set()
+        self.failed: StoreError | None = None
+        #: The products refreshed by the planner (their changes that matter are "caught").
+        self.refreshing: set[int] = set()
+        #: Which stored products this crawl refreshes (tmapi_crawler.store.freshness).
+        self.planner = RefreshPlanner(
+            budget=self.config.refresh_budget,
+            policy=self.config.refresh_policy,
+            max_age=self.config.detail_max_age,
+            watch=read_watch(Path(self.config.watch)) if self.config.watch else frozenset(),
+            watch_max_age=self.config.watch_max_age,
+        )
+        #: The crawl's id when nothing gave one (:data:`CRAWL_ID_STAT`): a crawl of its own.
+        self.crawl_id = uuid.uuid4().hex
+        #: Since when the store does not answer (an outage that may pass).
+        self.down_since: float | None = None
+        self._loop = looping_call(self._flush, "store flush", crawler.stats)
+        crawler.signals.connect(self._opened, signal=signals.spider_opened)
+        crawler.signals.connect(self._closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        url = store_url(crawler.settings)
+        if url is None:
+            raise NotConfigured("no TMAPI_STORE")
+        return cls(crawler, url)
+
+    # -- threads ---------------------------------------------------------------------
+
+    async def _in(self, thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in *thread*; the CPU it took is counted under
+        ``tmapi/store/cpu_seconds/<read|write>``."""
+
+        def timed() -> T:
+            started = time.thread_time()
+            try:
+                return call(*args)
+            finally:
+                name = self._names[thread]
+                self._cpu[name] += time.thread_time() - started
+                self.stats.set_value(f"tmapi/store/cpu_seconds/{name}", round(self._cpu[name], 3))
+
+        return await asyncio.get_running_loop().run_in_executor(thread, timed)
+
+    async def _call(self, db: CatalogDB, thread: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in *thread*; an outage that may pass (PostgreSQL
+        restarting) is waited out: tried again with backoff, on a new
+        connection, for up to ``TMAPI_STORE_OUTAGE_TIMEOUT`` seconds.
+        Raises :class:`StoreError` when the store cannot be used."""
+        delay = OUTAGE_RETRY_FIRST
+        while True:
+            if self.failed is not None:
+                raise self.failed
+            try:
+                result = await self._in(thread, call, *args)
+            except Exception as exc:
+                error = exc if isinstance(exc, StoreError) else db.error(exc)
+                if not db.transient(exc):
+                    raise error from None
+                self._outage(error)
+                if time.monotonic() - (self.down_since or 0.0) >= self.config.store_outage_timeout:
+                    raise StoreError(
+                        f"{error} (for {self.config.store_outage_timeout:.0f} s, TMAPI_STORE_OUTAGE_TIMEOUT)"
+                    ) from None
+                await sleep(delay)
+                delay = min(delay * 2, OUTAGE_RETRY_MAX)
+                with contextlib.suppress(Exception):  # still down: the next try says so
+                    await self._in(thread, db.reconnect)
+                continue
+            if self.down_since is not None:
+                down_for = time.monotonic() - self.down_since
+                self.down_since = None
+                logger.info("The catalog store %s answers again after %.1f s: going on", self.url.display, down_for)
+            return result
+
+    def _outage(self, error: StoreError) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.stats.inc_value("tmapi/store/outages")
+            logger.warning(
+                "%s; trying again for up to %.0f s (TMAPI_STORE_OUTAGE_TIMEOUT)",
+                error,
+                self.config.store_outage_timeout,
+            )
+
+    async def lookup(self, item_id: int) -> Stored | None:
+        """What the store has of *item_id*.  Lookups that arrive while one
+        is under way are answered together, with one query."""
+        future: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
+        self._lookups.setdefault(item_id, []).append(future)
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._read())
+        return await future
+
+    async def lookup_all(self, item_ids: Iterable[int]) -> dict[int, Stored]:
+        """What the store has of each of *item_ids*: one query (with any other
+        lookups under way)."""
+        ids = list(dict.fromkeys(item_ids))
+        found = await asyncio.gather(*(self.lookup(item_id) for item_id in ids))
+        return {item_id: stored for item_id, stored in zip(ids, found, strict=True) if stored is not None}
+
+    # -- the refresh decision --------------------------------------------------------
+
+    def fresh_detail(
+        self, stored: Stored | None, language: str | None, listing: dict[str, Any] | None, now: datetime
+    ) -> str | None:
+        """``None`` when the stored detail can be used, else why it cannot:
+        ``new`` (not stored), ``language`` (stored in another one),
+        ``listing`` (the listing entry's title or price fields differ from
+        the stored entry's), ``age`` (older than ``TMAPI_DETAIL_MAX_AGE``)."""
+        if stored is None:
+            return "new"
+        if language is not None and language != stored.language:
+            return "language"
+        if listing is not None and listing_signature(listing) != stored.listing_sig:
+            return "listing"
+        if listing is not None and self.config.refresh_policy != "age":
+            return None  # a candidate: the refresh planner decides (StoreSpiderMiddleware)
+        if not self._young(stored.detail_age(now), self.config.detail_max_age, stored.item_id):
+            return "age"
+        return None
+
+    def fresh_desc(self, stored: Stored | None, now: datetime) -> bool:
+        """Whether the stored description can be used."""
+        return (
+            stored is not None
+            and stored.description is not None
+            and self._young(stored.desc_age(now), self.config.desc_max_age, stored.item_id)
+        )
+
+    def note_detail_fetch(self, request: Request, stored: Stored | None, reason: str, now: datetime) -> None:
+        """*request*'s detail is to be fetched (for *reason*): counted under
+        ``tmapi/store/detail_fetched/<reason>``, and noted when the store has
+        no description to give for it (:meth:`pop_desc_due`)."""
+        self.stats.inc_value(f"tmapi/store/detail_fetched/{reason}")
+        if request.cb_kwargs.get("opts", {}).get("follow") == "detail+desc" and not self.fresh_desc(stored, now):
+            if len(self._desc_due) >= DESC_DUE_MAX:
+                self._desc_due.clear()  # details whose description never came (failed): looked up again
+            self._desc_due.add(request.cb_kwargs["item_id"])
+
+    def pop_desc_due(self, item_id: int) -> bool:
+        """Whether *item_id*'s detail lookup found no description to give;
+        the note is taken away as it is read (the description's call asks once)."""
+        if item_id in self._desc_due:
+            self._desc_due.discard(item_id)
+            return True
+        return False
+
+    @staticmethod
+    def _young(age: float | None, most: float, item_id: int) -> bool:
+        """Whether a stored answer of this *age* is still good: under its
+        product's share of the max age, between half of it and all of it
+        (:func:`age_share`), so that products fetched together come due on
+        different days."""
+        return age is not None and most > 0 and age <= most * age_share(item_id)
+
+    async def _read(self) -> None:
+        try:
+            while self._lookups:
+                batch, self._lookups = self._lookups, {}
+                try:
+                    found = await self._call(self.reader, self._read_thread, lookup, self.reader, list(batch))
+                except StoreError as error:
+                    self._fail(error)
+                    for futures in batch.values():
+                        for future in futures:
+                            future.set_exception(error)
+                    continue
+                for item_id, futures in batch.items():
+                    for future in futures:
+                        future.set_result(found.get(item_id))
+        finally:
+            self._reading = None
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def save(self, record: ProductItem) -> ProductItem:
+        """*record* once it is in the store.  When the store failed, raises
+        :class:`NotStored`: the record goes nowhere and its request is not
+        acknowledged, so that a resumed crawl stores it."""
+        if self.failed is not None:
+            raise NotStored(record["item_id"], self.failed)
+        future: asyncio.Future[ProductItem] = asyncio.get_running_loop().create_future()
+        self._records.append((record, future))
+        self.stats.max_value("tmapi/store/max_waiting", len(self._records))
+        if len(self._records) >= BATCH_SIZE:
+            self._flush()
+        return await future
+
+    def note_page(self, note: PageNote) -> None:
+        """A listing page read or failed, for ``delisted`` (written with the
+        next batch)."""
+        if self.failed is None:
+            self._pages.append(note)
+
+    def _flush(self) -> None:
+        if self._writing is None and (self._records or self._pages):
+            self._writing = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self._records or self._pages:
+                batch, self._records = self._records[:BATCH_SIZE], self._records[BATCH_SIZE:]
+                pages, self._pages = self._pages, []
+                try:
+                    result = await self._call(
+                        self.writer, self._write_thread, write, self.writer, [r for r, _ in batch], pages
+                    )
+                except StoreError as exc:
+                    self._fail(exc)
+                    result = None
+                if result is not None:
+                    self._written(result, len(batch))
+                for record, future in batch:
+                    if not future.done():
+                        self._settle(future, record)
+                self.room.check()
+                if self.failed is not None:
+                    for record, future in self._records:
+                        if not future.done():
+                            self._settle(future, record)
+                    self._records, self._pages = [], []
+        finally:
+            self._writing = None
+            self.room.check()
+
+    def _writer_behind(self) -> bool:
+        """Whether :data:`MAX_WAITING` records wait for the writer (and the
+        store has not failed): API calls wait then, so that a writer slower
+        than the crawl (latency 0, a busy reactor) slows the crawl rather
+        than fill memory with records."""
+        return len(self._records) >= MAX_WAITING and self.failed is None
+
+    def _written(self, result: WriteResult, records: int) -> None:
+        caught = sum(1 for item_id in result.mattered if item_id in self.refreshing)
+        if caught:
+            self.stats.inc_value("tmapi/refresh/caught", caught)
+        self.stats.inc_value("tmapi/store/batches")
+        self.stats.inc_value("tmapi/store/written", result.written)
+        self.stats.inc_value("tmapi/store/unchanged", records - result.written)
+        for change in result.changes:
+            to_feeds(self.crawler, ChangeItem(change))  # to TMAPI_CHANGES_FILE
+
+    def _settle(self, future: asyncio.Future[ProductItem], record: ProductItem) -> None:
+        if self.failed is None:
+            future.set_result(record)
+        else:
+            future.set_exception(NotStored(record["item_id"], self.failed))
+
+    def _fail(self, error: StoreError) -> None:
+        if self.failed is not None:
+            return
+        self.failed = error
+        self.stats.set_value("tmapi/store/error", str(error))
+        if error.resumable:
+            logger.error(
+                "%s; the crawl stops (what was not stored is not acknowledged: once that is fixed, the same command "
+                "stores it)",
+                error,
+            )
+        else:
+            logger.error("%s; the crawl stops (no record was made from what could not be read)", error)
+        gate_of(self.crawler).stop(STORE_FAILED)
+
+    async def drain(self) -> None:
+        """Write all that is pending."""
+        self._flush()
+        while self._writing is not None:
+            await self._writing
+            self._flush()
+
+    # -- the crawl -------------------------------------------------------------------
+
+    def _opened(self) -> None:
+        logger.info("Catalog store: %s", self.url.display)
+        # The store's threads give the GIL back after each statement; with
+        # Python's default switch interval (5 ms) a busy reactor kept each of
+        # them waiting 5 ms for it, a batch took seconds and records piled up
+        # (docs/performance.md): shorter while the store is open, put back
+        # when the crawl closes.
+        if self._switch_before > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        # A JOBDIR resume: what the earlier runs spent is the crawl's too.
+        self.planner.spent_before = int(self.stats.get_value(f"{RESUMED}/refresh/spent", 0) or 0)
+        budget = self.config.refresh_budget
+        if isinstance(budget, int) and is_distributed(self.crawler.settings):
+            from tmapi_crawler.cluster.budget import SharedBudget  # Redis's client: distributed mode only
+
+            self.planner.grant = SharedBudget(self.crawler, budget).grant
+        try:  # small tables, read once: each shop's rate, each listing's last read
+            self.planner.shop_rates = shop_rates(self.reader)
+            self.planner.listing_reads = listing_reads(self.reader)
+        except Exception as exc:
+            self._fail(self.reader.error(exc))
+        self._loop.start(FLUSH_INTERVAL, now=False)
+
+    def _refresh_stats(self) -> None:
+        """What the planner spent and bought, in the stats (the summary's
+        line, the crawls table); one warning when watched products waited."""
+        planner, stats = self.planner, self.stats
+        if self.config.refresh_policy == "age":
+            # The age rule of earlier versions: what it spent, for comparison.
+            aged = int(stats.get_value("tmapi/store/detail_fetched/age", 0) or 0)
+            stats.set_value("tmapi/refresh/spent", aged)
+            stats.set_value("tmapi/refresh/budget", aged)
+            return
+        if not (planner.eligible or planner.watch or planner.spent_before):
+            return  # a resume whose listing pages were all read before still reports what was left
+        stats.set_value("tmapi/refresh/budget", planner.budget)
+        stats.set_value("tmapi/refresh/spent", planner.spent)
+        stats.set_value("tmapi/refresh/watched", planner.watched)
+        stats.set_value("tmapi/refresh/eligible", planner.eligible)
+        if planner.estimated_current is not None:
+            stats.set_value("tmapi/refresh/estimated_current", round(planner.estimated_current, 4))
+        if planner.waited:
+            stats.set_value("tmapi/refresh/watched_waited", planner.waited)
+            logger.warning(
+                "%d watched products were due but waited: the refresh budget (%d calls) did not hold them; "
+                "TMAPI_REFRESH_BUDGET=%d would",
+                planner.waited,
+                planner.budget,
+                planner.spent + planner.waited,
+            )
+
+    async def _closed(self, reason: str) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        self._refresh_stats()
+        try:
+            if self.failed is None:
+                # In the writer's thread, as every write: the reactor does not wait.
+                await self._in(self._write_thread, self._last_writes, self._crawl_row(reason))
+        finally:
+            self._read_thread.shutdown()
+            self._write_thread.shutdown()
+            self.reader.close()
+            self.writer.close()
+            sys.setswitchinterval(self._switch_before)
+
+    def _last_writes(self, crawl: CrawlRow) -> None:
+        """The crawl's row in ``crawls``; old changes pruned."""
+        try:
+            record_crawl(self.writer, crawl)
+        except Exception as exc:
+            logger.warning("The crawl is not in the store's crawls table: %s", self.writer.error(exc))
+        if self.config.changes_retention:
+            self._prune(self.config.changes_retention)
+
+    def _prune(self, retention: float) -> None:
+        """``TMAPI_CHANGES_RETENTION``: delete the older change rows, a batch
+        a transaction, for at most :data:`PRUNE_SECONDS` (the next crawl
+        goes on where this one stopped), when the crawl is over (in the
+        writer's thread)."""
+        before = str(iso(datetime.now(UTC) - timedelta(seconds=retention)))
+        started, pruned = time.monotonic(), 0
+        try:
+            while time.monotonic() - started < PRUNE_SECONDS:
+                deleted = prune_changes(self.writer, before)
+                pruned += deleted
+                if deleted < PRUNE_BATCH:
+                    break
+        except Exception as exc:
+            logger.warning("Old changes were not all pruned: %s", self.writer.error(exc))
+        if pruned:
+            self.stats.set_value("tmapi/store/changes_pruned", pruned)
+            logger.info("Pruned %d change rows detected before %s (TMAPI_CHANGES_RETENTION)", pruned, before)
+
+    def _crawl_row(self, reason: str) -> CrawlRow:
+        stats = self.crawler.stats.get_stats() if self.crawler.stats else {}
+        spider: Any = self.crawler.spider
+        args = getattr(spider, "args", None)
+        seeds = args.seeds() if args is not None else []
+        started = stats.get("start_time")
+        return CrawlRow(
+            id=str(stats.get(CRAWL_ID_STAT) or self.crawl_id),
+            spider=spider.name if spider is not None else "",
+            seed=seeds or None,
+            started_at=str(iso(started)) if started else now_precise(),
+            finished_at=now_precise(),
+            reason=reason,
+            products=int(stats.get("tmapi/products", 0)),
+            calls=int(stats.get("tmapi/billed", 0)),
+            served=int(stats.get("tmapi/store/detail_from_store", 0)),
+            changes=changes_by_kind(stats),
+            descriptions_reused=int(stats.get("tmapi/store/desc_from_store", 0)),
+            refresh_budget=int(stats.get("tmapi/refresh/budget", 0)),
+            refresh_spent=int(stats.get("tmapi/refresh/spent", 0)),
+            refresh_caught=int(stats.get("tmapi/refresh/caught", 0)),
+            estimated_current=stats.get("tmapi/refresh/estimated_current"),
+        )
+
+
+def store_of(crawler: Crawler) -> CatalogStore | None:
+    return crawler.get_extension(CatalogStore)
+
+
+def required_store(crawler: Crawler) -> CatalogStore:
+    """The store, for a component that has nothing to do without one."""
+    store = store_of(crawler)
+    if store is None:
+        raise NotConfigured("no TMAPI_STORE")
+    return store
+
+
+def age_share(item_id: int) -> float:
+    """A product's share of ``TMAPI_DETAIL_MAX_AGE`` (and of the description's),
+    from 0.5 to 1, the same on every run and every worker (a hash of its id):
+    the details a first crawl fetched together are fetched again over the
+    second half of the period, not all on one day."""
+    return 0.5 + 0.5 * ((item_id * 2654435761) % 2**32) / 2**32
+
+
+class NotStored(NotSafe):
+    """A product record the store could not take: dropped (logged at DEBUG:
+    the store's one line said why), and its request is not acknowledged."""
+
+    def __init__(self, item_id: Any, error: StoreError):
+        super().__init__(f"item {item_id} not stored: {error}", log_level="DEBUG")
