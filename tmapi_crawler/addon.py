@@ -33,7 +33,7 @@ from tmapi_crawler.calls.handler import TokenDownloadHandler
 from tmapi_crawler.calls.paid import PaidAnswers
 from tmapi_crawler.calls.room import RoomMiddleware
 from tmapi_crawler.compat import InternalsCheck
-from tmapi_crawler.config import DEFAULTS, from_environment, is_distributed
+from tmapi_crawler.config import DEFAULTS, Mode, from_environment, mode_of
 from tmapi_crawler.durable.feeds import (
     FRESH,
     FeedGuard,
@@ -41,7 +41,7 @@ from tmapi_crawler.durable.feeds import (
     GuardedFileFeedStorage,
     GuardedSpiderState,
 )
-from tmapi_crawler.durable.jobdir import JobdirScheduler, has_state, jobdir_of
+from tmapi_crawler.durable.jobdir import JobdirScheduler, has_state
 from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.exports import EXPORTERS, register_feed_formats
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
@@ -158,12 +158,13 @@ class TmapiAddon:
         settings.set("DOWNLOAD_SLOTS", slots, settings.getpriority("DOWNLOAD_SLOTS") or 0)
         if settings.get("FILES_STORE"):
             self._media(settings)
-        if is_distributed(settings):
+        mode = mode_of(settings)
+        if mode is Mode.DISTRIBUTED:
             for name, path in CLUSTER_COMPONENTS.items():
                 settings.set(name, path, "addon")
             settings.set_in_component_priority_dict("SPIDER_MIDDLEWARES", load_object(CLUSTER_SEEDS), 0)
             settings.set_in_component_priority_dict("EXTENSIONS", load_object(CLUSTER_HEALTH), 0)
-        elif jobdir_of(settings) is not None:
+        elif mode is Mode.JOBDIR:
             settings.set("SCHEDULER", _path(JobdirScheduler), "addon")
         elif settings.get("SCHEDULER") in (_path(Scheduler), Scheduler):
             # Scrapy's own, which once the budget is reached hands out only
@@ -293,7 +294,7 @@ class TmapiAddon:
             "encoding": "utf-8",
             "store_empty": False,
             # A resumed crawl (JOBDIR) adds to the failures of its first run.
-            "overwrite": not settings.get("JOBDIR"),
+            "overwrite": mode_of(settings) is not Mode.JOBDIR,
             # Any other holds this crawl's records only: an older file goes
             # when the crawl starts, even if this one has none.
             FRESH: not resuming,

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -60,6 +61,24 @@ def is_distributed(settings: BaseSettings) -> bool:
     """Whether the crawl is shared through Redis: the one place that reads
     ``REDIS_URL`` to choose the mode."""
     return bool(settings.get("REDIS_URL"))
+
+
+class Mode(StrEnum):
+    """How a crawl keeps what it has to do (docs/behaviour.md): in memory,
+    in ``JOBDIR`` (crash-safe, one process), or in Redis (shared by workers;
+    ``JOBDIR`` then plays no part)."""
+
+    ONE_PROCESS = "one process"
+    JOBDIR = "jobdir"
+    DISTRIBUTED = "distributed"
+
+
+def mode_of(settings: BaseSettings) -> Mode:
+    """The crawl's mode, from ``REDIS_URL`` and ``JOBDIR``: the one place
+    that chooses it."""
+    if is_distributed(settings):
+        return Mode.DISTRIBUTED
+    return Mode.JOBDIR if settings.get("JOBDIR") else Mode.ONE_PROCESS
 
 
 def _http_url(value: str | None, example: str) -> str | None:

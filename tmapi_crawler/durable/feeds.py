@@ -74,16 +74,22 @@ def _reason(exc: BaseException) -> str:
 # -- before the crawl -------------------------------------------------------------------
 
 
+def local_feed_path(uri: str) -> str | None:
+    """The local file a feed URI names (a plain path or ``file://``, not a
+    ``%(name)s`` template), or ``None`` for any other storage (``s3://``,
+    ``stdout:``...)."""
+    if "%(" in uri or ("://" in uri and not uri.startswith("file://")) or uri.startswith("stdout:"):
+        return None
+    return uri.removeprefix("file://")
+
+
 def local_outputs(settings: BaseSettings) -> list[tuple[str, str]]:
     """``(path, what it is)`` of every local file the crawl will write: the
     feeds given (plain paths, no template), the failures file, and the
     changes file when there is a store."""
-    outputs = []
-    for uri in settings.getdict("FEEDS"):
-        text = str(uri)
-        if "%(" in text or ("://" in text and not text.startswith("file://")) or text.startswith("stdout:"):
-            continue
-        outputs.append((text.removeprefix("file://"), "the feed"))
+    outputs = [
+        (path, "the feed") for uri in settings.getdict("FEEDS") if (path := local_feed_path(str(uri))) is not None
+    ]
     outputs.append((str(settings.get("TMAPI_FAILURES_FILE") or DEFAULTS["TMAPI_FAILURES_FILE"]), "TMAPI_FAILURES_FILE"))
     if settings.get("TMAPI_STORE"):
         outputs.append(
@@ -96,14 +102,11 @@ def local_feeds(settings: BaseSettings) -> list[Path]:
     """The local files of the feeds given (``-o``, ``-O``, ``FEEDS``; plain
     paths, not the failures and changes files): one crawl at a time may
     write each (:func:`tmapi_crawler.durable.locks.hold_feed`)."""
-    feeds = []
-    for uri, options in settings.getdict("FEEDS").items():
-        text = str(uri)
-        if "%(" in text or ("://" in text and not text.startswith("file://")) or text.startswith("stdout:"):
-            continue
-        if not (options or {}).get(FRESH):
-            feeds.append(Path(text.removeprefix("file://")))
-    return feeds
+    return [
+        Path(path)
+        for uri, options in settings.getdict("FEEDS").items()
+        if (path := local_feed_path(str(uri))) is not None and not (options or {}).get(FRESH)
+    ]
 
 
 def check_feed_formats(settings: BaseSettings) -> None:

@@ -52,9 +52,9 @@ from scrapy.core.scheduler import BaseScheduler
 from tmapi_crawler.calls.gate import gate_of
 from tmapi_crawler.calls.paid import PaidAnswers, paid_answers_of
 from tmapi_crawler.compat import local_feed_files
-from tmapi_crawler.config import ConfigError, is_distributed, shown
+from tmapi_crawler.config import ConfigError, Mode, mode_of, shown
 from tmapi_crawler.durable import codec
-from tmapi_crawler.durable.feeds import guard_of
+from tmapi_crawler.durable.feeds import guard_of, local_feed_path
 from tmapi_crawler.durable.leases import tracker_of
 from tmapi_crawler.durable.locks import hold_jobdir, release_jobdir
 from tmapi_crawler.extensions import CRAWL_ID_STAT, RESUMED, progress_of
@@ -113,10 +113,9 @@ class JobdirError(ConfigError):
 def jobdir_of(settings: BaseSettings) -> Path | None:
     """The JOBDIR this crawl keeps its state in (``None``: not resumable, or
     distributed, where Redis holds the state)."""
-    jobdir = settings.get("JOBDIR")
-    if not jobdir or is_distributed(settings):
+    if mode_of(settings) is not Mode.JOBDIR:
         return None
-    return Path(jobdir)
+    return Path(settings["JOBDIR"])
 
 
 def has_state(settings: BaseSettings) -> bool:
@@ -460,12 +459,11 @@ class JobdirScheduler(BaseScheduler):
         (plain paths, no template) as this crawl starts writing them: an
         overwritten one (-O on the first run) starts empty."""
         starts = []
-        for given, options in self.crawler.settings.getdict("FEEDS").items():
-            uri = str(given)
-            if "%(" in uri or ("://" in uri and not uri.startswith("file://")):
-                continue
-            path = os.path.abspath(uri.removeprefix("file://"))
-            starts.append((path, 0 if (options or {}).get("overwrite") else _size(path)))
+        for uri, options in self.crawler.settings.getdict("FEEDS").items():
+            local = local_feed_path(str(uri))
+            if local is not None:
+                path = os.path.abspath(local)
+                starts.append((path, 0 if (options or {}).get("overwrite") else _size(path)))
         return starts
 
 

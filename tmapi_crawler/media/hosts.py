@@ -73,13 +73,33 @@ def _is_address(host: str) -> bool:
     return True
 
 
+#: A pattern of ``TMAPI_MEDIA_HOSTS`` split: its host (``*``, ``*.domain``, a
+#: name or an address, IPv6 without brackets) and its port (``None``: any).
+HostPattern = tuple[str, int | None]
+
+
+def _split(pattern: str) -> HostPattern:
+    """*pattern* as ``(host, port)``; raises ValueError for a port that is
+    not a number."""
+    if pattern.startswith("["):  # [v6] or [v6]:port
+        host, _, rest = pattern[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else rest
+    elif pattern.count(":") == 1:
+        host, _, port = pattern.partition(":")
+    else:  # a name, a wildcard, or a bare IPv6 address
+        host, port = pattern, ""
+    if port and not port.isdigit():
+        raise ValueError(port)
+    return host, int(port) if port else None
+
+
 @dataclass(frozen=True, slots=True)
 class MediaHosts:
     """``TMAPI_MEDIA_HOSTS``: ``host``, ``*.domain`` (the domain and every
     name under it), ``host:port`` (that host on that port only; an address
     inside the network is allowed only so), or ``*`` (any public host)."""
 
-    patterns: tuple[str, ...] = DEFAULT_MEDIA_HOSTS
+    patterns: tuple[HostPattern, ...] = tuple(_split(p) for p in DEFAULT_MEDIA_HOSTS)
 
     @classmethod
     def parse(cls, value: str | Sequence[str] | None) -> MediaHosts:
@@ -88,18 +108,20 @@ class MediaHosts:
         if value is None:
             return cls()
         parts = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
-        patterns = tuple(part.strip().lower() for part in parts if part.strip())
-        if not patterns:
+        given = [part.strip().lower() for part in parts if part.strip()]
+        if not given:
             raise ValueError("names no host: give host patterns such as *.alicdn.com, or * for any public host")
-        for pattern in patterns:
-            host, _, port = pattern.rpartition(":") if pattern.count(":") == 1 else (pattern, "", "")
-            host = host or pattern
-            if port and not port.isdigit():
-                raise ValueError(f"{pattern!r} is not host, *.domain, host:port or *")
+        patterns = []
+        for pattern in given:
+            try:
+                host, port = _split(pattern)
+            except ValueError:
+                raise ValueError(f"{pattern!r} is not host, *.domain, host:port or *") from None
             name = host.removeprefix("*.")
             if pattern != "*" and (not name or "*" in name or "/" in name):
                 raise ValueError(f"{pattern!r} is not host, *.domain, host:port or *")
-        return cls(patterns)
+            patterns.append((host, port))
+        return cls(tuple(patterns))
 
     def naming(self, url: str) -> MediaHosts:
         """These patterns and the host and port of *url* (``TMAPI_BASE_URL``:
@@ -107,21 +129,15 @@ class MediaHosts:
         target = media_target(url)
         if target is None:
             return self
-        host = f"[{target[0]}]" if ":" in target[0] else target[0]
-        return MediaHosts((*self.patterns, f"{host}:{target[1]}"))
+        return MediaHosts((*self.patterns, target))
 
     def named(self) -> set[tuple[str, int]]:
-        """``(host, port)`` of the patterns that name a port."""
-        found = set()
-        for pattern in self.patterns:
-            host, _, port = pattern.rpartition(":")
-            if port.isdigit() and host and not host.startswith("*"):
-                found.add((host.strip("[]"), int(port)))
-        return found
+        """``(host, port)`` of the patterns that name a host with its port."""
+        return {(host, port) for host, port in self.patterns if port is not None and not host.startswith("*")}
 
     def named_with_port(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is named as it is (the user's own server)."""
-        return f"{host.lower()}:{port}" in self.patterns or f"[{host.lower()}]:{port}" in self.patterns
+        return (host.lower().strip("[]"), port) in self.named()
 
     def refusal(self, url: str) -> str | None:
         """Why a media download of *url* is refused (``None``: it may go,
@@ -143,12 +159,11 @@ class MediaHosts:
         return None
 
     @staticmethod
-    def _matches(pattern: str, host: str, port: int) -> bool:
-        if pattern == "*":
+    def _matches(pattern: HostPattern, host: str, port: int) -> bool:
+        name, wanted = pattern
+        if name == "*":
             return True
-        name, _, wanted = pattern.rpartition(":") if pattern.count(":") == 1 else (pattern, "", "")
-        name = name or pattern
-        if wanted and int(wanted) != port:
+        if wanted is not None and wanted != port:
             return False
         if name.startswith("*."):
             domain = name[2:]

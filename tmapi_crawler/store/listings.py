@@ -53,31 +53,46 @@ def write_pages(cur: Any, dialect: Dialect, pages: Sequence[PageNote]) -> list[d
 
 
 def _write_read(cur: Any, dialect: Dialect, notes: list[PageNote]) -> list[dict[str, Any]]:
-    """Pages of one read of one listing."""
-    sql, lock = dialect.sql, dialect.lock
-    key, read_id, last = notes[0].listing_key, notes[0].read_id, notes[-1]
-    row = cur.execute(
-        sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{lock}"),  # noqa: S608
-        (key,),
-    ).fetchone()
-    if row is None or row[0] != read_id:
-        cur.execute(
-            sql(
-                "INSERT INTO listing_reads (listing_key, read_id, started_at, pages_total, failed, completed_at) "
-                "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT (listing_key) DO UPDATE SET "
-                "read_id = excluded.read_id, started_at = excluded.started_at, pages_total = NULL, "
-                "failed = excluded.failed, completed_at = NULL, pages_read = 0"
-            ),
-            (key, read_id, notes[0].at, False),
-        )
-        cur.execute(sql("DELETE FROM listing_pages WHERE listing_key = ?"), (key,))
-    elif row[1] is not None:
+    """Pages of one read of one listing; the ``delisted`` changes when they
+    complete it."""
+    key, read_id = notes[0].listing_key, notes[0].read_id
+    if not _current_read(cur, dialect, notes[0]):
         return []  # that read is over (pages delivered again after it)
     if any(note.failed for note in notes):
-        cur.execute(sql("UPDATE listing_reads SET failed = ? WHERE listing_key = ?"), (True, key))
+        cur.execute(dialect.sql("UPDATE listing_reads SET failed = ? WHERE listing_key = ?"), (True, key))
     read = [note for note in notes if not note.failed]
-    if not read:
+    if not read or not _add_pages(cur, dialect, read):
         return []
+    return _delisted(cur, dialect, key, read_id, at=notes[-1].at)
+
+
+def _current_read(cur: Any, dialect: Dialect, note: PageNote) -> bool:
+    """Make *note*'s read the listing's current one (a new read replaces the
+    stored one and its pages); ``False`` when that read is over."""
+    sql, key = dialect.sql, note.listing_key
+    row = cur.execute(
+        sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{dialect.lock}"),  # noqa: S608
+        (key,),
+    ).fetchone()
+    if row is not None and row[0] == note.read_id:
+        return row[1] is None
+    cur.execute(
+        sql(
+            "INSERT INTO listing_reads (listing_key, read_id, started_at, pages_total, failed, completed_at) "
+            "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT (listing_key) DO UPDATE SET "
+            "read_id = excluded.read_id, started_at = excluded.started_at, pages_total = NULL, "
+            "failed = excluded.failed, completed_at = NULL, pages_read = 0"
+        ),
+        (key, note.read_id, note.at, False),
+    )
+    cur.execute(sql("DELETE FROM listing_pages WHERE listing_key = ?"), (key,))
+    return True
+
+
+def _add_pages(cur: Any, dialect: Dialect, read: list[PageNote]) -> bool:
+    """The pages read and the products they name, counted; whether the read
+    may be complete now (no page failed, as many pages read as it has)."""
+    sql, key, read_id = dialect.sql, read[0].listing_key, read[0].read_id
     pages = sorted({note.page for note in read})
     known = cur.execute(
         sql(f"SELECT page FROM listing_pages WHERE listing_key = ? AND page IN ({','.join('?' * len(pages))})"),  # noqa: S608
@@ -104,14 +119,18 @@ def _write_read(cur: Any, dialect: Dialect, notes: list[PageNote]) -> list[dict[
         (len(added), told[-1] if told else None, key),
     ).fetchone()
     if failed or total is None or pages_read < total:
-        return []  # one row read per page, whatever the listing's size
+        return False  # one row read per page, whatever the listing's size
     # Counted enough: once a read, make sure they are its pages 1 to total.
     complete = cur.execute(
         sql("SELECT COUNT(*) FROM listing_pages WHERE listing_key = ? AND page <= ?"), (key, total)
     ).fetchone()[0]
-    if complete < total:
-        return []
-    # Read completely: a stored product it no longer names was delisted.
+    return bool(complete >= total)
+
+
+def _delisted(cur: Any, dialect: Dialect, key: str, read_id: str, *, at: str) -> list[dict[str, Any]]:
+    """The read is complete: a stored product it no longer names was
+    delisted (marked so, its change records returned); the read is over."""
+    sql = dialect.sql
     gone = cur.execute(
         sql(
             "SELECT m.item_id, p.source FROM listing_members m JOIN products p ON p.item_id = m.item_id "
@@ -123,16 +142,14 @@ def _write_read(cur: Any, dialect: Dialect, notes: list[PageNote]) -> list[dict[
         change_record(
             "delisted",
             item_id,
-            detected_at=last.at,
+            detected_at=at,
             source=orjson.loads(source) if source else None,
             field="listing",
             old=key,
         )
         for item_id, source in gone
     ]
-    cur.executemany(
-        sql("UPDATE products SET delisted_at = ? WHERE item_id = ?"), [(last.at, c["item_id"]) for c in changes]
-    )
+    cur.executemany(sql("UPDATE products SET delisted_at = ? WHERE item_id = ?"), [(at, c["item_id"]) for c in changes])
     cur.execute(sql("DELETE FROM listing_members WHERE listing_key = ? AND read_id <> ?"), (key, read_id))
-    cur.execute(sql("UPDATE listing_reads SET completed_at = ? WHERE listing_key = ?"), (last.at, key))
+    cur.execute(sql("UPDATE listing_reads SET completed_at = ? WHERE listing_key = ?"), (at, key))
     return changes
