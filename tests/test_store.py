@@ -673,7 +673,7 @@ def test_ages_are_spread_per_product():
     """A product's share of the max age is the same every run, from half to
     all of it, and spread: the details fetched together on a first day come
     due over the second half of the period, not all on one day."""
-    from tmapi_crawler.store.extension import age_share
+    from tmapi_crawler.store.decision import age_share
 
     shares = [age_share(700020000000 + n) for n in range(1000)]
     assert shares == [age_share(700020000000 + n) for n in range(1000)]

@@ -42,13 +42,14 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
     },
     "tmapi_crawler.store.crawl": {
         **dict.fromkeys(
-            ("CatalogStore", "store_url", "check_store", "store_of", "required_store", "age_share", "NotStored"),
+            ("CatalogStore", "store_url", "check_store", "store_of", "required_store", "NotStored"),
             "tmapi_crawler.store.extension",
         ),
         **dict.fromkeys(
             ("StoreMiddleware", "StoreSpiderMiddleware", "stored_response"), "tmapi_crawler.store.middlewares"
         ),
         "StorePipeline": "tmapi_crawler.store.pipeline",
+        "age_share": "tmapi_crawler.store.decision",
     },
 }
 #: ``tmapi_crawler.media`` was a module and is the media package now: its

@@ -3,10 +3,9 @@ the extension that owns the database, with a reader and a writer, each a
 connection in a thread of its own, so that the reactor never waits for the
 disk or for PostgreSQL.  Records are written in batches, one transaction
 each; the change records a batch found go to ``TMAPI_CHANGES_FILE`` through
-the feed exports.  It decides which calls the store can answer (the refresh
-decision: :meth:`CatalogStore.fresh_detail`, the planner of
-:mod:`.freshness`); :mod:`.middlewares` answers them and :mod:`.pipeline`
-hands it the records.
+the feed exports.  Which calls the store can answer is its refresh decision
+(:mod:`.decision`, with the planner of :mod:`.freshness`); :mod:`.middlewares`
+answers them and :mod:`.pipeline` hands it the records.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scrapy import Request, signals
+from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import sleep
 
@@ -35,11 +34,10 @@ from tmapi_crawler.extensions import CRAWL_ID_STAT, RESUMED, changes_by_kind
 from tmapi_crawler.loops import looping_call
 from tmapi_crawler.reasons import FinishReason
 from tmapi_crawler.records import ChangeItem, ProductItem, now_precise
-from tmapi_crawler.store.changes import listing_signature
 from tmapi_crawler.store.checks import quick_check
 from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.decision import RefreshDecision
 from tmapi_crawler.store.dialect import iso
-from tmapi_crawler.store.freshness import RefreshPlanner
 from tmapi_crawler.store.ledger import CrawlRow, record_crawl
 from tmapi_crawler.store.lookup import listing_reads, lookup, shop_rates
 from tmapi_crawler.store.url import StoreError, parse_store_url
@@ -79,9 +77,6 @@ STORE_FAILED = FinishReason.STORE_FAILED
 SWITCH_INTERVAL = 0.0005
 #: meta key: the listing page's lookup found that this detail must be
 #: fetched (:class:`StoreSpiderMiddleware`): no second lookup.
-#: Products remembered at most by :class:`StoreMiddleware` as having no
-#: description to give (about the descriptions in flight).
-DESC_DUE_MAX = 10_000
 #: Seconds a crawl's end spends at most on pruning old changes.
 PRUNE_SECONDS = 30.0
 #: Seconds before the first and the longest between two tries of a store
@@ -168,20 +163,9 @@ class CatalogStore:
         #: The records made from the store's answers alone, on their way to
         #: the pipeline: item id -> their fetch times (nothing to write).
         self.served: dict[int, tuple[str, str | None]] = {}
-        #: Products whose description the store cannot give (found when their
-        #: detail was looked up): their description call needs no lookup.
-        self._desc_due: set[int] = set()
         self.failed: StoreError | None = None
-        #: The products refreshed by the planner (their changes that matter are "caught").
-        self.refreshing: set[int] = set()
-        #: Which stored products this crawl refreshes (tmapi_crawler.store.freshness).
-        self.planner = RefreshPlanner(
-            budget=self.config.refresh_budget,
-            policy=self.config.refresh_policy,
-            max_age=self.config.detail_max_age,
-            watch=read_watch(Path(self.config.watch)) if self.config.watch else frozenset(),
-            watch_max_age=self.config.watch_max_age,
-        )
+        #: Which calls the store answers, which stored products are refreshed.
+        self.decision = RefreshDecision(self.config, crawler.stats)
         #: The crawl's id when nothing gave one (:data:`CRAWL_ID_STAT`): a crawl of its own.
         self.crawl_id = uuid.uuid4().hex
         #: Since when the store does not answer (an outage that may pass).
@@ -271,61 +255,6 @@ class CatalogStore:
         found = await asyncio.gather(*(self.lookup(item_id) for item_id in ids))
         return {item_id: stored for item_id, stored in zip(ids, found, strict=True) if stored is not None}
 
-    # -- the refresh decision --------------------------------------------------------
-
-    def fresh_detail(
-        self, stored: Stored | None, language: str | None, listing: dict[str, Any] | None, now: datetime
-    ) -> str | None:
-        """``None`` when the stored detail can be used, else why it cannot:
-        ``new`` (not stored), ``language`` (stored in another one),
-        ``listing`` (the listing entry's title or price fields differ from
-        the stored entry's), ``age`` (older than ``TMAPI_DETAIL_MAX_AGE``)."""
-        if stored is None:
-            return "new"
-        if language is not None and language != stored.language:
-            return "language"
-        if listing is not None and listing_signature(listing) != stored.listing_sig:
-            return "listing"
-        if listing is not None and self.config.refresh_policy != "age":
-            return None  # a candidate: the refresh planner decides (StoreSpiderMiddleware)
-        if not self._young(stored.detail_age(now), self.config.detail_max_age, stored.item_id):
-            return "age"
-        return None
-
-    def fresh_desc(self, stored: Stored | None, now: datetime) -> bool:
-        """Whether the stored description can be used."""
-        return (
-            stored is not None
-            and stored.description is not None
-            and self._young(stored.desc_age(now), self.config.desc_max_age, stored.item_id)
-        )
-
-    def note_detail_fetch(self, request: Request, stored: Stored | None, reason: str, now: datetime) -> None:
-        """*request*'s detail is to be fetched (for *reason*): counted under
-        ``tmapi/store/detail_fetched/<reason>``, and noted when the store has
-        no description to give for it (:meth:`pop_desc_due`)."""
-        self.stats.inc_value(f"tmapi/store/detail_fetched/{reason}")
-        if request.cb_kwargs.get("opts", {}).get("follow") == "detail+desc" and not self.fresh_desc(stored, now):
-            if len(self._desc_due) >= DESC_DUE_MAX:
-                self._desc_due.clear()  # details whose description never came (failed): looked up again
-            self._desc_due.add(request.cb_kwargs["item_id"])
-
-    def pop_desc_due(self, item_id: int) -> bool:
-        """Whether *item_id*'s detail lookup found no description to give;
-        the note is taken away as it is read (the description's call asks once)."""
-        if item_id in self._desc_due:
-            self._desc_due.discard(item_id)
-            return True
-        return False
-
-    @staticmethod
-    def _young(age: float | None, most: float, item_id: int) -> bool:
-        """Whether a stored answer of this *age* is still good: under its
-        product's share of the max age, between half of it and all of it
-        (:func:`age_share`), so that products fetched together come due on
-        different days."""
-        return age is not None and most > 0 and age <= most * age_share(item_id)
-
     async def _read(self) -> None:
         try:
             while self._lookups:
@@ -404,7 +333,7 @@ class CatalogStore:
         return len(self._records) >= MAX_WAITING and self.failed is None
 
     def _written(self, result: WriteResult, records: int) -> None:
-        caught = sum(1 for item_id in result.mattered if item_id in self.refreshing)
+        caught = sum(1 for item_id in result.mattered if item_id in self.decision.refreshing)
         if caught:
             self.stats.inc_value("tmapi/refresh/caught", caught)
         self.stats.inc_value("tmapi/store/batches")
@@ -453,51 +382,23 @@ class CatalogStore:
         if self._switch_before > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
         # A JOBDIR resume: what the earlier runs spent is the crawl's too.
-        self.planner.spent_before = int(self.stats.get_value(f"{RESUMED}/refresh/spent", 0) or 0)
+        self.decision.planner.spent_before = int(self.stats.get_value(f"{RESUMED}/refresh/spent", 0) or 0)
         budget = self.config.refresh_budget
         if isinstance(budget, int) and is_distributed(self.crawler.settings):
             from tmapi_crawler.cluster.budget import SharedBudget  # Redis's client: distributed mode only
 
-            self.planner.grant = SharedBudget(self.crawler, budget).grant
+            self.decision.planner.grant = SharedBudget(self.crawler, budget).grant
         try:  # small tables, read once: each shop's rate, each listing's last read
-            self.planner.shop_rates = shop_rates(self.reader)
-            self.planner.listing_reads = listing_reads(self.reader)
+            self.decision.planner.shop_rates = shop_rates(self.reader)
+            self.decision.planner.listing_reads = listing_reads(self.reader)
         except Exception as exc:
             self._fail(self.reader.error(exc))
         self._loop.start(FLUSH_INTERVAL, now=False)
 
-    def _refresh_stats(self) -> None:
-        """What the planner spent and bought, in the stats (the summary's
-        line, the crawls table); one warning when watched products waited."""
-        planner, stats = self.planner, self.stats
-        if self.config.refresh_policy == "age":
-            # The age rule of earlier versions: what it spent, for comparison.
-            aged = int(stats.get_value("tmapi/store/detail_fetched/age", 0) or 0)
-            stats.set_value("tmapi/refresh/spent", aged)
-            stats.set_value("tmapi/refresh/budget", aged)
-            return
-        if not (planner.eligible or planner.watch or planner.spent_before):
-            return  # a resume whose listing pages were all read before still reports what was left
-        stats.set_value("tmapi/refresh/budget", planner.budget)
-        stats.set_value("tmapi/refresh/spent", planner.spent)
-        stats.set_value("tmapi/refresh/watched", planner.watched)
-        stats.set_value("tmapi/refresh/eligible", planner.eligible)
-        if planner.estimated_current is not None:
-            stats.set_value("tmapi/refresh/estimated_current", round(planner.estimated_current, 4))
-        if planner.waited:
-            stats.set_value("tmapi/refresh/watched_waited", planner.waited)
-            logger.warning(
-                "%d watched products were due but waited: the refresh budget (%d calls) did not hold them; "
-                "TMAPI_REFRESH_BUDGET=%d would",
-                planner.waited,
-                planner.budget,
-                planner.spent + planner.waited,
-            )
-
     async def _closed(self, reason: str) -> None:
         if self._loop.running:
             self._loop.stop()
-        self._refresh_stats()
+        self.decision.publish()
         try:
             if self.failed is None:
                 # In the writer's thread, as every write: the reactor does not wait.
@@ -572,14 +473,6 @@ def required_store(crawler: Crawler) -> CatalogStore:
     if store is None:
         raise NotConfigured("no TMAPI_STORE")
     return store
-
-
-def age_share(item_id: int) -> float:
-    """A product's share of ``TMAPI_DETAIL_MAX_AGE`` (and of the description's),
-    from 0.5 to 1, the same on every run and every worker (a hash of its id):
-    the details a first crawl fetched together are fetched again over the
-    second half of the period, not all on one day."""
-    return 0.5 + 0.5 * ((item_id * 2654435761) % 2**32) / 2**32
 
 
 class NotStored(NotSafe):

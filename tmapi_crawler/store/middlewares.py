@@ -79,7 +79,7 @@ class StoreMiddleware:
         if endpoint not in _STORED_ENDPOINTS:
             return None
         item_id = request.cb_kwargs["item_id"]
-        if endpoint == Endpoint.ITEM_DESC.value and self.store.pop_desc_due(item_id):
+        if endpoint == Endpoint.ITEM_DESC.value and self.store.decision.pop_desc_due(item_id):
             return None  # its detail's lookup found no good description
         if request.meta.pop(CHECKED_META, False):
             return None  # the listing page's lookup found it must be fetched
@@ -91,18 +91,20 @@ class StoreMiddleware:
             raise CrawlStopping(STORE_FAILED) from None
         now = datetime.now(UTC)
         if endpoint == Endpoint.ITEM_DESC.value:
-            if self.store.fresh_desc(stored, now):
+            if self.store.decision.fresh_desc(stored, now):
                 assert stored is not None
                 assert stored.description is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
                 return stored_response(request, stored.description, str(stored.desc_fetched_at), stored.desc_data)
             return None
-        reason = self.store.fresh_detail(stored, info["params"].get("language"), request.cb_kwargs.get("listing"), now)
+        reason = self.store.decision.fresh_detail(
+            stored, info["params"].get("language"), request.cb_kwargs.get("listing"), now
+        )
         if reason is None:
             assert stored is not None
             self.stats.inc_value("tmapi/store/detail_from_store")
             return stored_response(request, stored.detail, stored.detail_fetched_at, stored.detail_data)
-        self.store.note_detail_fetch(request, stored, reason, now)
+        self.store.decision.note_detail_fetch(request, stored, reason, now)
         return None
 
 
@@ -144,7 +146,7 @@ class StoreSpiderMiddleware:
         now = datetime.now(UTC)
         # Why each detail must be fetched (None: the store may answer it), once a detail.
         reasons = {
-            id(out): self.store.fresh_detail(
+            id(out): self.store.decision.fresh_detail(
                 found.get(out.cb_kwargs["item_id"]),
                 out.meta["tmapi"]["params"].get("language"),
                 out.cb_kwargs.get("listing"),
@@ -161,10 +163,10 @@ class StoreSpiderMiddleware:
             params = out.meta["tmapi"]["params"]
             reason = reasons[id(out)]
             if reason is None and stored is not None and stored.item_id in refresh:
-                reason = "watched" if stored.item_id in self.store.planner.watch else "refresh"
-                self.store.refreshing.add(stored.item_id)
+                reason = "watched" if stored.item_id in self.store.decision.planner.watch else "refresh"
+                self.store.decision.refreshing.add(stored.item_id)
             if reason is not None:
-                self.store.note_detail_fetch(out, stored, reason, now)
+                self.store.decision.note_detail_fetch(out, stored, reason, now)
                 out.meta[CHECKED_META] = True  # StoreMiddleware need not look it up again
                 yield out
                 continue
@@ -190,7 +192,7 @@ class StoreSpiderMiddleware:
         choice among those whose entry looks unchanged: *reasons*, by the
         id of each detail request, ``None``); the others fetched for a reason
         of their own (new, entry changed) count as current."""
-        planner = self.store.planner
+        planner = self.store.decision.planner
         if self.store.config.refresh_policy == "age":
             return set()
         candidates = []
@@ -219,7 +221,7 @@ class StoreSpiderMiddleware:
         response = stored_response(request, stored.detail, stored.detail_fetched_at, stored.detail_data)
         assert request.callback is not None
         for out in request.callback(response, **request.cb_kwargs):
-            if _is_desc(out) and self.store.fresh_desc(stored, now):
+            if _is_desc(out) and self.store.decision.fresh_desc(stored, now):
                 assert stored.description is not None
                 assert out.callback is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
