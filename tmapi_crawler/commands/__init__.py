@@ -45,19 +45,24 @@ def whole_file(output: Path) -> Iterator[IO[bytes]]:
     that *output* is never half-written.  A temporary file left by a run
     that was killed (SIGKILL) is removed by the next run to *output*."""
     prefix = f".{output.name}.tmapi-"
-    remove_leftovers(output.parent, prefix)
-    handle, temp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=output.parent)
-    try:
-        with _signals_as_exit(), os.fdopen(handle, "wb") as out:
-            yield out
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # as a file the user wrote (mkstemp made it private)
-        os.replace(temp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    mine = f"{prefix}{os.getpid()}-"
+    # The signals first: Ctrl-C while the temporary file is being made
+    # removes it too (mkstemp may have made it before the signal came).
+    with _signals_as_exit():
+        remove_leftovers(output.parent, prefix)
+        try:
+            handle, temp = tempfile.mkstemp(prefix=mine, dir=output.parent)
+            with os.fdopen(handle, "wb") as out:
+                yield out
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)  # as a file the user wrote (mkstemp made it private)
+            os.replace(temp, output)
+        except BaseException:
+            for path in output.parent.glob(glob.escape(mine) + "*"):  # this process's own
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
 
 
 def remove_leftovers(folder: Path, prefix: str) -> None:
