@@ -99,3 +99,6 @@ def test_a_request_queued_by_an_earlier_version_loads():
     request = decode_request(queued, spider)
     assert request.callback == spider.parse_page and request.errback == spider.on_page_error
     assert request.cb_kwargs["pages"] == 3
+    # What every API call carries now: its slot, no robots.txt, no redirect followed.
+    assert request.meta["dont_redirect"] is True
+    assert request.meta["download_slot"] == "tmapi-api"

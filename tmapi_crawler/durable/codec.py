@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from scrapy.utils.request import request_from_dict
 
+from tmapi_crawler.api import API_META
 from tmapi_crawler.compat import request_dict
 from tmapi_crawler.records import FailureItem, ListingItem, ProductItem
 
@@ -134,5 +135,11 @@ def encode_request(request: Request, spider: Spider) -> bytes:
 
 def decode_request(data: bytes | str, spider: Spider) -> Request:
     """The request :func:`encode_request` wrote; raises :class:`CodecError`
-    (or what Scrapy raises for an unknown callback)."""
-    return request_from_dict(loads(data), spider=spider)
+    (or what Scrapy raises for an unknown callback).  An API call queued by
+    an earlier version gets what every API call carries now (its download
+    slot, no robots.txt, no redirect followed)."""
+    request = request_from_dict(loads(data), spider=spider)
+    if "tmapi" in request.meta:
+        for key, value in API_META.items():
+            request.meta.setdefault(key, value)
+    return request
