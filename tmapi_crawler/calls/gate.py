@@ -34,7 +34,7 @@ from scrapy.utils.misc import load_object
 from twisted.internet.defer import Deferred
 
 from tmapi_crawler.api import Outcome
-from tmapi_crawler.calls.budget import RESERVED_META, STARTED_META, CallBudget
+from tmapi_crawler.calls.budget import CallBudget
 from tmapi_crawler.calls.ceiling import AdaptiveLimit
 from tmapi_crawler.calls.limits import LimitKeeper
 from tmapi_crawler.calls.pause import QuotaPause
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["RESERVED_META", "STARTED_META", "CallGate", "CrawlStopping", "Ticket", "gate_of"]
 
 #: Calls in flight at the start when TMAPI_CONCURRENCY is not set.
 START = 4

@@ -136,8 +136,10 @@ class MediaHosts:
         return {(host, port) for host, port in self.patterns if port is not None and not host.startswith("*")}
 
     def named_with_port(self, host: str, port: int) -> bool:
-        """Whether ``host:port`` is named as it is (the user's own server)."""
-        return (host.lower().strip("[]"), port) in self.named()
+        """Whether ``host:port`` is named as it is (the user's own server;
+        :meth:`named`, without making its set for each request)."""
+        host = host.lower().strip("[]")
+        return not host.startswith("*") and (host, port) in self.patterns
 
     def refusal(self, url: str) -> str | None:
         """Why a media download of *url* is refused (``None``: it may go,
