@@ -7,11 +7,13 @@ import copy
 import csv
 import io
 import json
+import os
 import signal
 import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,6 +289,28 @@ def _export_until_its_temporary_file_appears(tmp_path: Path) -> subprocess.Popen
         assert proc.poll() is None and time.monotonic() < deadline, "the export ended before its file appeared"
         time.sleep(0.005)
     return proc
+
+
+def test_ctrl_c_while_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """A signal that lands after mkstemp made the file, before it returned
+    its name: the file goes too, and the command exits 130 (no traceback)."""
+    import tempfile
+
+    from tmapi_crawler.commands import whole_file
+
+    made = tempfile.mkstemp
+
+    def interrupted(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        found = made(*args, **kwargs)
+        os.close(found[0])
+        os.kill(os.getpid(), signal.SIGINT)  # handled here, before mkstemp returns
+        return found
+
+    monkeypatch.setattr(tempfile, "mkstemp", interrupted)
+    with pytest.raises(SystemExit) as info, whole_file(tmp_path / "woo.csv"):
+        pass
+    assert info.value.code == 130
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # the real command

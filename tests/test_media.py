@@ -162,6 +162,26 @@ async def test_a_failed_file_is_a_failure_record_and_the_product_is_still_writte
     assert result.stats["tmapi/media/retries/count"] >= len(by_id[FIRST + 5]["media"])
 
 
+@deferred_f_from_coro_f
+async def test_redirects_are_followed_five_times_at_most(make_sandbox, tmp_path):
+    """Scrapy's RedirectMiddleware follows a file's redirects (API calls
+    follow none); a file that redirects for ever is a failure after five."""
+    sb = make_sandbox("--media-fault", f"{FIRST + 1}:moved,{FIRST + 2}:loop")
+    result = await crawl("shop", sb, tmp_path, media_settings(tmp_path), member_id=SHOP, media="main")
+    by_id = {r["item_id"]: r for r in result.records}
+    assert len(result.records) == PRODUCTS
+    moved = by_id[FIRST + 1]["media"]
+    assert moved and all(e["path"] and (tmp_path / "files" / e["path"]).is_file() for e in moved)
+    looping = [f for f in result.failures if f["item_id"] == FIRST + 2]
+    assert looping and {f["params"]["kind"] for f in looping} == {"main"}
+    assert all(f["msg"] == "more than 5 redirects" and f["attempts"] == 1 for f in looping)
+    assert all(e["path"] is None for e in by_id[FIRST + 2]["media"])
+    assert [f["item_id"] for f in result.failures if f["item_id"] != FIRST + 2] == []
+    # A moved file: one redirect; a looping one: redirected at its first ask
+    # and at each of its five hops, then given up.
+    assert sb.stats()["media"]["codes"]["302"] == len(moved) + 6 * len(by_id[FIRST + 2]["media"])
+
+
 def validate_failure(record: dict[str, Any]) -> bool:
     from tmapi_crawler.records import FailureItem
 

@@ -45,7 +45,13 @@ from tmapi_crawler.durable.jobdir import JobdirScheduler, has_state
 from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.exports import EXPORTERS, register_feed_formats
 from tmapi_crawler.extensions import TimerCompaction, TmapiStats
-from tmapi_crawler.media.downloads import MediaDownloads, MediaFilesPipeline, MediaImagesPipeline, MediaMiddleware
+from tmapi_crawler.media.downloads import (
+    MEDIA_MIDDLEWARE_PRIORITY,
+    MediaDownloads,
+    MediaFilesPipeline,
+    MediaImagesPipeline,
+    MediaMiddleware,
+)
 from tmapi_crawler.notify.alerts import AlertWebhook
 from tmapi_crawler.notify.monitors import STALL_CHECK_INTERVAL, CrawlMonitors, StallMonitors, TmapiSpidermon
 from tmapi_crawler.pipelines import ValidationPipeline
@@ -199,7 +205,7 @@ class TmapiAddon:
         (200); media downloads get room of their own among the downloader's
         requests, so that they never keep an API call waiting."""
         settings.set_in_component_priority_dict("EXTENSIONS", MediaDownloads, 0)
-        _default(settings, "DOWNLOADER_MIDDLEWARES", MediaMiddleware, 530)
+        _default(settings, "DOWNLOADER_MIDDLEWARES", MediaMiddleware, MEDIA_MIDDLEWARE_PRIORITY)
         # Scrapy's media pipelines leave a 3xx to the pipeline unless told to
         # let RedirectMiddleware follow it (each hop is checked: MediaMiddleware).
         if settings.getpriority("MEDIA_ALLOW_REDIRECTS") in (None, SETTINGS_PRIORITIES["default"]):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 from scrapy import Request
-from scrapy.exceptions import DownloadCancelledError, IgnoreRequest, NotConfigured
+from scrapy.exceptions import DownloadCancelledError, NotConfigured
 from scrapy.http import Response
 from scrapy.pipelines.files import FilesPipeline, FSFilesStore, FTPFilesStore
 from scrapy.pipelines.images import ImagesPipeline
@@ -77,6 +77,11 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 524})
 #: Redirects a media download follows at most (Scrapy's RedirectMiddleware
 #: follows them, ``redirect_ttl``; each hop's host is checked here).
 MAX_REDIRECTS = 5
+#: The answers Scrapy's RedirectMiddleware follows (with a Location).
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: MediaMiddleware's place: after RedirectMiddleware (600) for requests, so
+#: before it for answers: each hop's answer is seen here first.
+MEDIA_MIDDLEWARE_PRIORITY = 650
 #: Files whose outcome this crawl remembers (Scrapy's cache has no bound).
 #: A file forgotten is found in the store (``FILES_EXPIRES``), not fetched.
 NEWEST_FILES = 20_000
@@ -452,9 +457,10 @@ class MediaMiddleware:
     """A downloader middleware for media requests.
 
     * Each request, and each hop of its redirects (Scrapy's
-      ``RedirectMiddleware`` follows them, ``MEDIA_ALLOW_REDIRECTS``, at most
-      :data:`MAX_REDIRECTS`), goes only to ``TMAPI_MEDIA_HOSTS`` and never
-      inside the user's network.
+      ``RedirectMiddleware`` follows them, ``MEDIA_ALLOW_REDIRECTS``), goes
+      only to ``TMAPI_MEDIA_HOSTS`` and never inside the user's network; at
+      :data:`MEDIA_MIDDLEWARE_PRIORITY` it sees each answer before
+      RedirectMiddleware, and gives up after :data:`MAX_REDIRECTS`.
     * A media request is retried (``TMAPI_MEDIA_RETRY_TIMES``, with backoff)
       on a connection error, a timeout or an answer such as 503.
     * A media download that failed for good becomes a response flagged
@@ -481,9 +487,6 @@ class MediaMiddleware:
     async def process_request(self, request: Request) -> Response | None:
         if MEDIA_META not in request.meta:
             return None
-        # A redirect's hop (Scrapy's RedirectMiddleware made it from the last
-        # request, whose answer we did not see): that download is over.
-        self._done(request)
         delay = request.meta.pop(BACKOFF_META, None)
         if delay:
             await sleep(delay)
@@ -519,6 +522,10 @@ class MediaMiddleware:
         if MEDIA_META not in request.meta:
             return response
         self._done(request)
+        if response.status in REDIRECT_STATUSES and b"Location" in response.headers:
+            if request.meta.get("redirect_ttl", MAX_REDIRECTS) <= 0:
+                return self._give_up(request, f"more than {MAX_REDIRECTS} redirects")
+            return response  # RedirectMiddleware follows it; the next hop comes back here
         if response.status in RETRY_STATUSES:
             retry = self._retry(request, f"media_{response.status}")
             if retry is not None:
@@ -539,8 +546,6 @@ class MediaMiddleware:
                 return retry
         if isinstance(exception, DownloadCancelledError):
             msg = f"over TMAPI_MEDIA_MAXSIZE={self.config.media_maxsize} bytes"
-        elif isinstance(exception, IgnoreRequest) and "redirections" in str(exception):
-            msg = f"more than {MAX_REDIRECTS} redirects"  # RedirectMiddleware's redirect_ttl
         else:
             msg = f"{type(exception).__name__}: {exception}".rstrip(": ")
         return self._give_up(request, msg)

@@ -82,6 +82,8 @@ MEDIA_FAULTS = {
     "huge": "a 2 MB file (over a small TMAPI_MEDIA_MAXSIZE)",
     "slow": "an answer after 30 seconds (over a short TMAPI_MEDIA_TIMEOUT)",
     "flaky": "503 the first time each file is asked for, then the file",
+    "moved": "a redirect to the same file (?hop=1), which is then served",
+    "loop": "a redirect to the same file with one more hop, for ever",
 }
 MEDIA_PATH = re.compile(r"^/media/(img|desc|sku|video)/(-?\d{1,20})(?:/(\d{1,4}))?\.(jpg|mp4)$")
 
@@ -535,6 +537,10 @@ class ApiResource(resource.Resource):
         if (kind == "video") != (ext == "mp4"):
             return self._media_answer(request, 404, b"not found", "text/plain")
         fault = self.sandbox.faults.media_faults.get(int(number)) if kind != "sku" else None
+        hop = int(request.args.get(b"hop", [b"0"])[0] or b"0") if request.args else 0
+        if fault == "loop" or (fault == "moved" and hop == 0):
+            request.setHeader(b"Location", f"{path}?hop={hop + 1}".encode())
+            return self._media_answer(request, 302, b"", "text/plain")
         status, body, content_type = 200, video() if kind == "video" else jpeg(path), f"{ext_type(ext)}"
         delay = self.sandbox.faults.media_latency_ms / 1000
         if fault == "404":
