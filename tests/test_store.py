@@ -6,6 +6,7 @@ catalog changes between two crawls (``/__admin/revise``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -188,6 +189,49 @@ def test_a_batch_is_one_transaction_never_a_half_written_product(store):
         assert stored is not None and stored.detail_fetched_at == "2026-11-20T00:00:00.000000Z"
         # The same record again is no write and no change.
         assert write(db, [_record(1, "2026-11-20T00:00:00.000000Z")]).written == 0
+    finally:
+        db.close()
+
+
+def test_a_batch_is_a_few_statements_and_every_value_reads_back_as_written(store):
+    """Many rows a statement (``executemany`` ran one a row, and the driver
+    let the GIL go for each): SQLite's in runs of a power of two under its
+    parameter limit, PostgreSQL's as one JSON parameter; texts, prices,
+    counts, flags, NULLs and the largest id read back as they were given."""
+    db = CatalogDB(parse_store_url(store))
+    statements: list[str] = []
+    if db.url.kind == "sqlite":
+        db.dialect = dataclasses.replace(db.dialect, max_params=6 * 64)  # 64 SKU rows a statement at most
+        db.conn.set_trace_callback(statements.append)
+    at = "2026-11-20T00:00:00.000000Z"
+    title = '夹克 "引号" \\ \' %s {}'
+    skus = [
+        {"skuid": "a", "sale_price": "25.90", "stock": 0, "props_names": "颜色:红"},
+        {"skuid": "b", "sale_price": "1000000.05", "stock": None, "props_names": None},
+        {"skuid": "c", "sale_price": "nan", "stock": 7, "props_names": "尺码:L"},
+    ]
+    records = [_record(n, at, title=f"{title}{n}", skus=skus) for n in range(1, 151)]
+    records.append(_record(2**63 - 1, at, stock=None))  # the stock of its SKUs then
+    try:
+        result = write(db, records)
+        assert result.written == 151
+        assert [c["change"] for c in result.changes] == ["new"] * 151
+        rows = db.query("SELECT item_id, title, price, stock, sold_out, delisted_at FROM products ORDER BY item_id")
+        assert [(r[0], r[1], str(r[2]), r[3], bool(r[4]), r[5]) for r in rows[:1] + rows[-1:]] == [
+            (1, f"{title}1", "25.90", 15, False, None),
+            (2**63 - 1, "Jacket", "25.90", 15, False, None),
+        ]
+        stored = db.query("SELECT item_id, skuid, props_names, price, stock FROM skus ORDER BY item_id, skuid")
+        assert len(stored) == 150 * 3 + 2
+        assert [(r[1], r[2], None if r[3] is None else str(r[3]), r[4]) for r in stored[:3]] == [
+            ("a", "颜色:红", "25.90", 0),
+            ("b", None, "1000000.05", None),
+            ("c", "尺码:L", "25.90", 7),  # "nan" is no price: the product's
+        ]
+        assert db.query("SELECT COUNT(*) FROM changes")[0][0] == 151
+        assert lookup(db, [2**63 - 1])[2**63 - 1].detail_fetched_at == at
+        if statements:  # 452 SKU rows in runs of at most 64: 7 x 64 + 4
+            assert sum(s.startswith("INSERT INTO skus") for s in statements) == 8
     finally:
         db.close()
 

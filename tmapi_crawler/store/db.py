@@ -139,10 +139,10 @@ class CatalogDB:
         success, rolled back on error."""
         return self.dialect.transaction(self.conn)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        cur = self.conn.execute(self.dialect.sql(sql), tuple(params))
-        rows: list[Any] = cur.fetchall()
-        return rows
+    def query(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False) -> list[Any]:
+        """The rows of *sql*; *binary*: in PostgreSQL's binary format (a
+        ``bytea`` sent as it is, not as hexadecimal text to decode)."""
+        return self.dialect.fetch(self.conn, self.dialect.sql(sql), tuple(params), binary=binary)
 
     def stream(self, sql: str, params: Sequence[Any]) -> Iterator[Any]:
         """The rows of *sql*, one at a time (PostgreSQL: a server-side cursor)."""

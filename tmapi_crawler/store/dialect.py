@@ -93,9 +93,39 @@ class Dialect:
     utf8: str = "CAST({} AS BLOB)"
     #: A floating-point column.
     real: str = "REAL"
+    #: Parameters one statement may have (SQLite's default limit since 3.32,
+    #: 999 before; PostgreSQL's protocol: 65,535).
+    max_params: int = 32766
 
     def sql(self, text: str) -> str:
         return text
+
+    def insert_rows(
+        self, cur: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = ""
+    ) -> None:
+        """``INSERT INTO {table} ({columns}) VALUES (...), (...) {tail}``:
+        many *rows* a statement, where ``executemany`` runs one a row and the
+        driver lets the GIL go for each, so that a busy reactor holds up
+        every row and both threads spend CPU handing it over
+        (docs/performance.md).  The rows go in runs of a power of two (1,000
+        rows are 512 + 256 + ... + 8), so that a statement's text comes back
+        and SQLite finds it compiled in its cache."""
+        if not rows:
+            return
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - our names
+        mark = f"({', '.join(['?'] * len(columns))})"
+        most = max(1, self.max_params // len(columns)).bit_length() - 1  # the longest run: 2**most rows
+        start = 0
+        while start < len(rows):
+            run = 1 << min(most, (len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + run]
+            cur.execute(self.sql(head + ", ".join([mark] * run) + tail), [value for row in chunk for value in row])
+            start += run
+
+    def fetch(self, conn: Any, sql: str, params: tuple[Any, ...], *, binary: bool = False) -> list[Any]:
+        """The rows of *sql* (*binary*: see :meth:`CatalogDB.query`)."""
+        rows: list[Any] = conn.execute(sql, params).fetchall()
+        return rows
 
     def connect(self, url: StoreURL, create: bool) -> Any:
         raise NotImplementedError
@@ -215,6 +245,25 @@ class _Postgres(Dialect):
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
 
+    def insert_rows(
+        self, cur: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = ""
+    ) -> None:
+        """The rows as one JSON parameter that the server reads as rows of
+        *table* (``json_populate_recordset``): one statement, its text the
+        same whatever the number of rows (psycopg parses in Python, and does
+        not cache, a statement of many parameters), one value to send."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        cur.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{table}, %s){tail}",  # noqa: S608 - our names
+            (orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows]).decode(),),
+        )
+
+    def fetch(self, conn: Any, sql: str, params: tuple[Any, ...], *, binary: bool = False) -> list[Any]:
+        rows: list[Any] = conn.execute(sql, params, binary=binary).fetchall()
+        return rows
+
     def connect(self, url: StoreURL, create: bool) -> Any:
         try:
             import psycopg  # only for a postgresql:// store
@@ -263,7 +312,12 @@ class _Postgres(Dialect):
         return Dialect.problem(self, exc, url)
 
 
-SQLITE = _SQLite(timestamp="TEXT", serial="INTEGER PRIMARY KEY AUTOINCREMENT", decimal="TEXT")
+SQLITE = _SQLite(
+    timestamp="TEXT",
+    serial="INTEGER PRIMARY KEY AUTOINCREMENT",
+    decimal="TEXT",
+    max_params=32766 if sqlite3.sqlite_version_info >= (3, 32) else 999,
+)
 POSTGRES = _Postgres(
     timestamp="TIMESTAMPTZ",
     serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
@@ -273,5 +327,6 @@ POSTGRES = _Postgres(
     reconnects=True,
     utf8="convert_to({}, 'UTF8')",
     real="DOUBLE PRECISION",
+    max_params=65535,
 )
 DIALECTS: dict[str, Dialect] = {"sqlite": SQLITE, "postgresql": POSTGRES}

@@ -23,7 +23,7 @@ import bisect
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -168,10 +168,22 @@ class _Row:
     fetched_again: bool
 
 
+class RefreshColumns(NamedTuple):
+    """A fetched product's columns of the refresh policy, written with its
+    row (:data:`tmapi_crawler.store.write.ProductRow`'s INSERT)."""
+
+    refresh_history: str | None
+    refresh_rate: float | None
+    orders_seen: int | None
+    units_seen: int | None
+    min_stock: int | None
+
+
 class RefreshRows:
     """What a batch of fetched products tells the refresh policy, written
-    with the batch (:func:`tmapi_crawler.store.write.write`): one
-    statement for the products' columns, one for their shops' rates."""
+    with the batch (:func:`tmapi_crawler.store.write.write`): each product's
+    :class:`RefreshColumns` in its row, and one statement for their shops'
+    rates."""
 
     def __init__(self) -> None:
         self.rows: list[_Row] = []
@@ -195,19 +207,22 @@ class RefreshRows:
                  before is not None)
         )  # fmt: skip
 
-    def write(self, cur: Any, dialect: Any, result: Any, max_age: float) -> None:
-        """Write the rows (*max_age*: TMAPI_DETAIL_MAX_AGE, the scale of rates)."""
-        sql = dialect.sql
+    def columns(self, cur: Any, dialect: Any, result: Any, max_age: float) -> list[RefreshColumns]:
+        """Each row's columns, in the order they were added (*max_age*:
+        TMAPI_DETAIL_MAX_AGE, the scale of rates); their shops' rates
+        written."""
         shops = sorted({row.shop for row in self.rows if row.shop and row.fetched_again})
         priors: dict[str, float] = {}
         if shops:
             found = cur.execute(
-                sql(f"SELECT shop, rate_sum, products FROM shop_rates WHERE shop IN ({','.join('?' * len(shops))})"),  # noqa: S608
+                dialect.sql(
+                    f"SELECT shop, rate_sum, products FROM shop_rates WHERE shop IN ({','.join('?' * len(shops))})"  # noqa: S608
+                ),
                 shops,
             ).fetchall()
             priors = {str(shop): float(total) / n for shop, total, n in found if n}
         default = 1 / max(max_age, 1.0)
-        updates: list[tuple[Any, ...]] = []
+        columns: list[RefreshColumns] = []
         deltas: dict[str, tuple[float, int]] = {}
         for row in self.rows:
             rate = None
@@ -220,23 +235,16 @@ class RefreshRows:
                     total, n = deltas.get(row.shop, (0.0, 0))
                     deltas[row.shop] = (total + rate - float(row.old_rate or 0.0), n + (row.old_rate is None))
             history = format_history(row.history) if row.history else None
-            updates.append((history, rate, row.orders, row.units, row.min_stock, row.item_id))
-        cur.executemany(
-            sql(
-                "UPDATE products SET refresh_history = ?, refresh_rate = ?, orders_seen = ?, units_seen = ?, "
-                "min_stock = ? WHERE item_id = ?"
-            ),
-            updates,
+            columns.append(RefreshColumns(history, rate, row.orders, row.units, row.min_stock))
+        dialect.insert_rows(
+            cur,
+            "shop_rates",
+            ("shop", "rate_sum", "products"),
+            [(shop, total, n) for shop, (total, n) in sorted(deltas.items())],
+            " ON CONFLICT (shop) DO UPDATE SET rate_sum = shop_rates.rate_sum + excluded.rate_sum, "
+            "products = shop_rates.products + excluded.products",
         )
-        if deltas:
-            cur.executemany(
-                sql(
-                    "INSERT INTO shop_rates (shop, rate_sum, products) VALUES (?, ?, ?) ON CONFLICT (shop) DO UPDATE "
-                    "SET rate_sum = shop_rates.rate_sum + excluded.rate_sum, "
-                    "products = shop_rates.products + excluded.products"
-                ),
-                [(shop, total, n) for shop, (total, n) in sorted(deltas.items())],
-            )
+        return columns
 
 
 # -- choosing what to refresh ------------------------------------------------------------

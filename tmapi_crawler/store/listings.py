@@ -99,17 +99,15 @@ def _add_pages(cur: Any, dialect: Dialect, read: list[PageNote]) -> bool:
         (key, *pages),
     ).fetchall()
     added = [page for page in pages if page not in {found for (found,) in known}]
-    if added:
-        cur.executemany(sql("INSERT INTO listing_pages (listing_key, page) VALUES (?, ?)"), [(key, p) for p in added])
+    dialect.insert_rows(cur, "listing_pages", ("listing_key", "page"), [(key, page) for page in added])
     members = dict.fromkeys(item_id for note in read for item_id in note.item_ids)
-    if members:
-        cur.executemany(
-            sql(
-                "INSERT INTO listing_members (listing_key, item_id, read_id) VALUES (?, ?, ?) "
-                "ON CONFLICT (listing_key, item_id) DO UPDATE SET read_id = excluded.read_id"
-            ),
-            [(key, item_id, read_id) for item_id in members],
-        )
+    dialect.insert_rows(
+        cur,
+        "listing_members",
+        ("listing_key", "item_id", "read_id"),
+        [(key, item_id, read_id) for item_id in members],
+        " ON CONFLICT (listing_key, item_id) DO UPDATE SET read_id = excluded.read_id",
+    )
     told = [note.pages_total for note in read if note.pages_total is not None]
     total, failed, pages_read = cur.execute(
         sql(

@@ -95,6 +95,7 @@ def lookup(db: CatalogDB, item_ids: Sequence[int]) -> dict[int, Stored]:
         "desc_fetched_at, listing_sig, language, shop, refresh_rate, orders_seen, units_seen, min_stock "
         f"FROM products WHERE item_id IN ({','.join('?' * len(item_ids))})",
         item_ids,
+        binary=True,  # the stored answers as they are
     )
     found = {}
     for row in rows:

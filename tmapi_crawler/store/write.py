@@ -14,7 +14,7 @@ import orjson
 from tmapi_crawler.records import RECORD_FIELDS, decimal_of
 from tmapi_crawler.store.changes import Before, Sku, State, diff, listing_signature, state_of
 from tmapi_crawler.store.dialect import iso, json_text
-from tmapi_crawler.store.freshness import RefreshRows
+from tmapi_crawler.store.freshness import RefreshColumns, RefreshRows
 from tmapi_crawler.store.listings import write_pages
 
 if TYPE_CHECKING:
@@ -30,7 +30,9 @@ PRUNE_BATCH = 5000
 
 class ProductRow(NamedTuple):
     """A row of ``products`` as a crawl writes it: the INSERT's columns are
-    these fields, by name (``delisted_at`` is cleared)."""
+    these fields, by name, and the refresh policy's
+    (:class:`~tmapi_crawler.store.freshness.RefreshColumns`); ``delisted_at``
+    is cleared."""
 
     item_id: int
     title: str | None
@@ -147,11 +149,12 @@ def _write_products(db: CatalogDB, cur: Any, records: Sequence[dict[str, Any]], 
 
 
 #: The products INSERT: a product fetched again replaces its row, but for
-#: what this fetch did not read (the listing entry, the description).
-_UPSERT_PRODUCT = (
-    f"INSERT INTO products ({', '.join(ProductRow._fields)}, delisted_at) "  # noqa: S608 - our names
-    f"VALUES ({', '.join('?' * len(ProductRow._fields))}, NULL) "
-    "ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, language = excluded.language, "
+#: what this fetch did not read (the listing entry, the description).  Its
+#: columns are a :class:`ProductRow`'s and then a
+#: :class:`~tmapi_crawler.store.freshness.RefreshColumns`'.
+_PRODUCT_COLUMNS = (*ProductRow._fields, *RefreshColumns._fields)
+_ON_PRODUCT = (
+    " ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, language = excluded.language, "
     "shop = excluded.shop, price = excluded.price, stock = excluded.stock, "
     "sold_out = excluded.sold_out, "
     "listing_sig = COALESCE(excluded.listing_sig, products.listing_sig), "
@@ -159,13 +162,14 @@ _UPSERT_PRODUCT = (
     "detail = excluded.detail, detail_fetched_at = excluded.detail_fetched_at, "
     "description = COALESCE(excluded.description, products.description), "
     "desc_fetched_at = COALESCE(excluded.desc_fetched_at, products.desc_fetched_at), "
-    "delisted_at = NULL"
+    "delisted_at = NULL, " + ", ".join(f"{name} = excluded.{name}" for name in RefreshColumns._fields)
 )
 
 
 def _write_run(db: CatalogDB, cur: Any, records: Sequence[dict[str, Any]], result: WriteResult) -> None:
-    """Records of distinct products: a few statements for them all
-    (``executemany``), whatever their number."""
+    """Records of distinct products: a statement a table for them all
+    (:meth:`~tmapi_crawler.store.dialect.Dialect.insert_rows`), whatever
+    their number."""
     sql = db.dialect.sql
     old = _old_states(cur, db.dialect, sorted(int(r["item_id"]) for r in records))
     products: list[ProductRow] = []
@@ -221,24 +225,24 @@ def _write_run(db: CatalogDB, cur: Any, records: Sequence[dict[str, Any]], resul
         changes += found
         refresh.add(record, state, shop, before, found)
     if products:
-        cur.executemany(sql(_UPSERT_PRODUCT), products)
+        # The refresh policy's columns first (they need the shops' rates), then each row whole: one statement.
+        columns = refresh.columns(cur, db.dialect, result, db.max_age)
+        rows = [(*row, *refresh_columns) for row, refresh_columns in zip(products, columns, strict=True)]
+        db.dialect.insert_rows(cur, "products", _PRODUCT_COLUMNS, rows, _ON_PRODUCT)
         written = [row.item_id for row in products if row.item_id in old]
         if written:
             cur.execute(
                 sql(f"DELETE FROM skus WHERE item_id IN ({','.join('?' * len(written))})"),  # noqa: S608
                 written,
             )
-    if skus:
-        cur.executemany(
-            sql("INSERT INTO skus (item_id, skuid, props_names, price, stock, updated_at) VALUES (?, ?, ?, ?, ?, ?)"),
-            skus,
-        )
+    db.dialect.insert_rows(cur, "skus", ("item_id", "skuid", "props_names", "price", "stock", "updated_at"), skus)
     if descriptions:
         cur.executemany(sql("UPDATE products SET description = ?, desc_fetched_at = ? WHERE item_id = ?"), descriptions)
     _insert_changes(cur, db.dialect, changes)
     result.changes += changes
-    if refresh.rows:
-        refresh.write(cur, db.dialect, result, db.max_age)
+
+
+_CHANGE_COLUMNS = ("detected_at", "item_id", "skuid", "change", "field", "old", "new", "source")
 
 
 def insert_changes(db: CatalogDB, changes: Iterable[dict[str, Any]]) -> None:
@@ -262,14 +266,7 @@ def _insert_changes(cur: Any, dialect: Dialect, changes: Iterable[dict[str, Any]
         )
         for c in changes
     ]
-    if rows:
-        cur.executemany(
-            dialect.sql(
-                "INSERT INTO changes (detected_at, item_id, skuid, change, field, old, new, source) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            rows,
-        )
+    dialect.insert_rows(cur, "changes", _CHANGE_COLUMNS, rows)
 
 
 def prune_changes(db: CatalogDB, before: str, batch: int = PRUNE_BATCH) -> int:
