@@ -13,6 +13,7 @@ import random
 import sqlite3
 import subprocess
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, r
 from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
 from tmapi_crawler.store.db import CatalogDB
+from tmapi_crawler.store.dialect import iso
 from tmapi_crawler.store.listings import PageNote
 from tmapi_crawler.store.lookup import lookup
 from tmapi_crawler.store.schema import SCHEMA_VERSION
@@ -234,6 +236,18 @@ def test_a_batch_is_a_few_statements_and_every_value_reads_back_as_written(store
             assert sum(s.startswith("INSERT INTO skus") for s in statements) == 8
     finally:
         db.close()
+
+
+def test_a_stored_time_reads_back_as_the_records_write_it():
+    """UTC, microseconds, ``Z``: as SQLite keeps it (returned as it is), or
+    from an offset, no fraction or PostgreSQL's ``datetime``."""
+    assert iso("2026-11-20T00:00:00.000000Z") == "2026-11-20T00:00:00.000000Z"
+    assert iso("2026-11-20T08:00:00+08:00") == "2026-11-20T00:00:00.000000Z"
+    assert iso("2026-11-20T00:00:00.5+00:00") == "2026-11-20T00:00:00.500000Z"
+    assert iso(datetime(2026, 11, 20, 1, 2, 3, 4, tzinfo=UTC)) == "2026-11-20T01:02:03.000004Z"
+    with pytest.raises(ValueError):  # noqa: PT011 - fromisoformat's
+        iso("٢٠٢٦-١١-٢٠T00:00:00.000000Z")  # digits, but not ASCII ones: not taken as they are
+    assert iso(None) is None
 
 
 def _drop_schema_5(cur: Any, *, crawls: bool = True) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,11 +41,17 @@ PG_TRANSIENT = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01"})
 SCHEMA_LOCK = 0x746D617069  # "tmapi"
 
 
+#: A timestamp already as :func:`iso` writes it (as SQLite keeps the records').
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
+
+
 def iso(value: Any) -> str | None:
     """A timestamp as the records write it: ISO 8601, UTC, microseconds, ``Z``."""
     if value is None:
         return None
     if isinstance(value, str):
+        if _ISO.fullmatch(value):
+            return value
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -69,14 +68,6 @@ MAX_WAITING = 2 * BATCH_SIZE
 FLUSH_INTERVAL = 0.2
 #: The finish reason of a crawl stopped because the store failed.
 STORE_FAILED = FinishReason.STORE_FAILED
-#: Seconds a thread runs before a waiting one gets the GIL, at most (Python's
-#: default is 5 ms).  Each statement the store's threads run lets the GIL go;
-#: with the default, a busy reactor made each of them wait 5 ms for it back,
-#: a batch took seconds instead of milliseconds, and thousands of records
-#: waited in memory (docs/performance.md).
-SWITCH_INTERVAL = 0.0005
-#: meta key: the listing page's lookup found that this detail must be
-#: fetched (:class:`StoreSpiderMiddleware`): no second lookup.
 #: Seconds a crawl's end spends at most on pruning old changes.
 PRUNE_SECONDS = 30.0
 #: Seconds before the first and the longest between two tries of a store
@@ -145,9 +136,6 @@ class CatalogStore:
             self.writer = CatalogDB(url, max_age=self.config.detail_max_age)
         except StoreError as exc:
             raise ConfigError(str(exc)) from None
-        #: The interpreter's switch interval before the store's threads ran
-        #: (put back when the crawl closes: :meth:`_opened`).
-        self._switch_before = sys.getswitchinterval()
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-read")
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tmapi-store-write")
         self._names = {self._read_thread: "read", self._write_thread: "write"}
@@ -158,7 +146,8 @@ class CatalogStore:
         add_room(crawler, self.room)
         self._pages: list[PageNote] = []
         self._writing: asyncio.Task[None] | None = None
-        self._lookups: dict[int, list[asyncio.Future[Stored | None]]] = {}
+        #: Lookups waiting for the next query: the ids each caller asked for, and its answer.
+        self._lookups: list[tuple[list[int], asyncio.Future[dict[int, Stored]]]] = []
         self._reading: asyncio.Task[None] | None = None
         #: The records made from the store's answers alone, on their way to
         #: the pipeline: item id -> their fetch times (nothing to write).
@@ -240,36 +229,37 @@ class CatalogStore:
             )
 
     async def lookup(self, item_id: int) -> Stored | None:
-        """What the store has of *item_id*.  Lookups that arrive while one
-        is under way are answered together, with one query."""
-        future: asyncio.Future[Stored | None] = asyncio.get_running_loop().create_future()
-        self._lookups.setdefault(item_id, []).append(future)
+        """What the store has of *item_id* (:meth:`lookup_all`)."""
+        return (await self.lookup_all((item_id,))).get(item_id)
+
+    async def lookup_all(self, item_ids: Iterable[int]) -> dict[int, Stored]:
+        """What the store has of each of *item_ids*: one query, with the
+        other lookups that arrive while one is under way."""
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        future: asyncio.Future[dict[int, Stored]] = asyncio.get_running_loop().create_future()
+        self._lookups.append((ids, future))
         if self._reading is None:
             self._reading = asyncio.ensure_future(self._read())
         return await future
 
-    async def lookup_all(self, item_ids: Iterable[int]) -> dict[int, Stored]:
-        """What the store has of each of *item_ids*: one query (with any other
-        lookups under way)."""
-        ids = list(dict.fromkeys(item_ids))
-        found = await asyncio.gather(*(self.lookup(item_id) for item_id in ids))
-        return {item_id: stored for item_id, stored in zip(ids, found, strict=True) if stored is not None}
-
     async def _read(self) -> None:
         try:
             while self._lookups:
-                batch, self._lookups = self._lookups, {}
+                batch, self._lookups = self._lookups, []
+                ids = list(dict.fromkeys(item_id for wanted, _ in batch for item_id in wanted))
                 try:
-                    found = await self._call(self.reader, self._read_thread, lookup, self.reader, list(batch))
+                    found = await self._call(self.reader, self._read_thread, lookup, self.reader, ids)
                 except StoreError as error:
                     self._fail(error)
-                    for futures in batch.values():
-                        for future in futures:
+                    for _, future in batch:
+                        if not future.done():
                             future.set_exception(error)
                     continue
-                for item_id, futures in batch.items():
-                    for future in futures:
-                        future.set_result(found.get(item_id))
+                for wanted, future in batch:
+                    if not future.done():  # its caller may have gone (cancelled)
+                        future.set_result({item_id: found[item_id] for item_id in wanted if item_id in found})
         finally:
             self._reading = None
 
@@ -374,13 +364,6 @@ class CatalogStore:
 
     def _opened(self) -> None:
         logger.info("Catalog store: %s", self.url.display)
-        # The store's threads give the GIL back after each statement; with
-        # Python's default switch interval (5 ms) a busy reactor kept each of
-        # them waiting 5 ms for it, a batch took seconds and records piled up
-        # (docs/performance.md): shorter while the store is open, put back
-        # when the crawl closes.
-        if self._switch_before > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
         # A JOBDIR resume: what the earlier runs spent is the crawl's too.
         self.decision.planner.spent_before = int(self.stats.get_value(f"{RESUMED}/refresh/spent", 0) or 0)
         budget = self.config.refresh_budget
@@ -408,7 +391,6 @@ class CatalogStore:
             self._write_thread.shutdown()
             self.reader.close()
             self.writer.close()
-            sys.setswitchinterval(self._switch_before)
 
     def _last_writes(self, crawl: CrawlRow) -> None:
         """The crawl's row in ``crawls``; old changes pruned."""
