@@ -598,7 +598,7 @@ def store_scale(tmp: Path, quick: bool) -> list[Row]:
         for size in sizes:
             pages = -(-size // 20)
             minimum = pages + 2 * size
-            runs: dict[str, list[tuple[float, Row]]] = {}
+            runs: dict[tuple[str, str], list[tuple[float, Row]]] = {}
             with SandboxProcess("--shops", "1", "--shop-size", str(size)) as sb:
                 for n in range(repeat):
                     stores: list[tuple[str, str | None]] = [
@@ -613,25 +613,23 @@ def store_scale(tmp: Path, quick: bool) -> list[Row]:
                         for label, revise in labels:
                             if revise is not None:
                                 sb.revise(revise)
-                            crawler = f"{size:,}: {name}, {label}"
                             workdir = tmp / f"scale-{size}-{n}-{name}-{label[:5]}"
-                            row = _store_scale_run(sb, workdir, url, crawler, minimum)
-                            runs.setdefault(crawler, []).append((row.figures["cpu_s"], row))
+                            row = _store_scale_run(sb, workdir, url, f"{size:,}: {name}, {label}", minimum)
+                            runs.setdefault((name, label), []).append((row.figures["cpu_s"], row))
             rows += _median_runs(runs)
     finally:
         pg.stop()
     return rows
 
 
-def _median_runs(runs: dict[str, list[tuple[float, Row]]]) -> list[Row]:
+def _median_runs(runs: dict[tuple[str, str], list[tuple[float, Row]]]) -> list[Row]:
     """Each crawl's median run (the upper one of two), with the ratios of
     the medians: a store's first crawl to no store's, a re-crawl to its
     store's first crawl."""
     rows: list[Row] = []
     first_cpu: dict[str, float] = {}
-    for crawler, done in runs.items():
+    for (name, label), done in runs.items():
         cpu, row = sorted(done, key=lambda run: run[0])[len(done) // 2]
-        name, label = crawler.split(": ", 1)[1].split(", ", 1)
         if len(done) > 1:
             row.figures["cpu_s_runs"] = [round(c, 1) for c, _ in done]
         if label == "first crawl":

@@ -24,7 +24,7 @@ from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, r
 from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
 from tmapi_crawler.store.db import CatalogDB
-from tmapi_crawler.store.dialect import iso
+from tmapi_crawler.store.dialect import SQLITE, iso
 from tmapi_crawler.store.listings import PageNote
 from tmapi_crawler.store.lookup import lookup
 from tmapi_crawler.store.schema import SCHEMA_VERSION
@@ -203,7 +203,7 @@ def test_a_batch_is_a_few_statements_and_every_value_reads_back_as_written(store
     db = CatalogDB(parse_store_url(store))
     statements: list[str] = []
     if db.url.kind == "sqlite":
-        db.dialect = dataclasses.replace(db.dialect, max_params=6 * 64)  # 64 SKU rows a statement at most
+        db.dialect = dataclasses.replace(SQLITE, max_params=6 * 64)  # 64 SKU rows a statement at most
         db.conn.set_trace_callback(statements.append)
     at = "2026-11-20T00:00:00.000000Z"
     title = '夹克 "引号" \\ \' %s {}'

@@ -100,9 +100,6 @@ class Dialect:
     utf8: str = "CAST({} AS BLOB)"
     #: A floating-point column.
     real: str = "REAL"
-    #: Parameters one statement may have (SQLite's default limit since 3.32,
-    #: 999 before; PostgreSQL's protocol: 65,535).
-    max_params: int = 32766
 
     def sql(self, text: str) -> str:
         return text
@@ -110,24 +107,12 @@ class Dialect:
     def insert_rows(
         self, cur: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = ""
     ) -> None:
-        """``INSERT INTO {table} ({columns}) VALUES (...), (...) {tail}``:
-        many *rows* a statement, where ``executemany`` runs one a row and the
-        driver lets the GIL go for each, so that a busy reactor holds up
+        """``INSERT INTO {table} ({columns}) ... {tail}`` of many *rows* in
+        one statement (or a few), where ``executemany`` runs one a row and
+        the driver lets the GIL go for each, so that a busy reactor holds up
         every row and both threads spend CPU handing it over
-        (docs/performance.md).  The rows go in runs of a power of two (1,000
-        rows are 512 + 256 + ... + 8), so that a statement's text comes back
-        and SQLite finds it compiled in its cache."""
-        if not rows:
-            return
-        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - our names
-        mark = f"({', '.join(['?'] * len(columns))})"
-        most = max(1, self.max_params // len(columns)).bit_length() - 1  # the longest run: 2**most rows
-        start = 0
-        while start < len(rows):
-            run = 1 << min(most, (len(rows) - start).bit_length() - 1)
-            chunk = rows[start : start + run]
-            cur.execute(self.sql(head + ", ".join([mark] * run) + tail), [value for row in chunk for value in row])
-            start += run
+        (docs/performance.md); each row has the columns in their order."""
+        raise NotImplementedError
 
     def fetch(self, conn: Any, sql: str, params: tuple[Any, ...], *, binary: bool = False) -> list[Any]:
         """The rows of *sql* (*binary*: see :meth:`CatalogDB.query`)."""
@@ -174,6 +159,27 @@ class _SQLite(Dialect):
         (14, CANNOT_OPEN),
         (26, NOT_A_DATABASE),
     )
+
+    #: Parameters one statement may have (SQLite's default limit since 3.32, 999 before).
+    max_params: int = 32766
+
+    def insert_rows(
+        self, cur: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = ""
+    ) -> None:
+        """``VALUES (...), (...)``, in runs of a power of two under
+        :attr:`max_params` (1,000 rows are 512 + 256 + ... + 8), so that a
+        statement's text comes back and SQLite finds it compiled in its cache."""
+        if not rows:
+            return
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - our names
+        mark = f"({', '.join(['?'] * len(columns))})"
+        most = max(1, self.max_params // len(columns)).bit_length() - 1  # the longest run: 2**most rows
+        start = 0
+        while start < len(rows):
+            run = 1 << min(most, (len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + run]
+            cur.execute(head + ", ".join([mark] * run) + tail, [value for row in chunk for value in row])
+            start += run
 
     def connect(self, url: StoreURL, create: bool) -> Any:
         path = url.target
@@ -334,6 +340,5 @@ POSTGRES = _Postgres(
     reconnects=True,
     utf8="convert_to({}, 'UTF8')",
     real="DOUBLE PRECISION",
-    max_params=65535,
 )
 DIALECTS: dict[str, Dialect] = {"sqlite": SQLITE, "postgresql": POSTGRES}

@@ -170,7 +170,7 @@ class _Row:
 
 class RefreshColumns(NamedTuple):
     """A fetched product's columns of the refresh policy, written with its
-    row (:data:`tmapi_crawler.store.write.ProductRow`'s INSERT)."""
+    row (the INSERT of :class:`tmapi_crawler.store.write.ProductRow`)."""
 
     refresh_history: str | None
     refresh_rate: float | None
@@ -207,10 +207,10 @@ class RefreshRows:
                  before is not None)
         )  # fmt: skip
 
-    def columns(self, cur: Any, dialect: Any, result: Any, max_age: float) -> list[RefreshColumns]:
-        """Each row's columns, in the order they were added (*max_age*:
-        TMAPI_DETAIL_MAX_AGE, the scale of rates); their shops' rates
-        written."""
+    def write_rates(self, cur: Any, dialect: Any, result: Any, max_age: float) -> list[RefreshColumns]:
+        """Write the shops' rates; return each row's columns, in the order
+        the rows were added, for its product's INSERT (*max_age*:
+        TMAPI_DETAIL_MAX_AGE, the scale of rates)."""
         shops = sorted({row.shop for row in self.rows if row.shop and row.fetched_again})
         priors: dict[str, float] = {}
         if shops:

@@ -226,7 +226,7 @@ def _write_run(db: CatalogDB, cur: Any, records: Sequence[dict[str, Any]], resul
         refresh.add(record, state, shop, before, found)
     if products:
         # The refresh policy's columns first (they need the shops' rates), then each row whole: one statement.
-        columns = refresh.columns(cur, db.dialect, result, db.max_age)
+        columns = refresh.write_rates(cur, db.dialect, result, db.max_age)
         rows = [(*row, *refresh_columns) for row, refresh_columns in zip(products, columns, strict=True)]
         db.dialect.insert_rows(cur, "products", _PRODUCT_COLUMNS, rows, _ON_PRODUCT)
         written = [row.item_id for row in products if row.item_id in old]
