@@ -12,6 +12,7 @@ import logging
 import random
 import sqlite3
 import subprocess
+import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
 from tmapi_crawler.store.db import CatalogDB
 from tmapi_crawler.store.dialect import SQLITE, iso
+from tmapi_crawler.store.ledger import CrawlRow, record_crawl
 from tmapi_crawler.store.listings import PageNote
 from tmapi_crawler.store.lookup import lookup
 from tmapi_crawler.store.schema import SCHEMA_VERSION
@@ -323,6 +325,79 @@ def test_a_store_of_schema_1_gets_its_crawls_table(store):
         assert db.query("SELECT COUNT(*) FROM account_limits") == [(0,)]
     finally:
         db.close()
+
+
+def _together(url: Any, workers: int, rounds: int, work: Any) -> None:
+    """*workers* threads, each with a connection of its own, call
+    ``work(db, worker, round)`` at the same moment, *rounds* times; none fails."""
+    dbs = [CatalogDB(url) for _ in range(workers)]
+    failed: list[BaseException] = []
+    barrier = threading.Barrier(workers)
+
+    def run(n: int) -> None:
+        for turn in range(rounds):
+            barrier.wait()
+            try:
+                work(dbs[n], n, turn)
+            except Exception as exc:  # the test's finding
+                failed.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for db in dbs:
+        db.close()
+    assert failed == []
+
+
+def test_workers_ending_together_each_add_their_part_of_the_crawl(store):
+    """The workers of one run end at the same moment: each one's part is in
+    the crawl's row (none found the row missing and then failed to make it)."""
+    url = parse_store_url(store)
+    CatalogDB(url).close()
+
+    def end(db: CatalogDB, n: int, turn: int) -> None:
+        record_crawl(db, CrawlRow(id=f"run-{turn}", spider="shop", seed=None, reason="finished" if n else "shutdown",
+                                  started_at=f"2026-12-0{1 + n}T00:00:00.000000Z",
+                                  finished_at=f"2026-12-0{1 + n}T01:00:00.000000Z",
+                                  products=10 + n, calls=20, served=1, changes={"new": 1, f"w{n}": 1}))  # fmt: skip
+
+    _together(url, 4, 10, end)
+    db = CatalogDB(url, create=False)
+    try:
+        rows = db.query("SELECT workers, products, calls, served, finish_reason, changes, started_at, finished_at "
+                        "FROM crawls ORDER BY id")  # fmt: skip
+    finally:
+        db.close()
+    assert len(rows) == 10
+    for row in rows:
+        assert row[:5] == (4, 46, 80, 4, "finished, shutdown")
+        assert json.loads(row[5]) == {"new": 4, "w0": 1, "w1": 1, "w2": 1, "w3": 1}
+        assert (iso(row[6]), iso(row[7])) == ("2026-12-01T00:00:00.000000Z", "2026-12-04T01:00:00.000000Z")
+
+
+def test_two_workers_reading_a_listing_for_the_first_time_both_count(store):
+    """Two workers write the first pages of a listing never read before at
+    the same moment (no row yet to lock): neither takes the other's page
+    away, and the read completes."""
+    url = parse_store_url(store)
+    CatalogDB(url).close()
+
+    def page(db: CatalogDB, n: int, turn: int) -> None:
+        key = f"shop_items?member_id=x{turn}"
+        write(db, [], [PageNote(key, "r1", 1, [1, 2], 2) if n == 0 else PageNote(key, "r1", 2, [3])])
+
+    _together(url, 2, 10, page)
+    db = CatalogDB(url, create=False)
+    try:
+        reads = db.query("SELECT completed_at IS NOT NULL, pages_read FROM listing_reads")
+        members = db.query("SELECT COUNT(*) FROM listing_members")
+    finally:
+        db.close()
+    assert sorted(reads) == [(True, 2)] * 10
+    assert members == [(30,)]
 
 
 def test_delisted_only_when_the_same_listing_was_read_completely(store):

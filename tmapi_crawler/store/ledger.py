@@ -40,9 +40,22 @@ class CrawlRow:
 
 def record_crawl(db: CatalogDB, crawl: CrawlRow) -> None:
     """Add a crawl (or a worker's part of it) to ``crawls``: the numbers
-    of the workers of one crawl add up, under the row's lock."""
+    of the workers of one crawl add up, under the row's lock.
+
+    The row is made first, empty, when it is not there (``ON CONFLICT DO
+    NOTHING``), and only then read under its lock: two workers ending
+    together would otherwise both find no row, and the second one's
+    ``INSERT`` fail on the first one's, its part of the crawl lost."""
     sql = db.dialect.sql
     with db.transaction() as cur:
+        cur.execute(
+            sql(
+                "INSERT INTO crawls (id, spider, seed, started_at, finished_at, finish_reason, workers, "
+                "products, calls, served, changes) VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0, '{}') "
+                "ON CONFLICT (id) DO NOTHING"
+            ),
+            (crawl.id, crawl.spider, json_text(crawl.seed), crawl.started_at, crawl.finished_at, crawl.reason),
+        )
         row = cur.execute(
             sql(
                 "SELECT seed, started_at, finished_at, finish_reason, workers, products, calls, served, changes "  # noqa: S608
@@ -50,17 +63,6 @@ def record_crawl(db: CatalogDB, crawl: CrawlRow) -> None:
             ),
             (crawl.id,),
         ).fetchone()
-        if row is None:
-            cur.execute(
-                sql(
-                    "INSERT INTO crawls (id, spider, seed, started_at, finished_at, finish_reason, workers, "
-                    "products, calls, served, changes) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
-                ),
-                (crawl.id, crawl.spider, json_text(crawl.seed), crawl.started_at, crawl.finished_at, crawl.reason,
-                 crawl.products, crawl.calls, crawl.served, json_text(crawl.changes)),
-            )  # fmt: skip
-            _record_refresh(cur, db, crawl)
-            return
         seed, started, finished, reason, workers, products, calls, served, changes = row
         kinds = orjson.loads(changes)
         for kind, count in crawl.changes.items():

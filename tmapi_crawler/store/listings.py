@@ -76,15 +76,25 @@ def _current_read(cur: Any, dialect: Dialect, note: PageNote) -> bool:
     ).fetchone()
     if row is not None and row[0] == note.read_id:
         return row[1] is None
-    cur.execute(
+    made = cur.execute(
         sql(
             "INSERT INTO listing_reads (listing_key, read_id, started_at, pages_total, failed, completed_at) "
             "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT (listing_key) DO UPDATE SET "
             "read_id = excluded.read_id, started_at = excluded.started_at, pages_total = NULL, "
-            "failed = excluded.failed, completed_at = NULL, pages_read = 0"
+            "failed = excluded.failed, completed_at = NULL, pages_read = 0 "
+            "WHERE listing_reads.read_id <> excluded.read_id RETURNING listing_key"
         ),
         (key, note.read_id, note.at, False),
-    )
+    ).fetchone()
+    if made is None:
+        # Another worker made this read the current one between the two
+        # statements (PostgreSQL: a row locked only once it exists); its
+        # pages stay, counted.
+        (completed,) = cur.execute(
+            sql(f"SELECT completed_at FROM listing_reads WHERE listing_key = ?{dialect.lock}"),  # noqa: S608
+            (key,),
+        ).fetchone()
+        return completed is None
     cur.execute(sql("DELETE FROM listing_pages WHERE listing_key = ?"), (key,))
     return True
 
