@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pprint
+import subprocess
+import sys
 
 from pydantic import SecretStr
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
@@ -11,7 +13,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 
-from tests.helpers import TOKEN, crawl
+from tests.helpers import SCRAPY, TOKEN, crawl, scrapy_env
 from tmapi_crawler.addon import TmapiAddon
 from tmapi_crawler.calls.answers import AnswerMiddleware
 from tmapi_crawler.calls.gate import TmapiThrottle
@@ -167,3 +169,30 @@ def test_a_user_can_turn_off_or_reorder_each_optional_component(tmp_path):
         ("DOWNLOADER_MIDDLEWARES", AnswerMiddleware),
     ]:
         assert components(forced, name)[path(cls)] is not None, cls
+
+
+def test_a_component_switched_off_is_not_imported_to_be_dropped(sandbox, tmp_path):
+    """Scrapy imports every component it lists before it drops those that
+    are off; the add-on takes those its settings switch off out of Scrapy's
+    base lists, unless the user's settings name them."""
+    remote, telnet = "scrapy.extensions.remote_control.RemoteControl", "scrapy.extensions.telnet.TelnetConsole"
+    cookies = "scrapy.downloadermiddlewares.cookies.CookiesMiddleware"
+    off = settings_of(REMOTE_CONTROL_ENABLED=False, TELNETCONSOLE_ENABLED=False, COOKIES_ENABLED=False)
+    assert remote not in off.getwithbase("EXTENSIONS") and telnet not in off.getwithbase("EXTENSIONS")
+    assert cookies not in off.getwithbase("DOWNLOADER_MIDDLEWARES")
+    on = settings_of(COOKIES_ENABLED=True, REMOTE_CONTROL_ENABLED=False)
+    assert on.getwithbase("DOWNLOADER_MIDDLEWARES")[cookies] == 700
+    named = settings_of(COOKIES_ENABLED=False, DOWNLOADER_MIDDLEWARES={cookies: 710})
+    assert named.getwithbase("DOWNLOADER_MIDDLEWARES")[cookies] == 710
+    # The real command, with the project's settings (all three off): neither
+    # aiohttp (the remote control's) nor tldextract (the cookies') is imported.
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", SCRAPY, "crawl", "item", "-a", "item_ids=1",
+         "-s", f"TMAPI_BASE_URL={sandbox.url}"],
+        cwd=tmp_path, env=scrapy_env({"TMAPI_TOKEN": sandbox.token}), capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "scrapy.crawler" in imported
+    assert "aiohttp" not in imported and "tldextract" not in imported
