@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import pytest
 from scrapy.http import TextResponse
@@ -24,6 +25,26 @@ def test_get_request_has_typed_parameters_and_no_token():
         "params": {"cat_id": 1031910, "page": 2, "free_shipping": True},
     }
     assert "apiToken" not in req.url
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"item_id": 610947572360, "language": "en"},
+        {"member_id": "b2b-2206", "page": 3, "sort": "-price"},
+        {"keyword": "连衣裙 夏", "q": "a b&c=d", "price": 1.5, "free_shipping": False},
+        {"path": "/x?y", "plus": "+1", "pct": "100%", "tilde": "a~b"},
+        {},
+    ],
+)
+def test_a_query_is_what_urlencode_writes(params):
+    """Plain parameters are joined as they are, the others quoted: either
+    way, the URL urlencode would make (fingerprints stay the same)."""
+    expected = urlencode({k: "true" if v is True else "false" if v is False else str(v) for k, v in params.items()})
+    assert api.query_string(params) == expected
+    req = api.build_request("https://api.tmapi.io", Endpoint.SHOP_ITEMS, params, meta={"dont_redirect": False})
+    assert req.url == f"https://api.tmapi.io/1688/shop/items?{expected}"
+    assert req.meta["dont_redirect"] is False and req.meta["tmapi"]["params"] == params  # the caller's meta wins
 
 
 def test_post_request_sends_a_json_body():

@@ -153,20 +153,29 @@ def build_request(
     moment).  ``meta["tmapi"]`` records the endpoint and parameters, which is
     what failure records and stats are made from."""
     params = clean_params(params)
-    meta = kwargs.pop("meta", None) or {}
-    meta["tmapi"] = {"endpoint": endpoint.value, "params": params}
-    for key, value in API_META.items():
-        meta.setdefault(key, value)
-    url = base_url.rstrip("/") + endpoint.path
-    if endpoint.method == "POST":
+    meta = {**API_META, **(kwargs.pop("meta", None) or {}), "tmapi": {"endpoint": endpoint.value, "params": params}}
+    url = base_url.rstrip("/") + _PATHS[endpoint]
+    if endpoint is Endpoint.ITEM_DETAIL_BY_URL:  # the one POST
         return JsonRequest(url, data=params, meta=meta, **kwargs)
-    query = urlencode({k: _query_value(v) for k, v in params.items()})
     # Made safe here (a checked base URL, a constant path, an encoded query):
     # Scrapy need not make it safe again, nor canonicalize it for each
     # fingerprint (Scrapy's verbatim_url: the same parameters make the same
     # URL, in the same order).
     meta["verbatim_url"] = True
-    return Request(f"{url}?{query}", meta=meta, **kwargs)
+    return Request(f"{url}?{query_string(params)}", meta=meta, **kwargs)
+
+
+#: A query's name or value that ``urlencode`` leaves as it is.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*", re.ASCII)
+
+
+def query_string(params: Mapping[str, Any]) -> str:
+    """*params* as ``urlencode`` writes them; ids, numbers and codes (two
+    calls a product) joined as they are, without its quoting."""
+    pairs = [(key, _query_value(value)) for key, value in params.items()]
+    if all(_PLAIN.fullmatch(key) and _PLAIN.fullmatch(value) for key, value in pairs):
+        return "&".join(f"{key}={value}" for key, value in pairs)
+    return urlencode(pairs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,12 @@ def iso(value: Any) -> str | None:
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    elif value.utcoffset():
+        value = value.astimezone(UTC)
+    # strftime's format, three times faster (PostgreSQL's times come as datetimes, two a stored product)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond
+    )  # fmt: skip
 
 
 def json_text(value: Any) -> str | None:
