@@ -196,3 +196,24 @@ def test_a_component_switched_off_is_not_imported_to_be_dropped(sandbox, tmp_pat
     imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "scrapy.crawler" in imported
     assert "aiohttp" not in imported and "tldextract" not in imported
+
+
+def test_stats_are_scrapys_memory_stats_without_the_per_access_shim():
+    from scrapy.statscollectors import DummyStatsCollector, MemoryStatsCollector
+
+    from tmapi_crawler.extensions import TmapiStatsCollector
+
+    assert settings_of().get("STATS_CLASS") == path(TmapiStatsCollector)
+    assert settings_of(STATS_CLASS=MemoryStatsCollector).get("STATS_CLASS") == path(TmapiStatsCollector)
+    assert settings_of(STATS_CLASS=path(DummyStatsCollector)).get("STATS_CLASS") == path(DummyStatsCollector)
+    crawler = get_crawler(ShopSpider, {**ADDON, "TMAPI_TOKEN": TOKEN})
+    crawler._apply_settings()
+    stats = crawler.stats
+    assert type(stats) is TmapiStatsCollector and isinstance(stats, MemoryStatsCollector)
+    stats.set_stats({})
+    stats.inc_value("a")
+    stats.inc_value("a", 2, spider=None)  # the spider argument Scrapy's methods take, ignored
+    stats.max_value("m", 3)
+    stats.min_value("m", 1)
+    stats.set_value("s", "x")
+    assert stats.get_stats() == {"a": 3, "m": 1, "s": "x"} and stats.get_value("a") == 3

@@ -23,6 +23,7 @@ from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.extensions.feedexport import FeedExporter
 from scrapy.extensions.spiderstate import SpiderState
 from scrapy.settings import SETTINGS_PRIORITIES, BaseSettings
+from scrapy.statscollectors import MemoryStatsCollector
 from scrapy.utils.misc import load_object
 from spidermon.contrib.scrapy.extensions import Spidermon
 
@@ -44,7 +45,7 @@ from tmapi_crawler.durable.feeds import (
 from tmapi_crawler.durable.jobdir import JobdirScheduler, has_state
 from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.exports import EXPORTERS, register_feed_formats
-from tmapi_crawler.extensions import TimerCompaction, TmapiStats
+from tmapi_crawler.extensions import TimerCompaction, TmapiStats, TmapiStatsCollector
 from tmapi_crawler.media.downloads import (
     MEDIA_MIDDLEWARE_PRIORITY,
     MediaDownloads,
@@ -202,6 +203,8 @@ class TmapiAddon:
             # what finishes a started product.
             settings.set("SCHEDULER", _path(BudgetScheduler), "addon")
         self._feeds(settings)
+        if settings.get("STATS_CLASS") in (MemoryStatsCollector, _path(MemoryStatsCollector)):
+            settings.set("STATS_CLASS", _path(TmapiStatsCollector), settings.getpriority("STATS_CLASS") or 0)
         # Last: a component given by path is imported by the next
         # set_in_component_priority_dict of its setting.
         _leave_out_switched_off(settings)

@@ -1,6 +1,7 @@
 """The crawl's own extensions: stats, the progress line and the
-end-of-crawl summary (:class:`TmapiStats`), and the compaction of Twisted's
-timers (:class:`TimerCompaction`)."""
+end-of-crawl summary (:class:`TmapiStats`), the compaction of Twisted's
+timers (:class:`TimerCompaction`), and the stats collector itself
+(:class:`TmapiStatsCollector`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
+from scrapy.statscollectors import MemoryStatsCollector
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 
 from tmapi_crawler._moved import moved_name
@@ -52,6 +54,17 @@ RESUMED = "tmapi/resumed"
 #: across the crawl's resumes), the distributed run (every worker's); the
 #: catalog store's ``crawls`` row is the crawl's under it.
 CRAWL_ID_STAT = "tmapi/crawl_id"
+
+
+class TmapiStatsCollector(MemoryStatsCollector):
+    """Scrapy's ``MemoryStatsCollector`` (the add-on sets ``STATS_CLASS`` to
+    it where the user's settings keep Scrapy's), without the
+    ``__getattribute__`` Scrapy 2.19 puts in front of every attribute of a
+    stats collector (to warn of a ``spider`` argument, which its methods
+    take and ignore): a stat counted in 0.15 us instead of 2.8 us, and a
+    crawl counts a few stats a product, plus every component's lookups."""
+
+    __getattribute__ = object.__getattribute__
 
 
 def from_the_store(served: int, descriptions: int) -> str:

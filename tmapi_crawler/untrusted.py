@@ -155,12 +155,15 @@ def clean_record(record: Any) -> int:
     property names and values (``product_props``), the shop's name, and the
     listing entry's title; returns how many were removed."""
     removed = 0
+    search = CONTROL_CHARS.search
 
     def fix(holder: Any, key: Any) -> None:
         nonlocal removed
-        if isinstance(holder, dict) and key in holder:
-            holder[key], n = _clean(holder[key])
-            removed += n
+        if isinstance(holder, dict):
+            value = holder.get(key)
+            if isinstance(value, str) and search(value):  # a text to clean (rare): subn makes a copy
+                holder[key], n = clean_text(value)
+                removed += n
 
     fix(record, "title")
     fix(record.get("shop_info"), "shop_name")
