@@ -180,8 +180,9 @@ def test_a_component_switched_off_is_not_imported_to_be_dropped(sandbox, tmp_pat
     off = settings_of(REMOTE_CONTROL_ENABLED=False, TELNETCONSOLE_ENABLED=False, COOKIES_ENABLED=False)
     assert remote not in off.getwithbase("EXTENSIONS") and telnet not in off.getwithbase("EXTENSIONS")
     assert cookies not in off.getwithbase("DOWNLOADER_MIDDLEWARES")
-    on = settings_of(COOKIES_ENABLED=True, REMOTE_CONTROL_ENABLED=False)
+    on = settings_of(COOKIES_ENABLED=True, REMOTE_CONTROL_ENABLED=True)  # -s ...=true: as Scrapy has it
     assert on.getwithbase("DOWNLOADER_MIDDLEWARES")[cookies] == 700
+    assert on.getwithbase("EXTENSIONS")[remote] == 0
     named = settings_of(COOKIES_ENABLED=False, DOWNLOADER_MIDDLEWARES={cookies: 710})
     assert named.getwithbase("DOWNLOADER_MIDDLEWARES")[cookies] == 710
     # The real command, with the project's settings (all three off): neither
