@@ -154,8 +154,8 @@ def build_request(
     what failure records and stats are made from."""
     params = clean_params(params)
     meta = {**API_META, **(kwargs.pop("meta", None) or {}), "tmapi": {"endpoint": endpoint.value, "params": params}}
-    url = base_url.rstrip("/") + _PATHS[endpoint]
-    if endpoint is Endpoint.ITEM_DETAIL_BY_URL:  # the one POST
+    url = base_url.rstrip("/") + endpoint.path
+    if endpoint.method == "POST":
         return JsonRequest(url, data=params, meta=meta, **kwargs)
     # Made safe here (a checked base URL, a constant path, an encoded query):
     # Scrapy need not make it safe again, nor canonicalize it for each

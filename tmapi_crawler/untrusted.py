@@ -34,6 +34,8 @@ CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u20
 def clean_text(text: str) -> tuple[str, int]:
     """*text* without control characters and bidi overrides, and how many
     were removed."""
+    if not CONTROL_CHARS.search(text):
+        return text, 0  # as nearly every text is: subn would copy it
     cleaned, removed = CONTROL_CHARS.subn("", text)
     return cleaned, removed
 
@@ -155,15 +157,12 @@ def clean_record(record: Any) -> int:
     property names and values (``product_props``), the shop's name, and the
     listing entry's title; returns how many were removed."""
     removed = 0
-    search = CONTROL_CHARS.search
 
     def fix(holder: Any, key: Any) -> None:
         nonlocal removed
-        if isinstance(holder, dict):
-            value = holder.get(key)
-            if isinstance(value, str) and search(value):  # a text to clean (rare): subn makes a copy
-                holder[key], n = clean_text(value)
-                removed += n
+        if isinstance(holder, dict) and key in holder:
+            holder[key], n = _clean(holder[key])
+            removed += n
 
     fix(record, "title")
     fix(record.get("shop_info"), "shop_name")

@@ -70,10 +70,7 @@ def _current_read(cur: Any, dialect: Dialect, note: PageNote) -> bool:
     """Make *note*'s read the listing's current one (a new read replaces the
     stored one and its pages); ``False`` when that read is over."""
     sql, key = dialect.sql, note.listing_key
-    row = cur.execute(
-        sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{dialect.lock}"),  # noqa: S608
-        (key,),
-    ).fetchone()
+    row = _locked_read(cur, dialect, key)
     if row is not None and row[0] == note.read_id:
         return row[1] is None
     made = cur.execute(
@@ -90,13 +87,18 @@ def _current_read(cur: Any, dialect: Dialect, note: PageNote) -> bool:
         # Another worker made this read the current one between the two
         # statements (PostgreSQL: a row locked only once it exists); its
         # pages stay, counted.
-        (completed,) = cur.execute(
-            sql(f"SELECT completed_at FROM listing_reads WHERE listing_key = ?{dialect.lock}"),  # noqa: S608
-            (key,),
-        ).fetchone()
-        return completed is None
+        return _locked_read(cur, dialect, key)[1] is None
     cur.execute(sql("DELETE FROM listing_pages WHERE listing_key = ?"), (key,))
     return True
+
+
+def _locked_read(cur: Any, dialect: Dialect, key: str) -> Any:
+    """``(read_id, completed_at)`` of *key*'s current read, its row locked
+    (PostgreSQL); ``None`` when the listing was never read."""
+    return cur.execute(
+        dialect.sql(f"SELECT read_id, completed_at FROM listing_reads WHERE listing_key = ?{dialect.lock}"),  # noqa: S608
+        (key,),
+    ).fetchone()
 
 
 def _add_pages(cur: Any, dialect: Dialect, read: list[PageNote]) -> bool:
