@@ -13,6 +13,8 @@ import compileall
 import http.client
 import json
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -21,9 +23,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.harness import ROOT, TOKEN, RedisServer, SandboxProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 BIN = Path(sys.executable).parent
 
@@ -53,8 +58,12 @@ def ours_command(
     member_id: str = "b2b-sandbox0000",
     follow: str = "",
     media: str = "",
+    prefix: Sequence[str] = (),
 ) -> list[str]:
-    cmd = [str(BIN / "scrapy"), "crawl", "shop", "-a", f"member_id={member_id}", "-O", "out.jsonl"]
+    """``scrapy crawl shop`` of the sandbox's first shop, with *settings*;
+    *prefix*: a command to run it under (the interpreter given, for valgrind)."""
+    scrapy = [*prefix, sys.executable, str(BIN / "scrapy")] if prefix else [str(BIN / "scrapy")]
+    cmd = [*scrapy, "crawl", "shop", "-a", f"member_id={member_id}", "-O", "out.jsonl"]
     if follow:
         cmd += ["-a", f"follow={follow}"]
     if media:
@@ -66,9 +75,15 @@ def ours_command(
 
 
 def run_ours(
-    sandbox: SandboxProcess, workdir: Path, *settings: str, follow: str = "", media: str = ""
+    sandbox: SandboxProcess,
+    workdir: Path,
+    *settings: str,
+    follow: str = "",
+    media: str = "",
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
-    return _run(ours_command(sandbox, *settings, follow=follow, media=media), workdir, project_env())
+    cmd = ours_command(sandbox, *settings, follow=follow, media=media, prefix=prefix)
+    return _run(cmd, workdir, project_env())
 
 
 def run_bare(
@@ -586,13 +601,22 @@ def store_scale(tmp: Path, quick: bool) -> list[Row]:
     and in the other order (no store first, then last), and reports each
     row's median run (``cpu_s_runs``: all of them); the ratios are those of
     the medians.  One run's CPU moves by up to 10% on a shared machine, and a
-    ratio of two runs minutes apart by more."""
+    ratio of two runs minutes apart by more.
+
+    ``BENCH_INSTRUCTIONS=1`` runs each crawl under valgrind (cachegrind,
+    without its cache simulation) and reports the instructions it ran
+    (``instructions_g``), which two runs of one crawl repeat within 0.2%; the
+    ratios are then of instructions.  A crawl runs about 30 times slower:
+    ``BENCH_SIZES=1000`` takes about 12 minutes.  Threads run one at a time
+    under valgrind, so what threads cost each other (the GIL taken in turns)
+    is in the CPU figures only."""
     from tests.harness import PostgresServer
 
     sizes: tuple[int, ...] = (1_000, 10_000) if quick else (10_000, 100_000)
     if os.environ.get("BENCH_SIZES"):
         sizes = tuple(int(n) for n in os.environ["BENCH_SIZES"].split(","))
     repeat = max(1, int(os.environ.get("BENCH_REPEAT", "1")))
+    prefix = _valgrind() if os.environ.get("BENCH_INSTRUCTIONS") == "1" else ()
     rows: list[Row] = []
     pg = PostgresServer()
     try:
@@ -615,42 +639,75 @@ def store_scale(tmp: Path, quick: bool) -> list[Row]:
                             if revise is not None:
                                 sb.revise(revise)
                             workdir = tmp / f"scale-{size}-{n}-{name}-{label[:5]}"
-                            row = _store_scale_run(sb, workdir, url, f"{size:,}: {name}, {label}", minimum)
-                            runs.setdefault((name, label), []).append((row.figures["cpu_s"], row))
+                            crawler = f"{size:,}: {name}, {label}"
+                            row = _store_scale_run(sb, workdir, url, crawler, minimum, prefix)
+                            runs.setdefault((name, label), []).append((_cost(row), row))
             rows += _median_runs(runs)
     finally:
         pg.stop()
     return rows
 
 
+def _cost(row: Row) -> float:
+    """What :func:`store_scale` compares: a crawl's instructions when they
+    were counted, else its CPU seconds."""
+    return float(row.figures.get("instructions_g", row.figures["cpu_s"]))
+
+
 def _median_runs(runs: dict[tuple[str, str], list[tuple[float, Row]]]) -> list[Row]:
     """Each crawl's median run (the upper one of two), with the ratios of
     the medians: a store's first crawl to no store's, a re-crawl to its
-    store's first crawl."""
+    store's first crawl (of instructions when they were counted, else of
+    CPU seconds: ``instructions_vs_first``, ``cpu_vs_first``...)."""
     rows: list[Row] = []
-    first_cpu: dict[str, float] = {}
+    first: dict[str, float] = {}
     for (name, label), done in runs.items():
-        cpu, row = sorted(done, key=lambda run: run[0])[len(done) // 2]
+        cost, row = sorted(done, key=lambda run: run[0])[len(done) // 2]
+        what = "instructions" if "instructions_g" in row.figures else "cpu"
         if len(done) > 1:
-            row.figures["cpu_s_runs"] = [round(c, 1) for c, _ in done]
+            row.figures["instructions_g_runs" if what == "instructions" else "cpu_s_runs"] = [
+                round(c, 3 if what == "instructions" else 1) for c, _ in done
+            ]
         if label == "first crawl":
-            first_cpu[name] = cpu
+            first[name] = cost
             if name != "no store":
-                row.figures["cpu_vs_no_store"] = round(cpu / first_cpu["no store"], 2)
+                row.figures[f"{what}_vs_no_store"] = round(cost / first["no store"], 3 if what == "instructions" else 2)
         else:
-            row.figures["cpu_vs_first"] = round(cpu / first_cpu[name], 3)
+            row.figures[f"{what}_vs_first"] = round(cost / first[name], 3)
         rows.append(row)
     return rows
 
 
-def _store_scale_run(sb: SandboxProcess, workdir: Path, url: str | None, crawler: str, minimum: int) -> Row:
+def _valgrind() -> list[str]:
+    """The command a crawl runs under to count its instructions."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("BENCH_INSTRUCTIONS=1 needs valgrind: install it (apt-get install valgrind) or leave it unset")
+    return ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+            "--log-file=valgrind.txt"]  # fmt: skip
+
+
+def _instructions(workdir: Path) -> float:
+    """The instructions valgrind counted for the crawl in *workdir*, in G."""
+    text = (workdir / "valgrind.txt").read_text()
+    found = re.search(r"I\s+refs:\s+([\d,]+)", text)
+    if found is None:
+        raise RuntimeError(f"valgrind counted no instructions in {workdir}: {text[-500:]}")
+    return int(found.group(1).replace(",", "")) / 1e9
+
+
+def _store_scale_run(
+    sb: SandboxProcess, workdir: Path, url: str | None, crawler: str, minimum: int, prefix: Sequence[str]
+) -> Row:
     """One crawl of :func:`store_scale` (*url*: its store, ``None`` for none;
-    *minimum*: the calls a first crawl needs)."""
+    *minimum*: the calls a first crawl needs; *prefix*: valgrind's command,
+    to count its instructions)."""
     settings = ["LOG_FILE=crawl.log", "LOG_LEVEL=INFO", "TMAPI_REMEMBER_LIMIT=false"]
     if url is not None:
         settings.append(f"TMAPI_STORE={url}")
-    run = run_ours(sb, workdir, *settings)
+    run = run_ours(sb, workdir, *settings, prefix=prefix)
     row = measure(sb, "store-scale", crawler, minimum, run)
+    if prefix:
+        row.figures["instructions_g"] = round(_instructions(workdir), 3)
     stats = _crawl_stats(workdir)
     row.figures["cpu_s"] = round(run["cpu"], 1)
     row.figures["wall_s"] = round(run["wall"], 1)
