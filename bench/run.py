@@ -607,7 +607,7 @@ def store_scale(tmp: Path, quick: bool) -> list[Row]:
     without its cache simulation) and reports the instructions it ran
     (``instructions_g``), which two runs of one crawl repeat within 0.2%; the
     ratios are then of instructions.  A crawl runs about 30 times slower:
-    ``BENCH_SIZES=1000`` takes about 12 minutes.  Threads run one at a time
+    ``BENCH_SIZES=1000`` takes about 6 minutes.  Threads run one at a time
     under valgrind, so what threads cost each other (the GIL taken in turns)
     is in the CPU figures only."""
     from tests.harness import PostgresServer
