@@ -68,36 +68,22 @@ def record_crawl(db: CatalogDB, crawl: CrawlRow) -> None:
         for kind, count in crawl.changes.items():
             kinds[kind] = kinds.get(kind, 0) + count
         reasons = sorted({*reason.split(", "), crawl.reason})
+        # The refresh figures: a worker's add to the others'.
         cur.execute(
             sql(
                 "UPDATE crawls SET seed = ?, started_at = ?, finished_at = ?, finish_reason = ?, workers = ?, "
-                "products = ?, calls = ?, served = ?, changes = ? WHERE id = ?"
+                "products = ?, calls = ?, served = ?, changes = ?, "
+                "descriptions_reused = COALESCE(descriptions_reused, 0) + ?, "
+                "refresh_budget = COALESCE(refresh_budget, 0) + ?, "
+                "refresh_spent = COALESCE(refresh_spent, 0) + ?, refresh_caught = COALESCE(refresh_caught, 0) + ?, "
+                "estimated_current = COALESCE(?, estimated_current) WHERE id = ?"
             ),
             (seed or json_text(crawl.seed), min(str(iso(started)), str(iso(crawl.started_at))),
              max(str(iso(finished)), str(iso(crawl.finished_at))), ", ".join(reasons), workers + 1,
-             products + crawl.products, calls + crawl.calls, served + crawl.served, json_text(kinds), crawl.id),
+             products + crawl.products, calls + crawl.calls, served + crawl.served, json_text(kinds),
+             crawl.descriptions_reused, crawl.refresh_budget, crawl.refresh_spent, crawl.refresh_caught,
+             crawl.estimated_current, crawl.id),
         )  # fmt: skip
-        _record_refresh(cur, db, crawl)
-
-
-def _record_refresh(cur: Any, db: CatalogDB, crawl: CrawlRow) -> None:
-    """The crawl's refresh figures; a worker's add to the others'."""
-    cur.execute(
-        db.dialect.sql(
-            "UPDATE crawls SET descriptions_reused = COALESCE(descriptions_reused, 0) + ?, "
-            "refresh_budget = COALESCE(refresh_budget, 0) + ?, "
-            "refresh_spent = COALESCE(refresh_spent, 0) + ?, refresh_caught = COALESCE(refresh_caught, 0) + ?, "
-            "estimated_current = COALESCE(?, estimated_current) WHERE id = ?"
-        ),
-        (
-            crawl.descriptions_reused,
-            crawl.refresh_budget,
-            crawl.refresh_spent,
-            crawl.refresh_caught,
-            crawl.estimated_current,
-            crawl.id,
-        ),
-    )
 
 
 # -- reading it out ---------------------------------------------------------------------
