@@ -134,7 +134,7 @@ def test_feeds_get_the_records_and_failures_their_own_file(tmp_path):
 
 
 def test_a_user_can_turn_off_or_reorder_each_optional_component(tmp_path):
-    from tmapi_crawler.extensions import TimerCompaction, TmapiStats
+    from tmapi_crawler.extensions import StartFrozen, TimerCompaction, TmapiStats
     from tmapi_crawler.media.downloads import MediaFilesPipeline, MediaMiddleware
     from tmapi_crawler.notify.monitors import TmapiSpidermon
     from tmapi_crawler.store.extension import CatalogStore
@@ -142,7 +142,7 @@ def test_a_user_can_turn_off_or_reorder_each_optional_component(tmp_path):
     from tmapi_crawler.store.pipeline import StorePipeline
 
     optional: dict[str, list[type]] = {
-        "EXTENSIONS": [TmapiStats, TimerCompaction, TmapiSpidermon],
+        "EXTENSIONS": [TmapiStats, TimerCompaction, StartFrozen, TmapiSpidermon],
         "ITEM_PIPELINES": [ValidationPipeline, StorePipeline, MediaFilesPipeline],
         "SPIDER_MIDDLEWARES": [StoreSpiderMiddleware],
         "DOWNLOADER_MIDDLEWARES": [MediaMiddleware],

@@ -16,9 +16,10 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from scrapy import signals
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from tests.helpers import TOKEN, PostgresServer, SandboxProcess, crawl, needs, read_jsonl, run_scrapy, starts_process
@@ -32,6 +33,9 @@ from tmapi_crawler.store.lookup import lookup
 from tmapi_crawler.store.schema import SCHEMA_VERSION
 from tmapi_crawler.store.url import StoreError, parse_store_url
 from tmapi_crawler.store.write import insert_changes, write
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 SHOP = "b2b-sandbox0000"
 PRODUCTS, PAGES = 60, 3
@@ -473,6 +477,46 @@ async def test_an_unchanged_product_is_a_record_without_a_request_of_its_own(mak
     assert [
         {k: v for k, v in r.items() if k not in strip} for r in sorted(third.records, key=lambda r: r["item_id"])
     ] == [{k: v for k, v in r.items() if k not in strip} for r in sorted(second.records, key=lambda r: r["item_id"])]
+
+
+class ItemScrapedReceivers:
+    """An extension of these tests: the ``item_scraped`` receivers of the
+    crawl, by name, in its stats when the spider closes."""
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> ItemScrapedReceivers:
+        return cls(crawler)
+
+    def closed(self) -> None:
+        from pydispatch import dispatcher
+
+        found = dispatcher.getAllReceivers(self.crawler.signals.sender, signals.item_scraped)
+        names = [getattr(receiver, "__qualname__", "") for receiver in dispatcher.liveReceivers(found)]
+        assert self.crawler.stats is not None
+        self.crawler.stats.set_value("test/item_scraped_receivers", names)
+
+
+@deferred_f_from_coro_f
+async def test_a_re_crawl_the_store_answers_whole_tells_no_record_to_paid_answers(make_sandbox, tmp_path):
+    """PaidAnswers counts, without JOBDIR, the calls paid for products not
+    yet written: it is told of records from its first product call on, so
+    that a re-crawl with nothing to pay for has one receiver of every record
+    less (4% of its instructions)."""
+    sb = make_sandbox()
+    store = str(tmp_path / "catalog.sqlite")
+    told = {"EXTENSIONS": {"tests.test_store.ItemScrapedReceivers": 0}}
+    first = await store_crawl(sb, tmp_path, store, "1", settings=told)
+    assert "PaidAnswers._item_scraped" in first.stats["test/item_scraped_receivers"]
+    second = await store_crawl(sb, tmp_path, store, "2", settings=told)
+    assert second.stats["tmapi/store/detail_from_store"] == PRODUCTS
+    assert second.extra["calls"] == {"total": PAGES, "shop_items": PAGES}
+    receivers = second.stats["test/item_scraped_receivers"]
+    assert "PaidAnswers._item_scraped" not in receivers
+    assert "TmapiStats.item_scraped" in receivers and second.stats["tmapi/products"] == PRODUCTS
 
 
 @deferred_f_from_coro_f

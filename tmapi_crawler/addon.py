@@ -45,7 +45,7 @@ from tmapi_crawler.durable.feeds import (
 from tmapi_crawler.durable.jobdir import JobdirScheduler, has_state
 from tmapi_crawler.durable.leases import LeaseTracker
 from tmapi_crawler.exports import EXPORTERS, register_feed_formats
-from tmapi_crawler.extensions import TimerCompaction, TmapiStats, TmapiStatsCollector
+from tmapi_crawler.extensions import StartFrozen, TimerCompaction, TmapiStats, TmapiStatsCollector
 from tmapi_crawler.media.downloads import (
     MEDIA_MIDDLEWARE_PRIORITY,
     MediaDownloads,
@@ -157,6 +157,7 @@ class TmapiAddon:
         _default(settings, "ITEM_PIPELINES", ValidationPipeline, 100)
         _default(settings, "EXTENSIONS", TmapiStats, 500)
         _default(settings, "EXTENSIONS", TimerCompaction, 0)
+        _default(settings, "EXTENSIONS", StartFrozen, 0)
         settings.set_in_component_priority_dict("EXTENSIONS", TmapiThrottle, 0)
         # After the feed exports (0): for a record, they write it before the
         # tracker counts it as safe.

@@ -10,6 +10,7 @@ in the body.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import weakref
@@ -170,12 +171,29 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*", re.ASCII)
 
 
 def query_string(params: Mapping[str, Any]) -> str:
-    """*params* as ``urlencode`` writes them; ids, numbers and codes (two
-    calls a product) joined as they are, without its quoting."""
-    pairs = [(key, _query_value(value)) for key, value in params.items()]
-    if all(_PLAIN.fullmatch(key) and _PLAIN.fullmatch(value) for key, value in pairs):
-        return "&".join(f"{key}={value}" for key, value in pairs)
-    return urlencode(pairs)
+    """*params* as ``urlencode`` writes them; ids, numbers, flags and codes
+    (two calls a product) joined as they are, without its quoting."""
+    parts = []
+    for key, value in params.items():
+        if value is True or value is False:
+            text = "true" if value else "false"
+        elif type(value) is int:
+            text = str(value)  # digits and a sign: plain
+        else:
+            text = str(value)
+            if _PLAIN.fullmatch(text) is None:
+                return urlencode([(k, _query_value(v)) for k, v in params.items()])
+        if not _plain_name(key):
+            return urlencode([(k, _query_value(v)) for k, v in params.items()])
+        parts.append(f"{key}={text}")
+    return "&".join(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_name(key: str) -> bool:
+    """Whether a parameter's name needs no quoting (a handful of names,
+    checked once each)."""
+    return _PLAIN.fullmatch(key) is not None
 
 
 @dataclass(frozen=True, slots=True)

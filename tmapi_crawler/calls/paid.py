@@ -68,8 +68,13 @@ class PaidAnswers:
         self.answers: dict[str, tuple[bytes, bytes, str, bool]] = {}
         #: Without JOBDIR: calls billed per product not yet written.
         self.unwritten: dict[int, int] = {}
-        if not self.jobdir and not is_distributed(crawler.settings):
-            crawler.signals.connect(self._item_scraped, signal=signals.item_scraped)
+        self.counting = not self.jobdir and not is_distributed(crawler.settings)
+        #: Whether it is told of each record (from the first product call it
+        #: counts: a re-crawl that the store answers has none, and a receiver
+        #: of every record costs 4% of its instructions).  Connected after the
+        #: feed exports, as READS_FEED_OUTCOME wants.
+        self._told = False
+        if self.counting:
             crawler.signals.connect(self._closed, signal=signals.spider_closed)
 
     @classmethod
@@ -104,10 +109,13 @@ class PaidAnswers:
             if lease is not None:
                 fingerprint = self.fingerprinter.fingerprint(request)
                 self.answers[lease] = (fingerprint, response.body, now_precise(), False)
-        elif endpoint_of(request) in PRODUCT_ENDPOINTS:
+        elif self.counting and endpoint_of(request) in PRODUCT_ENDPOINTS:
             item_id = request.cb_kwargs.get("item_id")
             if item_id is not None:
                 self.unwritten[item_id] = self.unwritten.get(item_id, 0) + 1
+                if not self._told:
+                    self._told = True
+                    self.crawler.signals.connect(self._item_scraped, signal=signals.item_scraped)
         return response
 
     # -- the JOBDIR scheduler's side ----------------------------------------------------
