@@ -126,6 +126,29 @@ def test_control_characters_and_bidi_overrides_leave_the_record():
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "place",
+    ["title", "shop_name", "listing title", "props_names", "prop_name", "value name", "prop key", "prop value"],
+)
+def test_a_control_character_alone_in_any_seller_text_is_found(place):
+    """clean_record looks once at all the texts before cleaning them one by
+    one: a control character in a single place is still found there."""
+    texts = dict.fromkeys(
+        ["title", "shop_name", "listing title", "props_names", "prop_name", "value name", "prop key", "prop value"], "x"
+    )
+    texts[place] = "x\u202e"
+    record: dict[str, Any] = {
+        "title": texts["title"],
+        "shop_info": {"shop_name": texts["shop_name"]},
+        "listing": {"title": texts["listing title"]},
+        "skus": [{"props_names": texts["props_names"]}, "not a sku"],
+        "sku_props": [{"prop_name": texts["prop_name"], "values": [{"name": texts["value name"]}, 7]}, None],
+        "product_props": [{texts["prop key"]: texts["prop value"]}, {"n": 3}],
+    }
+    assert clean_record(record) == 1
+    assert "\u202e" not in json.dumps(record, ensure_ascii=False)
+
+
 def test_chat_text_adds_no_mention_and_no_link():
     title = "@everyone [free gift](http://evil.example/gift) <@123> <!channel> *bold* www.evil.example"
     md = markdown_text(title)
