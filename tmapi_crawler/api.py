@@ -175,15 +175,9 @@ def query_string(params: Mapping[str, Any]) -> str:
     (two calls a product) joined as they are, without its quoting."""
     parts = []
     for key, value in params.items():
-        if value is True or value is False:
-            text = "true" if value else "false"
-        elif type(value) is int:
-            text = str(value)  # digits and a sign: plain
-        else:
-            text = str(value)
-            if _PLAIN.fullmatch(text) is None:
-                return urlencode([(k, _query_value(v)) for k, v in params.items()])
-        if not _plain_name(key):
+        text = _query_value(value)
+        # An int or a flag is plain (digits and a sign, true or false): no regex for it.
+        if not (type(value) in (int, bool) or _PLAIN.fullmatch(text)) or not _plain_name(key):
             return urlencode([(k, _query_value(v)) for k, v in params.items()])
         parts.append(f"{key}={text}")
     return "&".join(parts)

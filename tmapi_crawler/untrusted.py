@@ -150,23 +150,16 @@ def _clean(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
-def _value(holder: Any, key: str) -> Any:
-    return holder.get(key) if isinstance(holder, dict) else None
-
-
-def _seller_texts(record: Any) -> str:
-    """Every text :func:`clean_record` cleans, joined by newlines (which it
-    leaves): one search tells whether any has something to remove."""
-    texts = [record.get("title"), _value(record.get("shop_info"), "shop_name"), _value(record.get("listing"), "title")]
-    texts += [_value(sku, "props_names") for sku in record.get("skus") or ()]
+def _text_places(record: Any) -> list[tuple[dict[str, Any], str]]:
+    """Where a record's seller texts are, ``product_props`` apart: the
+    (object, key) of each that holds a text."""
+    places = [(record, "title"), (record.get("shop_info"), "shop_name"), (record.get("listing"), "title")]
+    places += [(sku, "props_names") for sku in record.get("skus") or ()]
     for prop in record.get("sku_props") or ():
         if isinstance(prop, dict):
-            texts.append(prop.get("prop_name"))
-            texts += [_value(value, "name") for value in prop.get("values") or ()]
-    props = record.get("product_props")
-    if isinstance(props, list):
-        texts += [f"{k}{v}" for entry in props if isinstance(entry, dict) for k, v in entry.items()]
-    return "\n".join([text for text in texts if isinstance(text, str)])
+            places.append((prop, "prop_name"))
+            places += [(value, "name") for value in prop.get("values") or ()]
+    return [(holder, key) for holder, key in places if isinstance(holder, dict) and isinstance(holder.get(key), str)]
 
 
 def clean_record(record: Any) -> int:
@@ -175,26 +168,16 @@ def clean_record(record: Any) -> int:
     the SKUs' names (``props_names``, ``sku_props`` names and values), the
     property names and values (``product_props``), the shop's name, and the
     listing entry's title; returns how many were removed."""
-    if not CONTROL_CHARS.search(_seller_texts(record)):
+    places = _text_places(record)
+    props = record.get("product_props")
+    entries = [entry for entry in props if isinstance(entry, dict)] if isinstance(props, list) else []
+    texts = [holder[key] for holder, key in places] + [f"{k}{v}" for entry in entries for k, v in entry.items()]
+    if not CONTROL_CHARS.search("\n".join(texts)):  # newlines stay: nothing found between the texts
         return 0  # as nearly every record: one search instead of one a text
     removed = 0
-
-    def fix(holder: Any, key: Any) -> None:
-        nonlocal removed
-        if isinstance(holder, dict) and key in holder:
-            holder[key], n = _clean(holder[key])
-            removed += n
-
-    fix(record, "title")
-    fix(record.get("shop_info"), "shop_name")
-    fix(record.get("listing"), "title")
-    for sku in record.get("skus") or ():
-        fix(sku, "props_names")
-    for prop in record.get("sku_props") or ():
-        fix(prop, "prop_name")
-        for value in (prop.get("values") or ()) if isinstance(prop, dict) else ():
-            fix(value, "name")
-    props = record.get("product_props")
+    for holder, key in places:
+        holder[key], n = clean_text(holder[key])
+        removed += n
     if isinstance(props, list):
         for index, entry in enumerate(props):
             if isinstance(entry, dict) and any(CONTROL_CHARS.search(f"{k}{v}") for k, v in entry.items()):
