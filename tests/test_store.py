@@ -27,6 +27,7 @@ from tmapi_crawler.records import ChangeItem, validate
 from tmapi_crawler.store.changes import diff, listing_signature, state_of
 from tmapi_crawler.store.db import CatalogDB
 from tmapi_crawler.store.dialect import SQLITE, iso
+from tmapi_crawler.store.extension import BATCH_WAIT, FLUSH_INTERVAL, write_now
 from tmapi_crawler.store.ledger import CrawlRow, record_crawl
 from tmapi_crawler.store.listings import PageNote
 from tmapi_crawler.store.lookup import lookup
@@ -242,6 +243,22 @@ def test_a_batch_is_a_few_statements_and_every_value_reads_back_as_written(store
             assert sum(s.startswith("INSERT INTO skus") for s in statements) == 8
     finally:
         db.close()
+
+
+def test_records_that_keep_coming_wait_for_a_full_batch_or_a_second():
+    """The writer takes a batch not yet full when records stop coming (the
+    crawl's end, a pause: one look without a new record) or once it has
+    waited BATCH_WAIT; while they keep coming it lets the batch fill, where
+    it once wrote whatever waited (batches of some 20 records at full speed).
+    The crawl's first records are written at the first look."""
+    looks_in_a_wait = round(BATCH_WAIT / FLUSH_INTERVAL)
+    assert write_now(0, 0, 0)  # listing pages alone: at once
+    assert write_now(37, 37, 1)  # no record since the last look
+    assert not write_now(37, 12, 1)  # still coming
+    assert not write_now(180, 150, looks_in_a_wait - 1)
+    assert write_now(180, 150, looks_in_a_wait)  # waited BATCH_WAIT
+    assert write_now(37, 12, 1, first=True)  # the crawl's first records: a store that cannot take them says so now
+    assert BATCH_WAIT <= 1.0 and looks_in_a_wait > 1
 
 
 def test_a_stored_time_reads_back_as_the_records_write_it():
@@ -517,6 +534,23 @@ async def test_a_re_crawl_the_store_answers_whole_tells_no_record_to_paid_answer
     receivers = second.stats["test/item_scraped_receivers"]
     assert "PaidAnswers._item_scraped" not in receivers
     assert "TmapiStats.item_scraped" in receivers and second.stats["tmapi/products"] == PRODUCTS
+
+
+@deferred_f_from_coro_f
+async def test_core_stats_count_every_record_through_tmapi_stats(make_sandbox, tmp_path):
+    """TmapiStats counts ``item_scraped_count`` in the place of Scrapy's
+    CoreStats, whose receiver of every record is disconnected (one asyncio
+    task a record less): the count is Scrapy's, change records included."""
+    sb = make_sandbox()
+    store = str(tmp_path / "catalog.sqlite")
+    told = {"EXTENSIONS": {"tests.test_store.ItemScrapedReceivers": 0}}
+    first = await store_crawl(sb, tmp_path, store, "1", settings=told)
+    assert "CoreStats.item_scraped" not in first.stats["test/item_scraped_receivers"]
+    assert first.stats["item_scraped_count"] == PRODUCTS + first.stats["tmapi/changes"]
+    second = await store_crawl(sb, tmp_path, store, "2", settings=told)
+    receivers = ["GuardedFeedExporter.item_scraped", "TmapiStats.item_scraped"]
+    assert second.stats["test/item_scraped_receivers"] == receivers
+    assert second.stats["item_scraped_count"] == PRODUCTS == len(second.records)
 
 
 @deferred_f_from_coro_f
