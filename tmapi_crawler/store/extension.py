@@ -71,9 +71,9 @@ FLUSH_INTERVAL = 0.2
 #: stop coming (a pause, the crawl's end) or after these seconds; not
 #: whatever waits as soon as it is free, which at full speed made batches of
 #: some 20 records, each statement's GIL taken back from the busy reactor (a
-#: first crawl of 10k products spent 13% more CPU so).  What a SIGKILL leaves
-#: unwritten, and a resume fetches again, is at most a batch or these
-#: seconds of records.
+#: first crawl of 10k products spent 15% more CPU so: 57.6 s against 49.9 s).
+#: What a SIGKILL leaves unwritten, and a resume fetches again, is at most a
+#: batch or these seconds of records.
 BATCH_WAIT = 1.0
 #: The finish reason of a crawl stopped because the store failed.
 STORE_FAILED = FinishReason.STORE_FAILED
