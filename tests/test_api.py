@@ -129,3 +129,15 @@ def test_envelope_is_parsed_once_per_response():
 )
 def test_offer_id_from_url(url, item_id):
     assert api.offer_id_from_url(url) == item_id
+
+
+def test_a_request_names_its_endpoint():
+    for endpoint in Endpoint:
+        request = api.build_request("http://127.0.0.1:1", endpoint, {"item_id": 1})
+        assert api.endpoint_of(request) is endpoint
+    assert api.endpoint_of(api.build_request("http://127.0.0.1:1", Endpoint.ITEM_DESC, {}).replace(meta={})) is None
+    unknown = api.build_request("http://127.0.0.1:1", Endpoint.ITEM_DESC, {})
+    for value in ("item_nothing", ["item_desc"]):
+        unknown.meta["tmapi"]["endpoint"] = value
+        with pytest.raises(ValueError, match="is not a valid Endpoint"):
+            api.endpoint_of(unknown)

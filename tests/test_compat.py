@@ -5,6 +5,8 @@ is missing."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import scrapy
@@ -80,3 +82,34 @@ async def test_a_missing_internal_stops_the_crawl_in_one_line(sandbox, tmp_path,
     assert len(lines) == 1
     assert "(FeedSlot.file): install the versions of requirements.txt" in lines[0]
     assert "\n" not in lines[0]
+
+
+def test_scrapy_tls_modules_are_imported_without_reading_the_whole_stack():
+    """compat.import_tls_modules: Scrapy's deprecated TLS classes are named
+    by their modules as Scrapy names them, inspect.stack is not called in
+    full for them (and is inspect's own again after), and they warn as ever."""
+    script = """
+import inspect, sys, warnings
+calls = []
+real = inspect.stack
+def counted(context=1):
+    calls.append(context)
+    return real(context)
+inspect.stack = counted
+from tmapi_crawler import compat
+compat.import_tls_modules()
+from scrapy.core.downloader import contextfactory, tls
+assert inspect.stack is counted, "inspect.stack was not given back"
+assert calls == [], calls
+assert tls.ScrapyClientTLSOptions.__module__ == "scrapy.core.downloader.tls"
+for name in ("ScrapyClientContextFactory", "AcceptableProtocolsContextFactory"):
+    assert getattr(contextfactory, name).__module__ == "scrapy.core.downloader.contextfactory", name
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    class Mine(tls.ScrapyClientTLSOptions):
+        pass
+assert any("ScrapyClientTLSOptions" in str(w.message) for w in caught), caught
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -76,6 +76,48 @@ def test_validation_names_the_field():
     assert error.errors()[0]["loc"][:2] == ("source", "page")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},  # valid, with every detail field the model does not declare
+        {"seller_note": {"anything": [1, None]}},  # one more field of the seller's
+        {"title": ""},
+        {"item_id": "7"},
+        {"crawled_at": "yesterday"},
+        {"media": [{"url": "u", "kind": "main", "path": None, "checksum": None, "extra": 1}]},
+        {"source": {"spider": "shop", "page": 0, "extra": "kept"}},
+    ],
+)
+def test_a_record_is_checked_as_its_published_model_checks_it(change):
+    """validate() checks with a model that does not copy extra fields
+    (records._ProductCheck): the same verdict and errors as ProductRecord,
+    and the record is left as it was."""
+    from pydantic import ValidationError
+
+    from tmapi_crawler.records import ProductRecord
+
+    record = product_record(DETAIL, listing=None, source=SOURCE, language="zh")
+    record.update(change)
+    before = json.dumps(record, sort_keys=True, default=str)
+    try:
+        ProductRecord.model_validate(record)
+        expected = None
+    except ValidationError as exc:
+        expected = exc.errors()
+    error = validate(record)
+    assert (error.errors() if error is not None else None) == expected
+    assert json.dumps(record, sort_keys=True, default=str) == before
+
+
+def test_crawled_at_is_now_to_the_second_in_utc(monkeypatch):
+    from tmapi_crawler import records
+
+    monkeypatch.setattr(records.time, "time", lambda: 1_767_225_599.9)
+    assert records.now_iso() == "2025-12-31T23:59:59Z"
+    monkeypatch.setattr(records.time, "time", lambda: 1_767_225_600.0)
+    assert records.now_iso() == "2026-01-01T00:00:00Z"
+
+
 def test_failure_records_validate():
     from tmapi_crawler.records import failure_record
 

@@ -73,6 +73,7 @@ _PATHS = {
     Endpoint.ITEM_DESC: "/1688/item_desc",
 }
 _BY_PATH = {path: endpoint for endpoint, path in _PATHS.items()}
+_BY_VALUE = {endpoint.value: endpoint for endpoint in Endpoint}
 
 
 class Outcome(Enum):
@@ -131,8 +132,6 @@ def clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
 API_SLOT = "tmapi-api"
 #: The meta key of a request's download slot (Scrapy's ``Downloader.DOWNLOAD_SLOT``).
 DOWNLOAD_SLOT = "download_slot"
-#: Meta set on every call: its slot, no robots.txt (an API has none), no
-#: AutoThrottle delay.
 #: What every API call carries: its own download slot, no robots.txt, no
 #: AutoThrottle, and no redirect followed (an answer is what was billed).
 API_META = {
@@ -300,7 +299,13 @@ def endpoint_of(request: Request) -> Endpoint | None:
     info = request.meta.get("tmapi")
     if not info:
         return None
-    return Endpoint(info["endpoint"])
+    value = info["endpoint"]
+    try:
+        # A dict's look-up: Endpoint(value) runs the enum's Python code, and
+        # this is asked three times a product.
+        return _BY_VALUE[value]
+    except (KeyError, TypeError):
+        return Endpoint(value)  # raises its ValueError, as ever
 
 
 def listing_key(request: Request) -> str:

@@ -23,8 +23,10 @@ their JSON Schema (``python -m tmapi_crawler.records`` writes ``schemas/``).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -55,7 +57,14 @@ RECORD_CLASSES = (ProductItem, ListingItem)
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Now in UTC, to the second (``2026-01-02T03:04:05Z``): written once a
+    second, as a product asks for it twice (``crawled_at``)."""
+    return _iso_second(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z")
 
 
 def now_precise() -> str:
@@ -166,9 +175,8 @@ def assemble_product(
     answer (:func:`product_record`) and from the store
     (:func:`tmapi_crawler.store.catalog.products`)."""
     record = ProductItem(item_id=item_id)
-    for key, value in detail.items():
-        if key != "item_id":
-            record[key] = value
+    record.update(detail)  # item_id stays first, whatever its place in detail
+    record["item_id"] = item_id
     record["detail_imgs"] = detail_imgs
     record["detail_html"] = detail_html
     record["detail_fetched_at"] = detail_fetched_at
@@ -381,9 +389,25 @@ class ChangeRecord(BaseModel):
     source: Source | None
 
 
+class _ProductCheck(ProductRecord):
+    """:class:`ProductRecord` as :func:`validate` checks a record: the same
+    fields and rules, its other fields accepted as the model accepts them
+    (``extra="allow"`` validates no extra field either) but not copied into
+    a model that is thrown away: a third of the check's cost."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _ListingCheck(ListingRecord):
+    """:class:`ListingRecord` as :func:`validate` checks a record (:class:`_ProductCheck`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+#: The model that checks each record class (:func:`validate`).
 MODELS: dict[type[dict[str, Any]], type[BaseModel]] = {
-    ProductItem: ProductRecord,
-    ListingItem: ListingRecord,
+    ProductItem: _ProductCheck,
+    ListingItem: _ListingCheck,
     FailureItem: FailureRecord,
     ChangeItem: ChangeRecord,
 }

@@ -29,6 +29,7 @@ from w3lib.url import add_or_replace_parameter
 
 from tmapi_crawler.api import TOKEN_PARAM, Endpoint, Outcome, endpoint_of, outcome_of
 from tmapi_crawler.calls.gate import gate_of
+from tmapi_crawler.compat import import_tls_modules
 from tmapi_crawler.config import config_from_settings
 from tmapi_crawler.redaction import redact_exception, redact_logs
 
@@ -49,6 +50,7 @@ class TokenDownloadHandler(BaseDownloadHandler):
         self.api_scheme = urlparse(config.base_url).scheme
         self.stats = crawler.stats
         self.gate = gate_of(crawler)
+        import_tls_modules()  # before Scrapy's HTTP handler imports them, at a cost
         self.inner: Any = build_from_crawler(load_object(config.inner_download_handler), crawler)
         self.stop_redacting = lambda: None
         crawler.signals.connect(self.engine_started, signal=signals.engine_started)
