@@ -149,6 +149,35 @@ def test_a_control_character_alone_in_any_seller_text_is_found(place):
     assert "\u202e" not in json.dumps(record, ensure_ascii=False)
 
 
+def test_every_control_character_leaves_every_seller_text():
+    """Each character CONTROL_CHARS names (C0 and C1 controls but TAB and
+    newline, the bidi marks), alone in any place of a record, is found by
+    clean_record's one look and removed; plain text is left as it is."""
+    from tmapi_crawler.untrusted import CONTROL_CHARS
+
+    def record(place: str, text: str) -> dict[str, Any]:
+        texts = dict.fromkeys(["title", "shop", "listing", "sku", "prop", "value", "key", "val"], "x")
+        texts[place] = text
+        return {
+            "title": texts["title"],
+            "shop_info": {"shop_name": texts["shop"]},
+            "listing": {"title": texts["listing"]},
+            "skus": [{"props_names": texts["sku"]}],
+            "sku_props": [{"prop_name": texts["prop"], "values": [{"name": texts["value"]}]}],
+            "product_props": [{texts["key"]: texts["val"]}],
+        }
+
+    controls = [chr(c) for c in range(0x3000) if CONTROL_CHARS.match(chr(c))]
+    assert len(controls) == 9 + 21 + 33 + 5 + 4
+    for place in ("title", "shop", "listing", "sku", "prop", "value", "key", "val"):
+        for char in controls:
+            dirty = record(place, f"红{char}色")
+            assert clean_record(dirty) == 1, (place, hex(ord(char)))
+            assert dirty == record(place, "红色")
+    plain = "\t\n".join(chr(c) for c in range(0x20, 0x3000) if not CONTROL_CHARS.match(chr(c)))
+    assert clean_record(record("title", plain)) == 0
+
+
 def test_chat_text_adds_no_mention_and_no_link():
     title = "@everyone [free gift](http://evil.example/gift) <@123> <!channel> *bold* www.evil.example"
     md = markdown_text(title)
