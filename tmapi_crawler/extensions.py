@@ -150,7 +150,7 @@ class TmapiStats:
         self.crawler.signals.disconnect(core.item_scraped, signal=signals.item_scraped)
         return True
 
-    def _told_by_feeds(self) -> bool:
+    def _told_by_feeds(self) -> None:
         """Be told of each record by the feed exports right after they wrote
         it (:meth:`GuardedFeedExporter.tell`) in the place of an
         ``item_scraped`` receiver of its own: one asyncio task a record
@@ -162,12 +162,11 @@ class TmapiStats:
         exporter = self.crawler.get_extension(GuardedFeedExporter)
         owners = item_scraped_owners(self.crawler)
         if self.guard is None or exporter is None or exporter not in owners or self not in owners:
-            return False
+            return
         if owners.index(self) < owners.index(exporter):
-            return False
+            return
         self.crawler.signals.disconnect(self.item_scraped, signal=signals.item_scraped)
         exporter.tell(self.item_scraped)
-        return True
 
     def item_scraped(self, item: Any) -> None:
         if self.counts_for_core:

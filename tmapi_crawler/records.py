@@ -24,7 +24,6 @@ their JSON Schema (``python -m tmapi_crawler.records`` writes ``schemas/``).
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import sys
 import time
@@ -103,8 +102,6 @@ class BadAnswer(ValueError):
 def as_item_id(value: Any) -> int:
     """``item_id`` as an integer: shop listings send a string, the other
     endpoints an integer; anything else is a bad answer."""
-    if type(value) is int and 0 < value <= MAX_ID:
-        return value  # as nearly every id is (three a product)
     if isinstance(value, bool):
         raise BadAnswer(f"item_id is not a number: {value!r}")
     if isinstance(value, int):
@@ -195,7 +192,7 @@ def add_description(record: ProductItem, desc: Any, fetched_at: str | None = Non
     if not isinstance(desc, dict):
         raise BadAnswer(f"item_desc data is not an object but {type(desc).__name__}")
     imgs, html = desc.get("detail_imgs"), desc.get("detail_html")
-    if not isinstance(imgs, list) or not all(map(isinstance, imgs, itertools.repeat(str))):
+    if not isinstance(imgs, list) or not all(isinstance(i, str) for i in imgs):
         raise BadAnswer("item_desc detail_imgs is not a list of strings")
     if not isinstance(html, str):
         raise BadAnswer("item_desc detail_html is not a string")

@@ -60,9 +60,8 @@ def _stored(
     if not isinstance(item_id, int) or (sig is not None and not isinstance(sig, str)) or not isinstance(language, str):
         raise TypeError("a column holds a value of the wrong type")
     shop, rate, orders, units, min_stock = refresh or (None, None, None, None, None)
-    for value in (rate, orders, units, min_stock):
-        if value is not None and not isinstance(value, (int, float)):
-            raise TypeError("a refresh column holds a value of the wrong type")
+    if not all(v is None or isinstance(v, (int, float)) for v in (rate, orders, units, min_stock)):
+        raise TypeError("a refresh column holds a value of the wrong type")
     detail, desc = bytes(detail), bytes(desc) if desc is not None else None
     detail_data, desc_data = orjson.loads(detail), orjson.loads(desc) if desc is not None else None
     if not isinstance(detail_data, dict) or (desc is not None and not isinstance(desc_data, dict)):
