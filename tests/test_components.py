@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -239,3 +242,33 @@ def test_listing_pages_go_first_while_the_frontier_is_short(monkeypatch):
     queued["n"] = base.FRONTIER_MOST
     [later] = spider.seed_requests(spider.args)
     assert later.priority == base.PRIORITY_PAGE < base.PRIORITY_DETAIL
+
+
+def test_a_resumed_runs_progress_line_has_an_eta_before_its_first_record():
+    """Until a resumed run has a record of its own, its ETA is reckoned at
+    its earlier runs' rate (the seconds JOBDIR kept with their figures);
+    from its first record on, at its own."""
+    from tmapi_crawler.extensions import RESUMED, TmapiStats, progress_of
+    from tmapi_crawler.spiders.shop import ShopSpider
+
+    crawler = get_crawler(ShopSpider, SETTINGS)
+    crawler.spider = crawler._create_spider(member_id="b2b-1")
+    stats = TmapiStats.from_crawler(crawler)
+    kept = {"pages": 3, "pages_known": 10, "products_expected": 200, "products": 60, "seconds": 30}
+    for key, value in kept.items():
+        crawler.stats.set_value(f"{RESUMED}/{key}", value)
+    assert stats.progress().endswith("ETA 0:01:10")  # 140 left at 60 in 30 s
+    crawler.stats.set_value("tmapi/products", 1)
+    stats.started = time.monotonic() - 10
+    assert re.search(r"ETA 0:23:[12]\d$", stats.progress())  # 139 left at one in 10 s
+    crawler.stats.set_value(f"{RESUMED}/seconds", 0)
+    crawler.stats.set_value("tmapi/products", 0)
+    assert "ETA" not in stats.progress()  # no rate known
+    # What JOBDIR keeps carries the seconds of every run on.
+    assert progress_of(crawler.stats.get_stats())["seconds"] == 0
+    crawler.stats.set_value(f"{RESUMED}/seconds", 30)
+    assert progress_of(crawler.stats.get_stats())["seconds"] == 30
+    crawler.stats.set_value("start_time", datetime.now(UTC) - timedelta(seconds=5.5))  # CoreStats'
+    assert progress_of(crawler.stats.get_stats())["seconds"] == pytest.approx(35.5, abs=1)
+    crawler.stats.set_value(f"{RESUMED}/seconds", 0.4)  # a first run killed within its first second
+    assert stats.progress().endswith("ETA 0:00:00")  # 140 left at 60 in 0.4 s

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
@@ -88,10 +89,17 @@ def changes_by_kind(stats: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def progress_of(stats: dict[str, Any]) -> dict[str, int]:
+def progress_of(stats: dict[str, Any]) -> dict[str, float]:
     """The progress figures of a crawl so far, its earlier runs' included
-    (what JOBDIR keeps for the next run)."""
-    return {key: int(stats.get(f"tmapi/{key}", 0)) + int(stats.get(f"{RESUMED}/{key}", 0)) for key in PROGRESS_KEYS}
+    (what JOBDIR keeps for the next run), and the seconds they took
+    (``seconds``: the rate of a resumed run's ETA before its first record)."""
+    figures: dict[str, float] = {
+        key: int(stats.get(f"tmapi/{key}", 0)) + int(stats.get(f"{RESUMED}/{key}", 0)) for key in PROGRESS_KEYS
+    }
+    started = stats.get("start_time")  # CoreStats'
+    ran = (datetime.now(UTC) - started).total_seconds() if isinstance(started, datetime) else 0.0
+    figures["seconds"] = round(ran + float(stats.get(f"{RESUMED}/seconds", 0)), 3)
+    return figures
 
 
 def _duration(seconds: float) -> str:
@@ -214,10 +222,13 @@ class TmapiStats:
         )
         parts.append(f"failures {get('tmapi/failures') + before['failures']}")
         parts.append(f"{calls / elapsed:.1f} calls/s")
-        if expected and done and self.crawler.spider is not None and self.crawler.spider.name == "shop":
+        # This run's rate; before its first record, its earlier runs'.
+        seconds_before = float(self.stats.get_value(f"{RESUMED}/seconds", 0))
+        rate = done / elapsed if done else done_before / seconds_before if seconds_before else 0.0
+        if expected and rate and self.crawler.spider is not None and self.crawler.spider.name == "shop":
             duplicates = get("tmapi/duplicates") + before["duplicates"]
             remaining = max(expected - done - done_before - duplicates, 0)
-            parts.append(f"ETA {_duration(remaining / (done / elapsed))}")
+            parts.append(f"ETA {_duration(remaining / rate)}")
         return ", ".join(parts)
 
     def log_progress(self) -> None:
