@@ -693,21 +693,21 @@ def _median_runs(rounds: list[dict[tuple[str, str], Row]]) -> list[Row]:
         costs = [_cost(done[key]) for done in rounds]
         row = sorted((done[key] for done in rounds), key=_cost)[len(rounds) // 2]
         what = "instructions" if "instructions_g" in row.figures else "cpu"
-        if label != "first crawl":
-            ratio, digits, base = f"{what}_vs_first", 3, (name, "first crawl")
-        elif name != "no store":
-            ratio, digits, base = f"{what}_vs_no_store", 3 if what == "instructions" else 2, ("no store", label)
-        else:
-            ratio, digits, base = "", 0, key
-        ratios = [_cost(done[key]) / _cost(done[base]) for done in rounds] if ratio else []
         if len(rounds) > 1:
             row.figures["instructions_g_runs" if what == "instructions" else "cpu_s_runs"] = [
                 round(c, 3 if what == "instructions" else 1) for c in costs
             ]
-        if ratios:
-            row.figures[ratio] = round(statistics.median_high(ratios), digits)
-            if len(rounds) > 1:
-                row.figures[f"{ratio}_runs"] = [round(r, digits) for r in ratios]
+        if label != "first crawl":
+            base, ratio, digits = (name, "first crawl"), f"{what}_vs_first", 3
+        elif name != "no store":
+            base, ratio, digits = ("no store", label), f"{what}_vs_no_store", 3 if what == "instructions" else 2
+        else:
+            rows.append(row)  # what the others are compared with
+            continue
+        ratios = [cost / _cost(done[base]) for cost, done in zip(costs, rounds, strict=True)]
+        row.figures[ratio] = round(statistics.median_high(ratios), digits)
+        if len(rounds) > 1:
+            row.figures[f"{ratio}_runs"] = [round(r, digits) for r in ratios]
         rows.append(row)
     return rows
 
