@@ -162,15 +162,17 @@ async def test_timer_compaction_frees_cancelled_timers(monkeypatch):
 
 def test_the_objects_of_the_start_are_out_of_the_collectors_way_while_the_engine_runs():
     """StartFrozen: once the engine runs, what the start made is in the
-    collector's permanent generation (no full collection goes through it);
-    given back when the engine stops, so that a process running several
-    crawls collects each one's leftovers."""
+    collector's permanent generation (no full collection goes through it)
+    and the youngest generation is collected less often; both given back
+    when the engine stops, so that a process running several crawls
+    collects each one's leftovers."""
     import gc
 
     from tmapi_crawler import extensions
 
     crawler = get_crawler(ItemSpider, SETTINGS)
     ext = extensions.StartFrozen.from_crawler(crawler)
+    before = gc.get_threshold()
     try:
         ext.engine_started()
         frozen = gc.get_freeze_count()
@@ -178,9 +180,11 @@ def test_the_objects_of_the_start_are_out_of_the_collectors_way_while_the_engine
         assert crawler.stats.get_value("tmapi/gc/frozen") == frozen
         made_later = [object()]
         assert gc.is_tracked(made_later) and gc.get_freeze_count() == frozen  # new objects are collected as ever
+        assert gc.get_threshold() == (extensions.YOUNG_THRESHOLD, *before[1:])  # the youngest collected less often
     finally:
         ext.engine_stopped()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
 
 
 def test_a_callback_without_tracked_is_refused_naming_it():
