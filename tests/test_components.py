@@ -187,6 +187,33 @@ def test_the_objects_of_the_start_are_out_of_the_collectors_way_while_the_engine
     assert gc.get_threshold() == before
 
 
+def test_two_crawls_in_one_process_give_back_the_collectors_threshold_they_found():
+    """StartFrozen with two engines in one process (the add-on in a user's
+    project): the threshold stays raised while either runs, and the one
+    found before the first is given back when the last stops, whatever
+    the order."""
+    import gc
+
+    from tmapi_crawler import extensions
+
+    first = extensions.StartFrozen.from_crawler(get_crawler(ItemSpider, SETTINGS))
+    second = extensions.StartFrozen.from_crawler(get_crawler(ItemSpider, SETTINGS))
+    before = gc.get_threshold()
+    raised = (extensions.YOUNG_THRESHOLD, *before[1:])
+    try:
+        first.engine_started()
+        second.engine_started()
+        assert gc.get_threshold() == raised
+        first.engine_stopped()
+        assert gc.get_threshold() == raised  # the second still runs
+        first.engine_stopped()  # a second stop of one engine changes nothing
+        assert gc.get_threshold() == raised
+    finally:
+        second.engine_stopped()
+        first.engine_stopped()
+    assert gc.get_threshold() == before
+
+
 def test_a_callback_without_tracked_is_refused_naming_it():
     """A subclass's callback must be @tracked, or its lease is never
     acknowledged and a resumed crawl pays for the call again: an override

@@ -366,13 +366,20 @@ class StartFrozen:
     older generations, each collected in its turn: 11% to 15% of a crawl's
     CPU went to the collector, 3% since, and the store's records no longer
     cost collections of their own.  The cost: cyclic garbage lives a few
-    seconds, some 15 MB of peak memory (docs/performance.md).  The
-    thresholds are given back when the engine stops.
+    seconds, some 15 MB of peak memory (docs/performance.md).
+
+    The collector is the process's: with several crawls in one process,
+    the first engine to start sets the threshold and the last to stop gives
+    back the one it found.
     """
+
+    #: Engines running in this process, and the thresholds found before the first.
+    _running = 0
+    _thresholds: tuple[int, int, int] | None = None
 
     def __init__(self, crawler: Crawler):
         self.stats = crawler.stats
-        self._thresholds: tuple[int, int, int] | None = None
+        self._started = False
         crawler.signals.connect(self.engine_started, signal=signals.engine_started)
         crawler.signals.connect(self.engine_stopped, signal=signals.engine_stopped)
 
@@ -384,14 +391,21 @@ class StartFrozen:
         gc.collect()
         gc.freeze()
         self.stats.set_value("tmapi/gc/frozen", gc.get_freeze_count())
-        self._thresholds = gc.get_threshold()
-        gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
+        if not self._started:
+            self._started = True
+            if StartFrozen._running == 0:
+                StartFrozen._thresholds = gc.get_threshold()
+                gc.set_threshold(YOUNG_THRESHOLD, *StartFrozen._thresholds[1:])
+            StartFrozen._running += 1
 
     def engine_stopped(self) -> None:
         gc.unfreeze()
-        if self._thresholds is not None:
-            gc.set_threshold(*self._thresholds)
-            self._thresholds = None
+        if self._started:
+            self._started = False
+            StartFrozen._running -= 1
+            if StartFrozen._running == 0 and StartFrozen._thresholds is not None:
+                gc.set_threshold(*StartFrozen._thresholds)
+                StartFrozen._thresholds = None
 
 
 def __getattr__(name: str) -> object:
