@@ -1000,3 +1000,42 @@ def test_catalog_check_says_sound_or_each_problem(tmp_path, store):
     assert "newer than this tmapi_crawler's" in done.stderr
     missing = run_scrapy("catalog", "check", "--store", str(tmp_path / "none.sqlite"), cwd=tmp_path)
     assert missing.returncode == 2 and "no catalog store at" in missing.stderr
+
+
+def test_a_stored_description_given_with_its_detail_makes_the_product_without_a_request():
+    """The store gives a still-good description with the stored detail
+    (``STORED_DESC_META``): the detail's callback makes the product whole
+    and asks for nothing; one that does not fit is asked for, left for the
+    store to see that it was not taken."""
+    from scrapy import Request
+    from scrapy.http import TextResponse
+    from scrapy.utils.test import get_crawler
+
+    from tmapi_crawler import api
+    from tmapi_crawler.records import ProductItem
+    from tmapi_crawler.spiders.shop import ShopSpider
+
+    crawler = get_crawler(ShopSpider, {"TMAPI_TOKEN": TOKEN, "ADDONS": {"tmapi_crawler.addon.TmapiAddon": 0}})
+    spider = ShopSpider.from_crawler(crawler, member_id=SHOP)
+    detail = json.loads((Path(api.__file__).parent / "sandbox" / "data" / "item_detail.json").read_text("utf-8"))
+    item_id = detail["data"]["item_id"]
+    opts = spider.options(spider.args)
+    kwargs = {"source": {"spider": "shop"}, "listing": None, "item_id": item_id, "opts": opts}
+
+    def answer(given: Any) -> tuple[list[Any], TextResponse]:
+        request = api.build_request("https://api.tmapi.io", api.Endpoint.ITEM_DETAIL, {"item_id": item_id})
+        request.meta[api.STORED_DESC_META] = given
+        response = TextResponse(request.url, body=json.dumps(detail).encode(), request=request)
+        return list(spider.parse_detail(response, **kwargs)), response
+
+    desc = {"detail_imgs": ["https://img.example/1.jpg"], "detail_html": "<p>made of wood</p>"}
+    out, response = answer((desc, "2026-12-01T00:00:00.000000+00:00"))
+    assert [type(o) for o in out] == [ProductItem]
+    assert out[0]["detail_html"] == "<p>made of wood</p>" and out[0]["detail_imgs"] == desc["detail_imgs"]
+    assert out[0]["desc_fetched_at"] == "2026-12-01T00:00:00.000000+00:00"
+    assert api.STORED_DESC_META not in response.meta  # taken: the store counts it as answered
+
+    out, response = answer(({"detail_imgs": "not a list"}, "2026-12-01T00:00:00.000000+00:00"))
+    assert [type(o) for o in out] == [Request]
+    assert api.endpoint_of(out[0]) is api.Endpoint.ITEM_DESC
+    assert api.STORED_DESC_META in response.meta

@@ -249,6 +249,11 @@ _parsed: weakref.WeakKeyDictionary[Response, Envelope | MalformedAnswer] = weakr
 #: meta key: when the stored answer given for this request was fetched (set
 #: by the catalog store, which answers it without a call).
 FETCHED_AT_META = "tmapi_fetched_at"
+#: meta key: the product's description as the catalog store keeps it, still
+#: good, given with its stored detail: ``(data, fetched_at)``.  The detail's
+#: callback makes the product whole with it, without asking for the
+#: description (a request and a response fewer a product the store answers).
+STORED_DESC_META = "tmapi_stored_desc"
 #: The flag of a response that the catalog store gave: no call was made.
 STORED_FLAG = "tmapi_store"
 #: The flag of a response answered with an answer an earlier run of the crawl

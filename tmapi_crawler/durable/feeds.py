@@ -23,6 +23,7 @@ the records were gone.  Here:
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import os
@@ -305,12 +306,17 @@ class GuardedFeedExporter(FeedExporter):
         it, and stops the crawl (Scrapy's would go on without any feed)."""
         return format_ in self.exporters
 
+    @functools.cached_property
+    def guard(self) -> FeedGuard | None:
+        # Looked up on the first record: the extensions are all built by then.
+        return guard_of(self.crawler)
+
     def item_scraped(self, item: Any, spider: Spider) -> None:
         # FeedGuard.item_failed says whether this record is in every file:
         # reset here, set while the slots write it, read by the lease tracker,
         # whose item_scraped receiver is connected after this one (when the
         # leasing scheduler opens), so that it always reads this record's.
-        guard = guard_of(self.crawler)
+        guard = self.guard
         if guard is not None:
             guard.item_failed = False
         counts = [(slot, slot.itemcount) for slot in self.slots]

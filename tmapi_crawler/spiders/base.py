@@ -16,6 +16,7 @@ from tmapi_crawler import api
 from tmapi_crawler.api import (
     DETAIL_ENDPOINTS,
     FETCHED_AT_META,
+    STORED_DESC_META,
     ApiError,
     Endpoint,
     attempts_of,
@@ -346,6 +347,9 @@ class TmapiSpider(Spider):
         if opts["follow"] != "detail+desc":
             yield from self.product_outputs(record, media)
             return
+        if self.took_stored_desc(response, record):
+            yield from self.product_outputs(record, media)
+            return
         context: Description = {"product": record, "item_id": record["item_id"], "source": source}
         if media:
             context["media"] = media
@@ -365,6 +369,23 @@ class TmapiSpider(Spider):
             # deduplicated too.
             dont_filter=not self.leases.enabled,
         )
+
+    def took_stored_desc(self, response: Response, record: ProductItem) -> bool:
+        """Whether the store gave the product's description with its detail
+        (:data:`~tmapi_crawler.api.STORED_DESC_META`), now in *record*: no
+        call for it.  One that does not fit is left (the store counts it as
+        not taken), and asked for: its answer says why, in a failure record
+        of ``item_desc``."""
+        given = response.meta.get(STORED_DESC_META)
+        if given is None:
+            return False
+        try:
+            add_description(record, given[0], fetched_at=given[1])
+        except BadAnswer:
+            return False
+        del response.meta[STORED_DESC_META]
+        self.gate.budget.unreserve(response.request)
+        return True
 
     @tracked
     def parse_desc(

@@ -16,6 +16,7 @@ from scrapy.http import Response
 from tmapi_crawler.api import (
     DETAIL_ENDPOINTS,
     FETCHED_AT_META,
+    STORED_DESC_META,
     STORED_FLAG,
     Endpoint,
     Envelope,
@@ -216,12 +217,19 @@ class StoreSpiderMiddleware:
 
     def _answer(self, request: Request, stored: Stored, now: datetime) -> Iterator[Any]:
         """What the spider's callbacks make of the stored detail (and of the
-        stored description, when it is still good)."""
+        stored description, when it is still good: given with the detail,
+        :data:`~tmapi_crawler.api.STORED_DESC_META`, or as the answer of the
+        description's request, for a callback that asks for it anyway)."""
         self.stats.inc_value("tmapi/store/detail_from_store")
+        desc_fresh = self.store.decision.fresh_desc(stored, now)
+        if desc_fresh:
+            assert stored.description is not None
+            desc = stored.desc_data if stored.desc_data is not None else orjson.loads(stored.description)
+            request.meta[STORED_DESC_META] = (desc, str(stored.desc_fetched_at))
         response = stored_response(request, stored.detail, stored.detail_fetched_at, stored.detail_data)
         assert request.callback is not None
         for out in request.callback(response, **request.cb_kwargs):
-            if _is_desc(out) and self.store.decision.fresh_desc(stored, now):
+            if _is_desc(out) and desc_fresh:
                 assert stored.description is not None
                 assert out.callback is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
@@ -232,6 +240,8 @@ class StoreSpiderMiddleware:
             else:
                 self._note(out)
                 yield out
+        if desc_fresh and request.meta.pop(STORED_DESC_META, None) is None:
+            self.stats.inc_value("tmapi/store/desc_from_store")  # the callback took it
 
     def _note(self, out: Any) -> None:
         if isinstance(out, ProductItem):
