@@ -344,10 +344,7 @@ class TmapiSpider(Spider):
             yield self.failure(response.request, None, f"malformed answer: {exc}")
             return
         media = opts.get("media") or []
-        if opts["follow"] != "detail+desc":
-            yield from self.product_outputs(record, media)
-            return
-        if self.took_stored_desc(response, record):
+        if opts["follow"] != "detail+desc" or self.took_stored_desc(response, record):
             yield from self.product_outputs(record, media)
             return
         context: Description = {"product": record, "item_id": record["item_id"], "source": source}

@@ -221,6 +221,7 @@ class StoreSpiderMiddleware:
         :data:`~tmapi_crawler.api.STORED_DESC_META`, or as the answer of the
         description's request, for a callback that asks for it anyway)."""
         self.stats.inc_value("tmapi/store/detail_from_store")
+        desc: Any = None
         desc_fresh = self.store.decision.fresh_desc(stored, now)
         if desc_fresh:
             assert stored.description is not None
@@ -233,7 +234,7 @@ class StoreSpiderMiddleware:
                 assert stored.description is not None
                 assert out.callback is not None
                 self.stats.inc_value("tmapi/store/desc_from_store")
-                answer = stored_response(out, stored.description, str(stored.desc_fetched_at), stored.desc_data)
+                answer = stored_response(out, stored.description, str(stored.desc_fetched_at), desc)
                 for product in out.callback(answer, **out.cb_kwargs):
                     self._note(product)
                     yield product
