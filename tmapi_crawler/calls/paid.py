@@ -20,6 +20,7 @@ fetched but not written, one line says how many calls were paid for them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
     from scrapy import Request
     from scrapy.crawler import Crawler
+
+    from tmapi_crawler.durable.feeds import FeedGuard
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +163,15 @@ class PaidAnswers:
 
     # -- without JOBDIR ----------------------------------------------------------------
 
+    @functools.cached_property
+    def guard(self) -> FeedGuard | None:
+        # Looked up on the first record, once: the extensions are all built by then.
+        return guard_of(self.crawler)
+
     def _item_scraped(self, item: Any) -> None:
         if not isinstance(item, (ProductItem, FailureItem)) or not self.unwritten:
             return
-        guard = guard_of(self.crawler)
+        guard = self.guard
         if guard is not None and guard.item_failed:
             return
         item_id = item.get("item_id")
